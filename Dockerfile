@@ -1,0 +1,14 @@
+# Production image of one server node. Build: docker build -t chat-backend .
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+# Dev dependencies stay out; tsx (a runtime dependency) runs the TypeScript sources.
+RUN npm ci --omit=dev --no-audit --no-fund --ignore-scripts
+COPY tsconfig.json ./
+COPY protocol ./protocol
+COPY server ./server
+COPY drizzle ./drizzle
+USER node
+EXPOSE 3000
+CMD ["node_modules/.bin/tsx", "server/src/main.ts"]

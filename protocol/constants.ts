@@ -1,0 +1,97 @@
+/**
+ * Runtime constants of the wire protocol. No dependencies, so the client SDK can import them
+ * without pulling in the server's validation library. docs/protocol.md describes each one.
+ */
+
+/** Version of the wire protocol described in docs/protocol.md. */
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * The closed set of error codes an ack (or an HTTP error body) may carry. A new code must be
+ * added here, to `retryableErrorCodes` if it is retryable, and to docs/protocol.md.
+ */
+export const ErrorCode = {
+  /** No valid credentials: missing, malformed or badly signed token. Get a new token. */
+  UNAUTHORIZED: "UNAUTHORIZED",
+  /** The token expired. Refresh it (`auth:refresh`) or reconnect with a new one. */
+  TOKEN_EXPIRED: "TOKEN_EXPIRED",
+  /** Authenticated, but not allowed (e.g. refreshing with another user's token). */
+  FORBIDDEN: "FORBIDDEN",
+  /** The chat does not exist or is not yours (the two are not distinguished). */
+  NOT_FOUND: "NOT_FOUND",
+  /** The payload failed validation; `details` lists the problems. Do not retry unchanged. */
+  INVALID_PAYLOAD: "INVALID_PAYLOAD",
+  /** The event name is not a known command. */
+  UNKNOWN_COMMAND: "UNKNOWN_COMMAND",
+  /** Too many requests; retry after `retryAfterMs`. */
+  RATE_LIMITED: "RATE_LIMITED",
+  /** The request conflicts with the current state (e.g. a client id reused for other content). */
+  CONFLICT: "CONFLICT",
+  /** A dependency (the database) is unavailable or slow. Nothing was stored; retry with backoff. */
+  UNAVAILABLE: "UNAVAILABLE",
+  /** An unexpected server error. Logged on the server; retry with backoff. */
+  INTERNAL: "INTERNAL",
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Codes after which the same request may be sent again (with the same client id). */
+export const retryableErrorCodes: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.RATE_LIMITED,
+  ErrorCode.UNAVAILABLE,
+  ErrorCode.INTERNAL,
+]);
+
+/**
+ * `data.code` of a `connect_error` when the handshake is refused. `connect_error.message`
+ * carries a human-readable text.
+ */
+export const ConnectErrorCode = {
+  /** No token in `auth.token` nor in an `Authorization: Bearer` header. */
+  TOKEN_MISSING: "TOKEN_MISSING",
+  /** The token's `exp` has passed. Get a fresh token and reconnect. */
+  TOKEN_EXPIRED: "TOKEN_EXPIRED",
+  /** Malformed token, bad signature, wrong algorithm, not yet valid, or no `sub`. */
+  TOKEN_INVALID: "TOKEN_INVALID",
+  /** The token's `azp` is not one of the server's authorized parties. */
+  TOKEN_WRONG_PARTY: "TOKEN_WRONG_PARTY",
+  /** Too many connections for this user or address. Retry later. */
+  RATE_LIMITED: "RATE_LIMITED",
+  /** The server could not complete the handshake (e.g. database unavailable). Retry later. */
+  UNAVAILABLE: "UNAVAILABLE",
+} as const;
+
+export type ConnectErrorCode = (typeof ConnectErrorCode)[keyof typeof ConnectErrorCode];
+
+/**
+ * Reason carried by `connection:closing`, sent just before the server disconnects a socket.
+ * `reconnect` in the event says whether reconnecting (with a fresh token) makes sense.
+ */
+export const DisconnectReason = {
+  /** The token expired and was not refreshed within the grace period. Reconnect with a new token. */
+  TOKEN_EXPIRED: "TOKEN_EXPIRED",
+  /** The Clerk session was revoked or ended. Do not reconnect until the user signs in again. */
+  SESSION_REVOKED: "SESSION_REVOKED",
+  /** The user was deleted. Do not reconnect. */
+  USER_DELETED: "USER_DELETED",
+  /** This node is shutting down. Reconnect (the load balancer picks another node). */
+  SERVER_SHUTDOWN: "SERVER_SHUTDOWN",
+} as const;
+
+export type DisconnectReason = (typeof DisconnectReason)[keyof typeof DisconnectReason];
+
+/** Limits enforced by the server (and checked early by the SDK). */
+export const Limits = {
+  /** Characters in one message's content. */
+  MAX_MESSAGE_CHARS: 64_000,
+  /** Characters in a chat title. */
+  MAX_TITLE_CHARS: 200,
+  /** Characters in a client-generated id. */
+  MAX_CLIENT_ID_CHARS: 128,
+  /** Items in one page (sidebar, history, sync). */
+  MAX_PAGE_SIZE: 200,
+  /** Default items in a page when `limit` is omitted. */
+  DEFAULT_PAGE_SIZE: 50,
+  /** Largest frame the server accepts, in bytes (Socket.IO `maxHttpBufferSize`). */
+  MAX_FRAME_BYTES: 512 * 1024,
+} as const;

@@ -1,0 +1,205 @@
+/**
+ * The wire protocol: every client command with its zod schema, every server event, the ack
+ * shape and the error codes. The server validates with these schemas; the client SDK imports
+ * the types (and `./constants.js` at run time), so a changed payload breaks the build.
+ * docs/protocol.md is the same contract written for people.
+ */
+import { z } from "zod";
+import { type DisconnectReason, type ErrorCode, Limits } from "./constants.js";
+
+export * from "./constants.js";
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks
+
+/** Rejects text Postgres cannot store (NUL) and broken UTF-16 (lone surrogates). */
+const storableText = (max: number) =>
+  z
+    .string()
+    .max(max)
+    .refine((s) => !s.includes("\u0000"), "must not contain NUL characters")
+    .refine((s) => s.isWellFormed(), "must be well-formed Unicode");
+
+const chatId = z.uuid({ message: "must be a UUID" });
+const title = storableText(Limits.MAX_TITLE_CHARS)
+  .transform((s) => s.trim())
+  .pipe(z.string().min(1, "must not be blank"));
+const limit = z.number().int().min(1).max(Limits.MAX_PAGE_SIZE).optional();
+const seq = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/** A client-generated id: UUIDs, ULIDs and similar. */
+export const clientIdSchema = z
+  .string()
+  .min(1)
+  .max(Limits.MAX_CLIENT_ID_CHARS)
+  .regex(/^[A-Za-z0-9._:-]+$/, "may contain only letters, digits and . _ : -");
+
+/** Content of a message. */
+export const contentSchema = storableText(Limits.MAX_MESSAGE_CHARS).refine(
+  (s) => s.trim().length > 0,
+  "must not be blank",
+);
+
+// ---------------------------------------------------------------------------------------------
+// Client commands: each is emitted as (payload, ack).
+
+export const commandSchemas = {
+  /** Re-authenticate the open socket with a fresh token for the same user. */
+  "auth:refresh": z.strictObject({ token: z.string().min(1).max(16_384) }),
+  /** A page of the sidebar: the user's chats, latest activity first. */
+  "chat:list": z.strictObject({ limit, cursor: z.string().max(200).optional() }),
+  /** Create a chat. A client-generated `id` makes the create idempotent when retried. */
+  "chat:create": z.strictObject({ id: chatId.optional(), title: title.optional() }),
+  "chat:rename": z.strictObject({ chatId, title }),
+  /** Delete a chat and its messages. The user's lifetime counters do not go down. */
+  "chat:delete": z.strictObject({ chatId }),
+  /** Open a chat: join its live stream and get its latest messages. */
+  "chat:open": z.strictObject({ chatId, limit }),
+  /** Leave a chat's live stream. */
+  "chat:close": z.strictObject({ chatId }),
+  /** Send a user message. Retrying with the same `clientId` stores it once. */
+  "message:send": z.strictObject({ chatId, clientId: clientIdSchema, content: contentSchema }),
+  /** A page of history: before a sequence (older) or after one (newer). */
+  "message:history": z
+    .strictObject({ chatId, before: seq.optional(), after: seq.optional(), limit })
+    .refine((p) => p.before === undefined || p.after === undefined, {
+      message: "give either before or after, not both",
+    }),
+  /** Everything after the last sequence this device saw, oldest first. */
+  "message:sync": z.strictObject({ chatId, afterSeq: seq, limit }),
+  /** The user's lifetime counters and plan (`get_user_stats`). */
+  "user:stats": z.strictObject({}),
+} as const;
+
+export type CommandName = keyof typeof commandSchemas;
+/** The payload of a command as the client sends it. */
+export type CommandInput<C extends CommandName> = z.input<(typeof commandSchemas)[C]>;
+/** The payload of a command after validation (what the server's handlers get). */
+export type CommandPayload<C extends CommandName> = z.output<(typeof commandSchemas)[C]>;
+
+// ---------------------------------------------------------------------------------------------
+// Data on the wire
+
+/** The JSON stored in a message: who said it and what. */
+export interface MessageBody {
+  role: "user" | "assistant" | "system";
+  content: string;
+}
+
+/** A stored message. `seq` is its position in the chat: 1, 2, 3, … with no gaps. */
+export interface ChatMessage {
+  id: string;
+  chatId: string;
+  seq: number;
+  clientId: string;
+  role: MessageBody["role"];
+  content: string;
+  /** ISO 8601. */
+  createdAt: string;
+}
+
+/** A sidebar entry. Sort by `updatedAt` descending, then `id` descending. */
+export interface ChatSummary {
+  id: string;
+  title: string;
+  /** The latest message's body, or null for an empty chat. */
+  lastMessage: MessageBody | null;
+  /** The latest message's `seq` (0 for an empty chat). */
+  lastSeq: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** The user's counters (`get_user_stats`). Counters are lifetime: deleting chats does not lower them. */
+export interface UserStats {
+  totalConversations: number;
+  totalSearches: number;
+  messageCount: number;
+  tokenUsage: number;
+  subscriptionTier: string | null;
+  subscriptionStatus: string | null;
+}
+
+export interface MessagePage {
+  messages: ChatMessage[];
+  /** True when more messages exist beyond this page in the direction asked. */
+  hasMore: boolean;
+}
+
+/** What each command's ack carries on success. */
+export interface CommandResults {
+  "auth:refresh": { userId: string; expiresAt: string };
+  "chat:list": { chats: ChatSummary[]; nextCursor: string | null };
+  "chat:create": { chat: ChatSummary };
+  "chat:rename": { chat: ChatSummary };
+  "chat:delete": { chatId: string };
+  "chat:open": { chat: ChatSummary } & MessagePage;
+  "chat:close": { chatId: string };
+  "message:send": { message: ChatMessage; duplicate: boolean };
+  "message:history": MessagePage;
+  "message:sync": MessagePage & { lastSeq: number };
+  "user:stats": { stats: UserStats };
+}
+
+/** An error as carried by an ack. */
+export interface ProtocolError {
+  code: ErrorCode;
+  message: string;
+  /** For INVALID_PAYLOAD: the problems, by path. */
+  details?: { path: string; message: string }[];
+  /** For RATE_LIMITED: milliseconds until a retry may succeed. */
+  retryAfterMs?: number;
+}
+
+/** Every ack is one of these two shapes. */
+export type Ack<T> = { ok: true; data: T } | { ok: false; error: ProtocolError };
+
+// ---------------------------------------------------------------------------------------------
+// Event maps (Socket.IO's typed events). The client uses them reversed.
+
+/** Events a client emits. Every command takes (payload, ack). */
+export type ClientToServerEvents = {
+  [C in CommandName]: (
+    payload: CommandInput<C>,
+    ack: (result: Ack<CommandResults[C]>) => void,
+  ) => void;
+};
+
+/** Sent to a socket just before the server disconnects it. */
+export interface ConnectionClosing {
+  reason: DisconnectReason;
+  message: string;
+  /** Whether reconnecting (with a fresh token) makes sense. */
+  reconnect: boolean;
+}
+
+/** Events the server emits. */
+export interface ServerToClientEvents {
+  /** A message was stored in a chat this socket has open (the sender's socket included). */
+  "message:created": (event: { message: ChatMessage }) => void;
+  /** A chat of the user was created on some device. */
+  "chat:created": (event: { chat: ChatSummary }) => void;
+  /** A chat's sidebar entry changed: renamed, or a new message (preview and order). */
+  "chat:updated": (event: { chat: ChatSummary }) => void;
+  /** A chat of the user was deleted. */
+  "chat:deleted": (event: { chatId: string }) => void;
+  /** The user's counters changed. */
+  "stats:updated": (event: { stats: UserStats }) => void;
+  /** The server is about to disconnect this socket, and why. */
+  "connection:closing": (event: ConnectionClosing) => void;
+}
+
+/** Events between server nodes (none beyond the adapter's own). */
+export type InterServerEvents = Record<string, never>;
+
+/** What the server keeps on each authenticated socket. */
+export interface SocketData {
+  /** Clerk user id (`sub`). */
+  userId: string;
+  /** Primary key of the user's `users` row. */
+  dbUserId: string;
+  /** Clerk session id (`sid`), when the token has one. */
+  sessionId: string | null;
+  /** Expiry of the current token, epoch milliseconds. */
+  tokenExpiresAt: number;
+}

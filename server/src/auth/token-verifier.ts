@@ -1,0 +1,95 @@
+import { verifyToken } from "@clerk/backend";
+import { ConnectErrorCode } from "../../../protocol/constants.js";
+
+/** What the server keeps of a verified Clerk session token. */
+export interface VerifiedToken {
+  /** Clerk user id (`sub`). */
+  userId: string;
+  /** Clerk session id (`sid`), when present. */
+  sessionId: string | null;
+  /** `exp`, in epoch milliseconds. */
+  expiresAt: number;
+}
+
+/** A token was refused; `code` says why (sent to the client as `connect_error.data.code`). */
+export class TokenError extends Error {
+  override name = "TokenError";
+  constructor(
+    readonly code: ConnectErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface TokenVerifier {
+  verify(token: string): Promise<VerifiedToken>;
+}
+
+export interface ClerkVerifierOptions {
+  /** PEM public key: networkless verification. */
+  jwtKey?: string | undefined;
+  /** Clerk secret key: JWKS fetched (and cached) from Clerk when there is no jwtKey. */
+  secretKey?: string | undefined;
+  /** Accepted `azp` values; undefined accepts any (development only). */
+  authorizedParties?: string[] | undefined;
+}
+
+// Clerk's TokenVerificationError reasons that are the client's fault and mean something
+// other than "invalid".
+const reasonToCode: Record<string, ConnectErrorCode> = {
+  "token-expired": ConnectErrorCode.TOKEN_EXPIRED,
+  "token-invalid-authorized-parties": ConnectErrorCode.TOKEN_WRONG_PARTY,
+  "jwk-remote-failed-to-load": ConnectErrorCode.UNAVAILABLE,
+};
+
+const MAX_TOKEN_LENGTH = 16_384;
+
+/**
+ * Verifies Clerk session tokens with @clerk/backend's `verifyToken`. Development mode uses the
+ * same function with a locally generated key (see dev-keys.ts), so both paths are one path.
+ */
+export function createClerkVerifier(options: ClerkVerifierOptions): TokenVerifier {
+  if (!options.jwtKey && !options.secretKey) {
+    throw new Error("createClerkVerifier needs jwtKey or secretKey");
+  }
+  return {
+    async verify(token) {
+      if (!token) throw new TokenError(ConnectErrorCode.TOKEN_MISSING, "No token was sent");
+      if (token.length > MAX_TOKEN_LENGTH) {
+        throw new TokenError(ConnectErrorCode.TOKEN_INVALID, "Token is too long");
+      }
+      let payload: Awaited<ReturnType<typeof verifyToken>>;
+      try {
+        payload = await verifyToken(token, {
+          jwtKey: options.jwtKey,
+          secretKey: options.jwtKey ? undefined : options.secretKey,
+          authorizedParties: options.authorizedParties,
+        });
+      } catch (e) {
+        const reason = (e as { reason?: string }).reason ?? "";
+        const code = reasonToCode[reason] ?? ConnectErrorCode.TOKEN_INVALID;
+        throw new TokenError(code, messageFor(code));
+      }
+      const sub = payload.sub;
+      if (typeof sub !== "string" || sub.length === 0 || sub.length > 200) {
+        throw new TokenError(ConnectErrorCode.TOKEN_INVALID, "Token has no subject");
+      }
+      const sid = typeof payload.sid === "string" ? payload.sid : null;
+      return { userId: sub, sessionId: sid, expiresAt: payload.exp * 1000 };
+    },
+  };
+}
+
+function messageFor(code: ConnectErrorCode): string {
+  switch (code) {
+    case ConnectErrorCode.TOKEN_EXPIRED:
+      return "Token has expired";
+    case ConnectErrorCode.TOKEN_WRONG_PARTY:
+      return "Token was issued for another application (azp)";
+    case ConnectErrorCode.UNAVAILABLE:
+      return "Could not load Clerk's signing keys; try again";
+    default:
+      return "Token is invalid";
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * The one place that reads `process.env`. Everything is parsed and checked once, at start;
+ * a bad value stops the process with a message that names the variable.
+ */
+import { z } from "zod";
+
+const csv = z
+  .string()
+  .transform((s) =>
+    s
+      .split(",")
+      .map((p) => p.trim())
+      .filter(Boolean),
+  )
+  .pipe(z.array(z.string()));
+
+const optionalString = z
+  .string()
+  .optional()
+  .transform((s) => (s === undefined || s.trim() === "" ? undefined : s));
+
+const envSchema = z.object({
+  /** `production` turns off development auth and the embedded database. Default `development`. */
+  NODE_ENV: z.enum(["development", "production", "test"]).default("development"),
+  /** TCP port to listen on. Default 3000; 0 picks a free port. */
+  PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+  /** Interface to bind. Default 127.0.0.1 in development (not exposed); set 0.0.0.0 in containers. */
+  HOST: optionalString,
+  /** Postgres connection string. Unset outside production: an embedded Postgres is started. */
+  DATABASE_URL: optionalString.pipe(z.url({ protocol: /^postgres(ql)?$/ }).optional()),
+  /** Maximum connections in this node's Postgres pool. Default 10. */
+  DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(500).default(10),
+  /** Redis connection string. When set, nodes share events through the Redis adapter. */
+  REDIS_URL: optionalString.pipe(z.url({ protocol: /^rediss?$/ }).optional()),
+  /** Prefix of every Redis key and channel, so several deployments can share one Redis. */
+  REDIS_KEY_PREFIX: z.string().min(1).default("chat"),
+  /** PEM public key of the Clerk instance: networkless token verification. */
+  CLERK_JWT_KEY: optionalString,
+  /** Clerk secret key: JWKS fetched from Clerk's API when CLERK_JWT_KEY is not set. */
+  CLERK_SECRET_KEY: optionalString,
+  /** Comma-separated origins accepted in a token's `azp` claim. Required in production. */
+  CLERK_AUTHORIZED_PARTIES: optionalString.pipe(csv.optional()),
+  /** Secret for verifying Clerk webhooks (svix). Webhooks are disabled without it. */
+  CLERK_WEBHOOK_SIGNING_SECRET: optionalString,
+  /** Seconds a socket may stay connected after its token expired before it is disconnected. */
+  TOKEN_GRACE_SECONDS: z.coerce.number().int().min(0).max(30).default(15),
+  /** pino log level. Default `info` (`silent` in tests). */
+  LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
+  /** Folder for local state: embedded Postgres data and development keys. Git-ignored. */
+  DATA_DIR: z.string().default(".data"),
+  /** Port of the embedded Postgres (development only). Default 54329, clear of a local 5432. */
+  EMBEDDED_PG_PORT: z.coerce.number().int().min(1).max(65535).default(54329),
+});
+
+export type Env = z.infer<typeof envSchema>;
+
+/** Typed configuration of one server node. */
+export interface Config {
+  env: Env["NODE_ENV"];
+  port: number;
+  host: string;
+  /** Undefined: start the embedded Postgres (never in production). */
+  databaseUrl: string | undefined;
+  databasePoolSize: number;
+  redisUrl: string | undefined;
+  redisKeyPrefix: string;
+  auth: AuthConfig;
+  tokenGraceSeconds: number;
+  logLevel: NonNullable<Env["LOG_LEVEL"]>;
+  dataDir: string;
+  embeddedPgPort: number;
+  webhookSigningSecret: string | undefined;
+}
+
+/** How tokens are verified: real Clerk keys, or the locally generated development key. */
+export type AuthConfig =
+  | {
+      mode: "clerk";
+      jwtKey: string | undefined;
+      secretKey: string | undefined;
+      authorizedParties: string[] | undefined;
+    }
+  | { mode: "development" };
+
+/** Raised for a configuration that cannot work; the message names the variable. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = envSchema.safeParse(source);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`);
+    throw new ConfigError(`Invalid environment:\n${lines.join("\n")}`);
+  }
+  const e = parsed.data;
+  const production = e.NODE_ENV === "production";
+  const hasClerk = Boolean(e.CLERK_JWT_KEY || e.CLERK_SECRET_KEY);
+
+  if (production) {
+    if (!hasClerk) {
+      throw new ConfigError(
+        "NODE_ENV=production requires CLERK_JWT_KEY (or CLERK_SECRET_KEY): development auth is refused in production.",
+      );
+    }
+    if (!e.CLERK_AUTHORIZED_PARTIES?.length) {
+      throw new ConfigError(
+        "NODE_ENV=production requires CLERK_AUTHORIZED_PARTIES (comma-separated origins allowed in the token's azp).",
+      );
+    }
+    if (!e.DATABASE_URL) {
+      throw new ConfigError(
+        "NODE_ENV=production requires DATABASE_URL: the embedded Postgres is for development only.",
+      );
+    }
+  }
+  if (e.CLERK_JWT_KEY && !e.CLERK_JWT_KEY.includes("BEGIN PUBLIC KEY")) {
+    throw new ConfigError("CLERK_JWT_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----).");
+  }
+
+  return {
+    env: e.NODE_ENV,
+    port: e.PORT,
+    host: e.HOST ?? (production ? "0.0.0.0" : "127.0.0.1"),
+    databaseUrl: e.DATABASE_URL,
+    databasePoolSize: e.DATABASE_POOL_SIZE,
+    redisUrl: e.REDIS_URL,
+    redisKeyPrefix: e.REDIS_KEY_PREFIX,
+    auth: hasClerk
+      ? {
+          mode: "clerk",
+          jwtKey: e.CLERK_JWT_KEY?.replace(/\\n/g, "\n"),
+          secretKey: e.CLERK_SECRET_KEY,
+          authorizedParties: e.CLERK_AUTHORIZED_PARTIES,
+        }
+      : { mode: "development" },
+    tokenGraceSeconds: e.TOKEN_GRACE_SECONDS,
+    logLevel: e.LOG_LEVEL ?? (e.NODE_ENV === "test" ? "silent" : "info"),
+    dataDir: e.DATA_DIR,
+    embeddedPgPort: e.EMBEDDED_PG_PORT,
+    webhookSigningSecret: e.CLERK_WEBHOOK_SIGNING_SECRET,
+  };
+}

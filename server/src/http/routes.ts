@@ -1,0 +1,91 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type postgres from "postgres";
+import type { Logger } from "../logger.js";
+
+export interface HttpDeps {
+  sql: postgres.Sql;
+  logger: Logger;
+  /** Development only: mints a dev token for a user id. Absent in production. */
+  mintDevToken?: ((userId: string) => Promise<string>) | undefined;
+}
+
+const READY_TIMEOUT_MS = 2000;
+const MAX_BODY_BYTES = 4096;
+const DEV_USER_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json; charset=utf-8",
+    "cache-control": "no-store",
+    "content-length": Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+/** Reads a small JSON body; undefined when it is too large or not JSON. */
+export async function readJson(req: IncomingMessage, maxBytes = MAX_BODY_BYTES): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > maxBytes) return undefined;
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString("utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Checks that the database answers within READY_TIMEOUT_MS. */
+async function databaseReady(sql: postgres.Sql): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), READY_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([sql`select 1`.then(() => true), timeout]);
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Plain HTTP routes beside Socket.IO: liveness, readiness and, in development, dev tokens.
+ */
+export function createHttpHandler(deps: HttpDeps) {
+  return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? "/", "http://localhost");
+    try {
+      if (req.method === "GET" && url.pathname === "/healthz") {
+        return sendJson(res, 200, { status: "ok" });
+      }
+      if (req.method === "GET" && url.pathname === "/readyz") {
+        const ready = await databaseReady(deps.sql);
+        return sendJson(res, ready ? 200 : 503, {
+          status: ready ? "ready" : "unavailable",
+          database: ready ? "up" : "down",
+        });
+      }
+      if (deps.mintDevToken && req.method === "POST" && url.pathname === "/dev/token") {
+        const body = (await readJson(req)) as { userId?: unknown } | undefined;
+        const userId = body?.userId;
+        if (typeof userId !== "string" || !DEV_USER_ID.test(userId)) {
+          return sendJson(res, 400, {
+            error: { code: "INVALID_PAYLOAD", message: "userId: 1-64 letters, digits, _ or -" },
+          });
+        }
+        return sendJson(res, 200, { token: await deps.mintDevToken(userId) });
+      }
+      sendJson(res, 404, { error: { code: "NOT_FOUND", message: "Not found" } });
+    } catch (err) {
+      deps.logger.error({ err, path: url.pathname }, "http request failed");
+      if (!res.headersSent)
+        sendJson(res, 500, { error: { code: "INTERNAL", message: "Internal error" } });
+    }
+  };
+}

@@ -1,0 +1,46 @@
+/**
+ * The Redis adapter: with REDIS_URL set, every `io.to(room).emit` reaches the room's sockets on
+ * every node. Classic (pub/sub) adapter: events are fire-and-forget across nodes, which is all
+ * this product needs, because Postgres is the durable log and devices catch up with
+ * `message:sync` after any gap (docs/deployment.md says more).
+ */
+import { createAdapter } from "@socket.io/redis-adapter";
+import { Redis } from "ioredis";
+import type { Logger } from "./logger.js";
+
+export interface RedisAdapterHandle {
+  adapter: ReturnType<typeof createAdapter>;
+  close(): Promise<void>;
+}
+
+export function createRedisAdapter(
+  url: string,
+  keyPrefix: string,
+  logger: Logger,
+): RedisAdapterHandle {
+  // Separate connections: a subscribed connection cannot publish. While Redis is down the
+  // publisher fails fast (no offline queue to grow without bound); the subscriber keeps its
+  // queue so that its subscriptions are sent once connected, and resubscribes on reconnect.
+  const pub = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
+  const sub = new Redis(url, { maxRetriesPerRequest: null });
+  // The adapter does not handle a failed publish; unhandled, it would end the process.
+  const publish = pub.publish.bind(pub);
+  pub.publish = ((...args: Parameters<typeof publish>) =>
+    publish(...args).catch((err: unknown) => {
+      logger.warn({ err: String(err) }, "redis publish failed: cross-node event dropped");
+      return 0;
+    })) as typeof pub.publish;
+  for (const [role, client] of [
+    ["pub", pub],
+    ["sub", sub],
+  ] as const) {
+    // Without a listener an ioredis error would crash the process; Redis being down must not.
+    client.on("error", (err) => logger.warn({ redis: role, err: String(err) }, "redis error"));
+  }
+  return {
+    adapter: createAdapter(pub, sub, { key: `${keyPrefix}:socket.io` }),
+    async close() {
+      await Promise.allSettled([pub.quit(), sub.quit()]);
+    },
+  };
+}

@@ -1,0 +1,25 @@
+import { ErrorCode } from "../../../protocol/constants.js";
+import type { ProtocolError } from "../../../protocol/index.js";
+
+export { ErrorCode };
+
+/**
+ * An error a client may see: a code from the protocol's closed set and a message that is safe
+ * to show. Anything else thrown inside a command becomes INTERNAL with a generic message.
+ */
+export class AppError extends Error {
+  override name = "AppError";
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly extra: Pick<ProtocolError, "details" | "retryAfterMs"> = {},
+  ) {
+    super(message);
+  }
+
+  toProtocol(): ProtocolError {
+    return { code: this.code, message: this.message, ...this.extra };
+  }
+}
+
+export const notFound = (what = "Chat") => new AppError(ErrorCode.NOT_FOUND, `${what} not found`);

@@ -1,0 +1,117 @@
+import { ZodError } from "zod";
+import {
+  type Ack,
+  type CommandName,
+  type CommandPayload,
+  type CommandResults,
+  commandSchemas,
+  ErrorCode,
+  type ProtocolError,
+} from "../../../protocol/index.js";
+import { isUnavailable } from "../db/errors.js";
+import type { Logger } from "../logger.js";
+import { AppError } from "../services/errors.js";
+import type { ChatSocket } from "./types.js";
+
+const MAX_DETAILS = 20;
+
+/** What a command handler gets: the validated payload. It returns the ack's data. */
+export type CommandHandler<C extends CommandName> = (
+  payload: CommandPayload<C>,
+) => Promise<CommandResults[C]>;
+
+export interface CommandContext {
+  logger: Logger;
+  /** Checked before every command but `auth:refresh`; throws an AppError to refuse. */
+  guard?: (socket: ChatSocket, command: CommandName) => void;
+}
+
+/**
+ * Registers one command on a socket: (payload, ack). Validates the payload with the protocol's
+ * zod schema, runs the handler, and acks `{ ok: true, data }` or `{ ok: false, error }`.
+ * An event without an ack callback is dropped: there is nobody to answer.
+ */
+export function registerCommand<C extends CommandName>(
+  socket: ChatSocket,
+  name: C,
+  handler: CommandHandler<C>,
+  ctx: CommandContext,
+): void {
+  // Arguments come from the network: typed as unknown and checked here.
+  (socket as unknown as { on(e: string, l: (...args: unknown[]) => void): void }).on(
+    name,
+    (...args: unknown[]) => {
+      const ack = args.at(-1);
+      if (typeof ack !== "function") {
+        ctx.logger.debug(
+          { command: name, userId: socket.data.userId },
+          "command without ack dropped",
+        );
+        return;
+      }
+      const raw = args.length >= 2 ? args[0] : {};
+      void run(socket, name, raw, handler, ctx).then((result) => ack(result));
+    },
+  );
+}
+
+async function run<C extends CommandName>(
+  socket: ChatSocket,
+  name: C,
+  raw: unknown,
+  handler: CommandHandler<C>,
+  ctx: CommandContext,
+): Promise<Ack<CommandResults[C]>> {
+  try {
+    if (name !== "auth:refresh") ctx.guard?.(socket, name);
+    const payload = commandSchemas[name].parse(raw) as CommandPayload<C>;
+    return { ok: true, data: await handler(payload) };
+  } catch (err) {
+    return {
+      ok: false,
+      error: toProtocolError(err, { command: name, userId: socket.data.userId }, ctx.logger),
+    };
+  }
+}
+
+/** Maps anything thrown by a command to the protocol's closed set of errors. */
+export function toProtocolError(
+  err: unknown,
+  context: Record<string, unknown>,
+  logger: Logger,
+): ProtocolError {
+  if (err instanceof AppError) return err.toProtocol();
+  if (err instanceof ZodError) {
+    return {
+      code: ErrorCode.INVALID_PAYLOAD,
+      message: "The payload is invalid",
+      details: err.issues.slice(0, MAX_DETAILS).map((i) => ({
+        path: i.path.map(String).join(".") || "(payload)",
+        message: i.message,
+      })),
+    };
+  }
+  if (isUnavailable(err)) {
+    logger.warn({ ...context, err: String(err) }, "database unavailable");
+    return {
+      code: ErrorCode.UNAVAILABLE,
+      message: "The service is temporarily unavailable; retry",
+    };
+  }
+  logger.error({ ...context, err }, "command failed");
+  return { code: ErrorCode.INTERNAL, message: "Internal error" };
+}
+
+/** Answers events that are not commands, when they carry an ack, with UNKNOWN_COMMAND. */
+export function answerUnknownCommands(socket: ChatSocket): void {
+  socket.onAny((event: unknown, ...args: unknown[]) => {
+    if (typeof event === "string" && Object.hasOwn(commandSchemas, event)) return;
+    const ack = args.at(-1);
+    if (typeof ack === "function") {
+      ack({
+        ok: false,
+        error: { code: ErrorCode.UNKNOWN_COMMAND, message: "Unknown command" },
+      } satisfies Ack<never>);
+    }
+  });
+}

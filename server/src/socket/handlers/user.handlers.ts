@@ -1,0 +1,50 @@
+import { ErrorCode } from "../../../../protocol/constants.js";
+import { TokenError, type TokenVerifier } from "../../auth/token-verifier.js";
+import type { Actor } from "../../services/actor.js";
+import { AppError } from "../../services/errors.js";
+import type { UserService } from "../../services/user.service.js";
+import { type CommandContext, registerCommand } from "../command.js";
+import type { TokenExpiry } from "../token-expiry.js";
+import { type ChatSocket, rooms } from "../types.js";
+
+export function registerUserHandlers(
+  socket: ChatSocket,
+  actor: Actor,
+  deps: { users: UserService; verifier: TokenVerifier; expiry: TokenExpiry },
+  ctx: CommandContext,
+): void {
+  registerCommand(
+    socket,
+    "user:stats",
+    async () => ({ stats: await deps.users.stats(actor.userId) }),
+    ctx,
+  );
+
+  // In-band refresh: a new token for the same user extends the socket's life.
+  registerCommand(
+    socket,
+    "auth:refresh",
+    async ({ token }) => {
+      let verified: Awaited<ReturnType<TokenVerifier["verify"]>>;
+      try {
+        verified = await deps.verifier.verify(token);
+      } catch (e) {
+        if (!(e instanceof TokenError)) throw e;
+        const code = e.code === "TOKEN_EXPIRED" ? ErrorCode.TOKEN_EXPIRED : ErrorCode.UNAUTHORIZED;
+        throw new AppError(code, e.message);
+      }
+      if (verified.userId !== actor.userId) {
+        throw new AppError(ErrorCode.FORBIDDEN, "The new token belongs to another user");
+      }
+      if (verified.sessionId !== socket.data.sessionId) {
+        if (socket.data.sessionId) socket.leave(rooms.clerkSession(socket.data.sessionId));
+        if (verified.sessionId) socket.join(rooms.clerkSession(verified.sessionId));
+        socket.data.sessionId = verified.sessionId;
+      }
+      socket.data.tokenExpiresAt = verified.expiresAt;
+      deps.expiry.schedule(socket);
+      return { userId: verified.userId, expiresAt: new Date(verified.expiresAt).toISOString() };
+    },
+    ctx,
+  );
+}

@@ -1,0 +1,150 @@
+/**
+ * A real server node for tests: port 0 on 127.0.0.1, its own fresh database, development-style
+ * auth with a key generated for the test run (verified through @clerk/backend's verifyToken
+ * with `jwtKey`, exactly as production does with Clerk's key), and real socket.io-client
+ * connections. Everything is closed by `close()`.
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { io as connect, type Socket } from "socket.io-client";
+import type { ClientToServerEvents, ServerToClientEvents } from "../../protocol/index.js";
+import { type Application, createApplication } from "../../server/src/app.js";
+import { type MintOptions, mintSessionToken } from "../../server/src/auth/dev-keys.js";
+import { createClerkVerifier } from "../../server/src/auth/token-verifier.js";
+import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
+import { createLogger } from "../../server/src/logger.js";
+import { createTestDatabase, type TestDatabase } from "./db.js";
+
+export type ClientSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
+
+/** One RSA key pair per test process: signs tokens; the server verifies with its public half. */
+export const testKeys = (() => {
+  const { privateKey, publicKey } = generateKeyPairSync("rsa", {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: "spki", format: "pem" },
+    privateKeyEncoding: { type: "pkcs8", format: "pem" },
+  });
+  return { privateKeyPem: privateKey, publicKeyPem: publicKey };
+})();
+
+export const AUTHORIZED_PARTY = "http://localhost:3000";
+
+/** A Clerk-shaped session token for `userId`, signed with the test key. */
+export function tokenFor(userId: string, options: MintOptions = {}): Promise<string> {
+  return mintSessionToken(testKeys.privateKeyPem, userId, {
+    authorizedParty: AUTHORIZED_PARTY,
+    ...options,
+  });
+}
+
+export interface TestServerOptions {
+  /** Reuse a database (several nodes on one database); default a fresh one, dropped on close. */
+  databaseUrl?: string;
+  tokenGraceSeconds?: number;
+  authorizedParties?: string[];
+}
+
+export interface TestServer {
+  url: string;
+  port: number;
+  app: Application;
+  database: DatabaseHandle;
+  /** The database this server uses (its URL, for direct queries in assertions). */
+  databaseUrl: string;
+  /** Connects a real socket.io-client as `userId` and waits for the connection. */
+  connectAs(userId: string, options?: MintOptions): Promise<ClientSocket>;
+  /** A socket that is not connected yet (for testing handshake failures). */
+  socket(
+    auth: Record<string, unknown> | undefined,
+    extra?: Parameters<typeof connect>[1],
+  ): ClientSocket;
+  close(): Promise<void>;
+}
+
+export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
+  let tdb: TestDatabase | undefined;
+  let databaseUrl = options.databaseUrl;
+  if (!databaseUrl) {
+    tdb = await createTestDatabase();
+    databaseUrl = tdb.url;
+  }
+  const database = createDatabase(databaseUrl, { max: 10 });
+  const httpServer = createServer();
+  const app = createApplication(httpServer, {
+    database,
+    verifier: createClerkVerifier({
+      jwtKey: testKeys.publicKeyPem,
+      authorizedParties: options.authorizedParties ?? [AUTHORIZED_PARTY],
+    }),
+    logger: createLogger(process.env.TEST_LOG_LEVEL ?? "silent"),
+    tokenGraceSeconds: options.tokenGraceSeconds ?? 15,
+  });
+  await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
+  const port = (httpServer.address() as AddressInfo).port;
+  const url = `http://127.0.0.1:${port}`;
+  const clients: ClientSocket[] = [];
+
+  const socket: TestServer["socket"] = (auth, extra = {}) => {
+    const s: ClientSocket = connect(url, {
+      transports: ["websocket"],
+      reconnection: false,
+      forceNew: true,
+      ...(auth ? { auth } : {}),
+      ...extra,
+    });
+    clients.push(s);
+    return s;
+  };
+
+  return {
+    url,
+    port,
+    app,
+    database,
+    databaseUrl,
+    socket,
+    async connectAs(userId, mint) {
+      const s = socket({ token: await tokenFor(userId, mint) });
+      await new Promise<void>((resolve, reject) => {
+        s.once("connect", resolve);
+        s.once("connect_error", reject);
+      });
+      return s;
+    },
+    async close() {
+      for (const c of clients) c.disconnect();
+      await app.close();
+      await database.close();
+      await tdb?.drop();
+    },
+  };
+}
+
+/**
+ * Polls `check` until it returns without throwing (or `timeoutMs` passes, then rethrows its
+ * last error). For "eventually" assertions; never a fixed sleep.
+ */
+export async function eventually<T>(check: () => T | Promise<T>, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await check();
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+/** Records every event a socket receives, by name, for later assertions. */
+export function recordEvents(s: ClientSocket) {
+  const events: { name: string; payload: unknown }[] = [];
+  s.onAny((name: string, payload: unknown) => events.push({ name, payload }));
+  return {
+    events,
+    of<T = unknown>(name: keyof ServerToClientEvents): T[] {
+      return events.filter((e) => e.name === name).map((e) => e.payload as T);
+    },
+  };
+}
