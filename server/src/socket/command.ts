@@ -11,6 +11,7 @@ import {
 import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import { AppError } from "../services/errors.js";
+import type { Inflight } from "./inflight.js";
 import type { ChatSocket } from "./types.js";
 
 const MAX_DETAILS = 20;
@@ -22,6 +23,8 @@ export type CommandHandler<C extends CommandName> = (
 
 export interface CommandContext {
   logger: Logger;
+  /** Commands in progress; refuses new ones while the node drains. */
+  inflight: Inflight;
   /** Checked before every command but `auth:refresh`; throws an AppError to refuse. */
   guard?: (socket: ChatSocket, command: CommandName) => void;
 }
@@ -63,9 +66,15 @@ async function run<C extends CommandName>(
   ctx: CommandContext,
 ): Promise<Ack<CommandResults[C]>> {
   try {
+    if (ctx.inflight.draining) {
+      throw new AppError(
+        ErrorCode.UNAVAILABLE,
+        "This server is shutting down; retry after reconnecting",
+      );
+    }
     if (name !== "auth:refresh") ctx.guard?.(socket, name);
     const payload = commandSchemas[name].parse(raw) as CommandPayload<C>;
-    return { ok: true, data: await handler(payload) };
+    return { ok: true, data: await ctx.inflight.track(handler(payload)) };
   } catch (err) {
     return {
       ok: false,
