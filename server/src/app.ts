@@ -10,12 +10,14 @@ import type { TokenVerifier } from "./auth/token-verifier.js";
 import type { DatabaseHandle } from "./db/client.js";
 import { createHttpHandler } from "./http/routes.js";
 import type { Logger } from "./logger.js";
+import { Metrics } from "./metrics.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
 import { ChatService } from "./services/chat.service.js";
 import { AppError } from "./services/errors.js";
 import { MessageService } from "./services/message.service.js";
+import type { RateLimits } from "./services/rate-limits.js";
 import { UserService } from "./services/user.service.js";
 import { authMiddleware } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
@@ -33,6 +35,12 @@ export interface AppComponents {
   logger: Logger;
   /** Seconds a socket may outlive its token without refreshing. */
   tokenGraceSeconds: number;
+  /** Per-user limits (message rate, connections). */
+  rateLimits: RateLimits;
+  /** Prometheus metrics; default a fresh registry. */
+  metrics?: Metrics | undefined;
+  /** Milliseconds before a command is answered UNAVAILABLE; default 5000. */
+  commandTimeoutMs?: number | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
@@ -41,6 +49,7 @@ export interface AppComponents {
 
 export interface Application {
   io: ChatServer;
+  metrics: Metrics;
   services: { chats: ChatService; messages: MessageService; users: UserService };
   /**
    * Graceful stop: stops accepting connections, refuses new commands (UNAVAILABLE), lets
@@ -52,7 +61,8 @@ export interface Application {
 }
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
-  const { database, verifier, logger } = components;
+  const { database, verifier, logger, rateLimits } = components;
+  const metrics = components.metrics ?? new Metrics();
 
   const inflight = new Inflight();
 
@@ -64,6 +74,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       logger,
       mintDevToken: components.mintDevToken,
       isDraining: () => inflight.draining,
+      metrics,
     }),
   );
 
@@ -81,17 +92,16 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (id) => users.stats(id), logger);
-  const chats = new ChatService(
-    new ChatRepository(database.db),
-    new MessageRepository(database.db),
-    broadcaster,
-  );
-  const messages = new MessageService(new MessageRepository(database.db), chats, broadcaster);
+  const messageRepo = new MessageRepository(database.db, metrics);
+  const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
+  const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
   const ctx: CommandContext = {
     logger,
     inflight,
+    metrics,
+    timeoutMs: components.commandTimeoutMs ?? 5000,
     guard(socket) {
       if (Date.now() >= socket.data.tokenExpiresAt) {
         throw new AppError(ErrorCode.TOKEN_EXPIRED, "The token expired; send auth:refresh first");
@@ -99,13 +109,18 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
   };
 
-  io.use(authMiddleware(verifier, users, logger));
+  io.use(authMiddleware({ verifier, users, rateLimits, metrics, logger }));
   io.on("connection", (socket) => {
+    metrics.socketsConnected.inc();
     const actor = { userId: socket.data.userId, dbUserId: socket.data.dbUserId };
     socket.join(rooms.user(actor.userId));
     if (socket.data.sessionId) socket.join(rooms.clerkSession(socket.data.sessionId));
     expiry.schedule(socket);
-    socket.on("disconnect", () => expiry.clear(socket));
+    socket.on("disconnect", () => {
+      expiry.clear(socket);
+      rateLimits.release(socket.data.userId);
+      metrics.socketsConnected.dec();
+    });
 
     answerUnknownCommands(socket);
     registerChatHandlers(socket, actor, chats, ctx);
@@ -115,6 +130,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
 
   return {
     io,
+    metrics,
     services: { chats, messages, users },
     async close({ drainMs = 5000 } = {}) {
       if (inflight.draining) return;

@@ -3,6 +3,7 @@
  * a bad value stops the process with a message that names the variable.
  */
 import { z } from "zod";
+import type { RateLimitConfig } from "./services/rate-limits.js";
 
 const csv = z
   .string()
@@ -44,6 +45,16 @@ const envSchema = z.object({
   CLERK_WEBHOOK_SIGNING_SECRET: optionalString,
   /** Seconds a socket may stay connected after its token expired before it is disconnected. */
   TOKEN_GRACE_SECONDS: z.coerce.number().int().min(0).max(30).default(15),
+  /** Milliseconds a command may take before it is answered UNAVAILABLE (slow or cut database). */
+  COMMAND_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5000),
+  /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
+  RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
+  /** The message rate window, in seconds. */
+  RATE_LIMIT_MESSAGE_WINDOW_SECONDS: z.coerce.number().int().min(1).default(10),
+  /** Connection attempts one user may make per minute, across nodes. */
+  RATE_LIMIT_CONNECTIONS_PER_MINUTE: z.coerce.number().int().min(1).default(60),
+  /** Sockets one user may hold open on one node. */
+  MAX_SOCKETS_PER_USER_PER_NODE: z.coerce.number().int().min(1).default(20),
   /** pino log level. Default `info` (`silent` in tests). */
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
   /** Folder for local state: embedded Postgres data and development keys. Git-ignored. */
@@ -66,6 +77,8 @@ export interface Config {
   redisKeyPrefix: string;
   auth: AuthConfig;
   tokenGraceSeconds: number;
+  commandTimeoutMs: number;
+  rateLimits: RateLimitConfig;
   logLevel: NonNullable<Env["LOG_LEVEL"]>;
   dataDir: string;
   embeddedPgPort: number;
@@ -135,6 +148,13 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
         }
       : { mode: "development" },
     tokenGraceSeconds: e.TOKEN_GRACE_SECONDS,
+    commandTimeoutMs: e.COMMAND_TIMEOUT_MS,
+    rateLimits: {
+      messagesPerWindow: e.RATE_LIMIT_MESSAGES,
+      messageWindowSeconds: e.RATE_LIMIT_MESSAGE_WINDOW_SECONDS,
+      connectionsPerMinute: e.RATE_LIMIT_CONNECTIONS_PER_MINUTE,
+      maxSocketsPerNode: e.MAX_SOCKETS_PER_USER_PER_NODE,
+    },
     logLevel: e.LOG_LEVEL ?? (e.NODE_ENV === "test" ? "silent" : "info"),
     dataDir: e.DATA_DIR,
     embeddedPgPort: e.EMBEDDED_PG_PORT,

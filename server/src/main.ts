@@ -12,7 +12,9 @@ import { createDatabase } from "./db/client.js";
 import { type EmbeddedDatabase, startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { runMigrations } from "./db/migrate.js";
 import { createLogger } from "./logger.js";
+import { Metrics } from "./metrics.js";
 import { createRedisAdapter } from "./redis-adapter.js";
+import { RateLimits } from "./services/rate-limits.js";
 
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -52,9 +54,13 @@ async function main(): Promise<void> {
     logger.warn("development auth: tokens are signed with a local key (npm run token -- <userId>)");
   }
 
+  const metrics = new Metrics();
   const redis = config.redisUrl
-    ? createRedisAdapter(config.redisUrl, config.redisKeyPrefix, logger)
+    ? createRedisAdapter(config.redisUrl, config.redisKeyPrefix, logger, (kind) =>
+        metrics.adapterErrors.inc({ kind }),
+      )
     : undefined;
+  const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);
 
   const httpServer = createServer();
   const app = createApplication(httpServer, {
@@ -62,6 +68,9 @@ async function main(): Promise<void> {
     verifier,
     logger,
     tokenGraceSeconds: config.tokenGraceSeconds,
+    commandTimeoutMs: config.commandTimeoutMs,
+    rateLimits,
+    metrics,
     mintDevToken,
     adapter: redis?.adapter,
   });

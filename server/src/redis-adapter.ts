@@ -10,6 +10,8 @@ import type { Logger } from "./logger.js";
 
 export interface RedisAdapterHandle {
   adapter: ReturnType<typeof createAdapter>;
+  /** The publishing connection, also usable for ordinary commands (rate limits). */
+  client: Redis;
   close(): Promise<void>;
 }
 
@@ -17,6 +19,7 @@ export function createRedisAdapter(
   url: string,
   keyPrefix: string,
   logger: Logger,
+  onError: (kind: "connection" | "publish") => void = () => {},
 ): RedisAdapterHandle {
   // Separate connections: a subscribed connection cannot publish. While Redis is down the
   // publisher fails fast (no offline queue to grow without bound); the subscriber keeps its
@@ -27,6 +30,7 @@ export function createRedisAdapter(
   const publish = pub.publish.bind(pub);
   pub.publish = ((...args: Parameters<typeof publish>) =>
     publish(...args).catch((err: unknown) => {
+      onError("publish");
       logger.warn({ err: String(err) }, "redis publish failed: cross-node event dropped");
       return 0;
     })) as typeof pub.publish;
@@ -35,10 +39,14 @@ export function createRedisAdapter(
     ["sub", sub],
   ] as const) {
     // Without a listener an ioredis error would crash the process; Redis being down must not.
-    client.on("error", (err) => logger.warn({ redis: role, err: String(err) }, "redis error"));
+    client.on("error", (err) => {
+      onError("connection");
+      logger.warn({ redis: role, err: String(err) }, "redis error");
+    });
   }
   return {
     adapter: createAdapter(pub, sub, { key: `${keyPrefix}:socket.io` }),
+    client: pub,
     async close() {
       await Promise.allSettled([pub.quit(), sub.quit()]);
     },

@@ -14,7 +14,9 @@ import { type MintOptions, mintSessionToken } from "../../server/src/auth/dev-ke
 import { createClerkVerifier } from "../../server/src/auth/token-verifier.js";
 import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
 import { createLogger } from "../../server/src/logger.js";
+import { Metrics } from "../../server/src/metrics.js";
 import { createRedisAdapter } from "../../server/src/redis-adapter.js";
+import { type RateLimitConfig, RateLimits } from "../../server/src/services/rate-limits.js";
 import { createTestDatabase, type TestDatabase } from "./db.js";
 
 export type ClientSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -51,6 +53,9 @@ export interface TestServerOptions {
   redisUrl?: string;
   /** Redis key prefix; nodes of one test cluster share one, clusters of other tests must not. */
   redisKeyPrefix?: string;
+  /** Per-user limits; default generous enough for load-shaped tests. */
+  rateLimits?: Partial<RateLimitConfig>;
+  commandTimeoutMs?: number;
 }
 
 export interface TestServer {
@@ -79,11 +84,28 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   }
   const database = createDatabase(databaseUrl, { max: 10 });
   const logger = createLogger(process.env.TEST_LOG_LEVEL ?? "silent");
+  const metrics = new Metrics();
   const redis = options.redisUrl
-    ? createRedisAdapter(options.redisUrl, options.redisKeyPrefix ?? "test", logger)
+    ? createRedisAdapter(options.redisUrl, options.redisKeyPrefix ?? "test", logger, (kind) =>
+        metrics.adapterErrors.inc({ kind }),
+      )
     : undefined;
+  const rateLimits = new RateLimits(
+    {
+      messagesPerWindow: 100_000,
+      messageWindowSeconds: 10,
+      connectionsPerMinute: 10_000,
+      maxSocketsPerNode: 1000,
+      ...options.rateLimits,
+    },
+    redis?.client,
+    options.redisKeyPrefix ?? "test",
+  );
   const httpServer = createServer();
   const app = createApplication(httpServer, {
+    metrics,
+    rateLimits,
+    commandTimeoutMs: options.commandTimeoutMs,
     database,
     verifier: createClerkVerifier({
       jwtKey: testKeys.publicKeyPem,

@@ -1,10 +1,12 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type postgres from "postgres";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
 
 export interface HttpDeps {
   sql: postgres.Sql;
   logger: Logger;
+  metrics: Metrics;
   /** True while the node shuts down: readiness fails so that load balancers move away. */
   isDraining: () => boolean;
   /** Development only: mints a dev token for a user id. Absent in production. */
@@ -73,6 +75,12 @@ export function createHttpHandler(deps: HttpDeps) {
           status: ready ? "ready" : "unavailable",
           database: ready ? "up" : "down",
         });
+      }
+      if (req.method === "GET" && url.pathname === "/metrics") {
+        const text = await deps.metrics.registry.metrics();
+        res.writeHead(200, { "content-type": deps.metrics.registry.contentType });
+        res.end(text);
+        return;
       }
       if (deps.mintDevToken && req.method === "POST" && url.pathname === "/dev/token") {
         const body = (await readJson(req)) as { userId?: unknown } | undefined;

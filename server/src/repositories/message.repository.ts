@@ -1,6 +1,7 @@
 import { and, asc, desc, eq, gt, lt, sql } from "drizzle-orm";
 import type { Database } from "../db/client.js";
 import { type ChatMessageRow, chatMemory, type MessageJson } from "../db/schema.js";
+import type { Metrics } from "../metrics.js";
 
 /** A message row as stored, plus whether it already existed (a retried send). */
 export interface StoredMessage {
@@ -25,7 +26,14 @@ type InsertResultRow = {
 const UNIQUE_VIOLATION = "23505";
 
 export class MessageRepository {
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly db: Database,
+    private readonly metrics?: Metrics,
+  ) {}
+
+  private timed<T>(operation: string, work: () => Promise<T>): Promise<T> {
+    return this.metrics ? this.metrics.timeDb(operation, work) : work();
+  }
 
   /**
    * Stores a message in a chat owned by `userId`, once per (chat, clientId), in one statement
@@ -63,7 +71,7 @@ export class MessageRepository {
         from existing e, chat c`;
     let rows: InsertResultRow[];
     try {
-      rows = await this.db.execute<InsertResultRow>(statement);
+      rows = await this.timed("message_insert", () => this.db.execute<InsertResultRow>(statement));
     } catch (e) {
       // The same clientId raced in from another device or node and won: read its row.
       if ((e as { code?: string }).code !== UNIQUE_VIOLATION) throw e;
@@ -102,12 +110,14 @@ export class MessageRepository {
         : position.before !== undefined
           ? lt(chatMemory.seq, position.before)
           : undefined;
-    const rows = await this.db
-      .select()
-      .from(chatMemory)
-      .where(and(eq(chatMemory.sessionId, chatId), bound))
-      .orderBy(forward ? asc(chatMemory.seq) : desc(chatMemory.seq))
-      .limit(limit + 1);
+    const rows = await this.timed("message_page", () =>
+      this.db
+        .select()
+        .from(chatMemory)
+        .where(and(eq(chatMemory.sessionId, chatId), bound))
+        .orderBy(forward ? asc(chatMemory.seq) : desc(chatMemory.seq))
+        .limit(limit + 1),
+    );
     const hasMore = rows.length > limit;
     const page = rows.slice(0, limit);
     return { rows: forward ? page : page.reverse(), hasMore };

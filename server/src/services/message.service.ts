@@ -11,6 +11,7 @@ import type { ChatService } from "./chat.service.js";
 import { AppError, notFound } from "./errors.js";
 import { toChatMessage, toMessageBody } from "./mappers.js";
 import type { Notifier } from "./notifier.js";
+import type { RateLimits } from "./rate-limits.js";
 
 /** Messages: storing them exactly once, and reading them in their one order. */
 export class MessageService {
@@ -18,6 +19,7 @@ export class MessageService {
     private readonly messages: MessageRepository,
     private readonly chats: ChatService,
     private readonly notifier: Notifier,
+    private readonly rateLimits: RateLimits,
   ) {}
 
   /**
@@ -63,7 +65,9 @@ export class MessageService {
     return { message, duplicate: false };
   }
 
-  send(actor: Actor, input: CommandPayload<"message:send">) {
+  /** A user's own send: rate-limited per user across devices and nodes. */
+  async send(actor: Actor, input: CommandPayload<"message:send">) {
+    await this.rateLimits.consumeMessage(actor.userId);
     return this.post(actor, {
       chatId: input.chatId,
       clientId: input.clientId,

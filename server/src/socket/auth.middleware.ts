@@ -3,6 +3,8 @@ import { ConnectErrorCode } from "../../../protocol/constants.js";
 import { TokenError, type TokenVerifier } from "../auth/token-verifier.js";
 import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import type { RateLimits } from "../services/rate-limits.js";
 import type { UserService } from "../services/user.service.js";
 import type { ChatSocket } from "./types.js";
 
@@ -26,11 +28,32 @@ function refuse(code: ConnectErrorCode, message: string): ExtendedError {
  * user's row on first sight, and puts the user into `socket.data`. A refusal reaches the
  * client as `connect_error` with `data.code`.
  */
-export function authMiddleware(verifier: TokenVerifier, users: UserService, logger: Logger) {
+export function authMiddleware(deps: {
+  verifier: TokenVerifier;
+  users: UserService;
+  rateLimits: RateLimits;
+  metrics: Metrics;
+  logger: Logger;
+}) {
+  const { verifier, users, rateLimits, metrics, logger } = deps;
   return async (socket: ChatSocket, next: (err?: ExtendedError) => void) => {
+    let reserved: string | undefined;
+    const refuseWith = (code: ConnectErrorCode, message: string) => {
+      if (reserved) rateLimits.release(reserved);
+      metrics.handshakes.inc({ outcome: code });
+      next(refuse(code, message));
+    };
     try {
       const token = tokenFromHandshake(socket.handshake);
       const verified = await verifier.verify(token);
+      const waitMs = await rateLimits.acquireConnection(verified.userId);
+      if (waitMs > 0) {
+        return refuseWith(
+          ConnectErrorCode.RATE_LIMITED,
+          `Too many connections for this user; retry in ${Math.ceil(waitMs / 1000)} s`,
+        );
+      }
+      reserved = verified.userId; // released on disconnect (app.ts) or refusal below
       const dbUserId = await users.provision(verified.userId);
       socket.data = {
         userId: verified.userId,
@@ -38,17 +61,18 @@ export function authMiddleware(verifier: TokenVerifier, users: UserService, logg
         sessionId: verified.sessionId,
         tokenExpiresAt: verified.expiresAt,
       };
+      metrics.handshakes.inc({ outcome: "ok" });
       next();
     } catch (e) {
       if (e instanceof TokenError) {
         logger.debug({ code: e.code }, "handshake refused");
-        next(refuse(e.code, e.message));
+        refuseWith(e.code, e.message);
       } else if (isUnavailable(e)) {
         logger.warn({ err: String(e) }, "handshake failed: database unavailable");
-        next(refuse(ConnectErrorCode.UNAVAILABLE, "Service temporarily unavailable"));
+        refuseWith(ConnectErrorCode.UNAVAILABLE, "Service temporarily unavailable");
       } else {
         logger.error({ err: e }, "handshake failed");
-        next(refuse(ConnectErrorCode.UNAVAILABLE, "Internal error"));
+        refuseWith(ConnectErrorCode.UNAVAILABLE, "Internal error");
       }
     }
   };

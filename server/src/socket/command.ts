@@ -10,6 +10,7 @@ import {
 } from "../../../protocol/index.js";
 import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
 import { AppError } from "../services/errors.js";
 import type { Inflight } from "./inflight.js";
 import type { ChatSocket } from "./types.js";
@@ -25,6 +26,9 @@ export interface CommandContext {
   logger: Logger;
   /** Commands in progress; refuses new ones while the node drains. */
   inflight: Inflight;
+  metrics: Metrics;
+  /** A command not done after this many milliseconds is answered UNAVAILABLE. */
+  timeoutMs: number;
   /** Checked before every command but `auth:refresh`; throws an AppError to refuse. */
   guard?: (socket: ChatSocket, command: CommandName) => void;
 }
@@ -53,7 +57,12 @@ export function registerCommand<C extends CommandName>(
         return;
       }
       const raw = args.length >= 2 ? args[0] : {};
-      void run(socket, name, raw, handler, ctx).then((result) => ack(result));
+      const end = ctx.metrics.commandDuration.startTimer({ command: name });
+      void run(socket, name, raw, handler, ctx).then((result) => {
+        ack(result);
+        end();
+        ctx.metrics.commands.inc({ command: name, outcome: result.ok ? "ok" : result.error.code });
+      });
     },
   );
 }
@@ -74,13 +83,30 @@ async function run<C extends CommandName>(
     }
     if (name !== "auth:refresh") ctx.guard?.(socket, name);
     const payload = commandSchemas[name].parse(raw) as CommandPayload<C>;
-    return { ok: true, data: await ctx.inflight.track(handler(payload)) };
+    const work = ctx.inflight.track(handler(payload));
+    return { ok: true, data: await withTimeout(work, ctx.timeoutMs) };
   } catch (err) {
     return {
       ok: false,
       error: toProtocolError(err, { command: name, userId: socket.data.userId }, ctx.logger),
     };
   }
+}
+
+/**
+ * Answers UNAVAILABLE when `work` takes longer than `ms` (a stalled database). The work itself
+ * goes on: if it commits later, the client's retry with the same clientId finds it.
+ */
+function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(new AppError(ErrorCode.UNAVAILABLE, "The service did not answer in time; retry")),
+      ms,
+    );
+  });
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** Maps anything thrown by a command to the protocol's closed set of errors. */

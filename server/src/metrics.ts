@@ -1,0 +1,66 @@
+/**
+ * Prometheus metrics (prom-client), one registry per node so that tests can run several nodes
+ * in one process. Served at GET /metrics.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly socketsConnected = new Gauge({
+    name: "chat_sockets_connected",
+    help: "Authenticated sockets connected to this node",
+    registers: [this.registry],
+  });
+
+  readonly handshakes = new Counter({
+    name: "chat_handshakes_total",
+    help: "Socket handshakes by outcome (ok or the connect_error code)",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
+
+  readonly commands = new Counter({
+    name: "chat_commands_total",
+    help: "Commands by name and outcome (ok or the error code)",
+    labelNames: ["command", "outcome"] as const,
+    registers: [this.registry],
+  });
+
+  readonly commandDuration = new Histogram({
+    name: "chat_command_duration_seconds",
+    help: "Time from receiving a command to sending its ack",
+    labelNames: ["command"] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+
+  readonly dbDuration = new Histogram({
+    name: "chat_db_query_duration_seconds",
+    help: "Database round trips on the message path, by operation",
+    labelNames: ["operation"] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+
+  readonly adapterErrors = new Counter({
+    name: "chat_adapter_errors_total",
+    help: "Redis adapter and client errors (connection errors, failed publishes)",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: "chat_" });
+  }
+
+  /** Times `work` into the database histogram. */
+  async timeDb<T>(operation: string, work: () => Promise<T>): Promise<T> {
+    const end = this.dbDuration.startTimer({ operation });
+    try {
+      return await work();
+    } finally {
+      end();
+    }
+  }
+}
