@@ -45,6 +45,11 @@ const envSchema = z.object({
   CLERK_WEBHOOK_SIGNING_SECRET: optionalString,
   /** Seconds a socket may stay connected after its token expired before it is disconnected. */
   TOKEN_GRACE_SECONDS: z.coerce.number().int().min(0).max(30).default(15),
+  /** Apply pending migrations at start (under an advisory lock, so nodes take turns). Default true. */
+  MIGRATE_ON_START: z
+    .enum(["true", "false", "1", "0"])
+    .default("true")
+    .transform((v) => v === "true" || v === "1"),
   /** Milliseconds a command may take before it is answered UNAVAILABLE (slow or cut database). */
   COMMAND_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5000),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
@@ -73,6 +78,7 @@ export interface Config {
   /** Undefined: start the embedded Postgres (never in production). */
   databaseUrl: string | undefined;
   databasePoolSize: number;
+  migrateOnStart: boolean;
   redisUrl: string | undefined;
   redisKeyPrefix: string;
   auth: AuthConfig;
@@ -137,6 +143,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     host: e.HOST ?? (production ? "0.0.0.0" : "127.0.0.1"),
     databaseUrl: e.DATABASE_URL,
     databasePoolSize: e.DATABASE_POOL_SIZE,
+    migrateOnStart: e.MIGRATE_ON_START,
     redisUrl: e.REDIS_URL,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
     auth: hasClerk

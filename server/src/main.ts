@@ -38,9 +38,9 @@ async function main(): Promise<void> {
     );
     databaseUrl = embedded.url;
   }
-  // Outside production the schema is brought up to date at start; in production a one-shot
-  // `npm run db:migrate` does it (docker-compose's migrate service).
-  if (config.env !== "production") await runMigrations(databaseUrl);
+  // Bringing the schema up to date is a no-op when it is current; an advisory lock makes nodes
+  // that start together take turns. MIGRATE_ON_START=false leaves it to `npm run db:migrate`.
+  if (config.migrateOnStart) await runMigrations(databaseUrl);
   const database = createDatabase(databaseUrl, { max: config.databasePoolSize });
 
   let verifier: ReturnType<typeof createClerkVerifier>;

@@ -1,0 +1,82 @@
+/** Configuration: parsed once, and production refuses to run without real Clerk keys. */
+import { spawnSync } from "node:child_process";
+import { describe, expect, test } from "vitest";
+import { ConfigError, loadConfig } from "../../server/src/config.js";
+import { testKeys } from "../helpers/server.js";
+
+const pem = testKeys.publicKeyPem;
+
+describe("loadConfig", () => {
+  test("no configuration: development auth, embedded database, in-memory adapter", () => {
+    const c = loadConfig({});
+    expect(c.auth).toEqual({ mode: "development" });
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.redisUrl).toBeUndefined();
+    expect(c.port).toBe(3000);
+    expect(c.host).toBe("127.0.0.1");
+    expect(c.tokenGraceSeconds).toBeLessThanOrEqual(30);
+  });
+
+  test("production without Clerk keys is refused, naming the variable", () => {
+    expect(() => loadConfig({ NODE_ENV: "production", DATABASE_URL: "postgres://x@h/db" })).toThrow(
+      /CLERK_JWT_KEY/,
+    );
+  });
+
+  test("production without authorized parties or a database is refused", () => {
+    expect(() =>
+      loadConfig({ NODE_ENV: "production", CLERK_JWT_KEY: pem, DATABASE_URL: "postgres://x@h/db" }),
+    ).toThrow(/CLERK_AUTHORIZED_PARTIES/);
+    expect(() =>
+      loadConfig({
+        NODE_ENV: "production",
+        CLERK_JWT_KEY: pem,
+        CLERK_AUTHORIZED_PARTIES: "https://a.example",
+      }),
+    ).toThrow(/DATABASE_URL/);
+  });
+
+  test("production with real configuration uses Clerk verification", () => {
+    const c = loadConfig({
+      NODE_ENV: "production",
+      CLERK_JWT_KEY: pem.replace(/\n/g, "\\n"),
+      CLERK_AUTHORIZED_PARTIES: "https://a.example, https://b.example",
+      DATABASE_URL: "postgres://x@h/db",
+    });
+    expect(c.auth).toEqual({
+      mode: "clerk",
+      jwtKey: pem,
+      secretKey: undefined,
+      authorizedParties: ["https://a.example", "https://b.example"],
+    });
+    expect(c.host).toBe("0.0.0.0");
+  });
+
+  test.each([
+    [{ PORT: "abc" }, /PORT/],
+    [{ DATABASE_URL: "mysql://x" }, /DATABASE_URL/],
+    [{ REDIS_URL: "http://x" }, /REDIS_URL/],
+    [{ TOKEN_GRACE_SECONDS: "120" }, /TOKEN_GRACE_SECONDS/],
+    [{ CLERK_JWT_KEY: "not a pem" }, /CLERK_JWT_KEY/],
+    [{ LOG_LEVEL: "loud" }, /LOG_LEVEL/],
+  ])("a bad value stops with a message naming it: %o", (env, name) => {
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(name);
+  });
+
+  test("npm start in production without Clerk configuration exits with a clear message", () => {
+    const r = spawnSync(process.execPath, ["--import", "tsx", "server/src/main.ts"], {
+      env: {
+        ...process.env,
+        NODE_ENV: "production",
+        DATABASE_URL: "postgres://x@127.0.0.1:1/db",
+        CLERK_JWT_KEY: "",
+        CLERK_SECRET_KEY: "",
+      },
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/Configuration error: .*CLERK_JWT_KEY/);
+  });
+});
