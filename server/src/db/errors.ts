@@ -22,9 +22,21 @@ const unavailableCodes = new Set([
   "57014",
 ]);
 
+/**
+ * The Postgres or driver error code of `err`, looking through wrappers: drizzle-orm wraps
+ * driver errors in a DrizzleQueryError whose `cause` carries the code.
+ */
+export function errorCode(err: unknown): string | undefined {
+  for (let e = err, depth = 0; typeof e === "object" && e !== null && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string") return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
 export function isUnavailable(err: unknown): boolean {
-  if (typeof err !== "object" || err === null) return false;
-  const code = (err as { code?: unknown }).code;
-  if (typeof code !== "string") return false;
+  const code = errorCode(err);
+  if (code === undefined) return false;
   return unavailableCodes.has(code) || code.startsWith("08");
 }

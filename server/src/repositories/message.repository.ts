@@ -1,5 +1,6 @@
 import { and, asc, desc, eq, gt, lt, sql } from "drizzle-orm";
 import type { Database } from "../db/client.js";
+import { errorCode } from "../db/errors.js";
 import { type ChatMessageRow, chatMemory, type MessageJson } from "../db/schema.js";
 import type { Metrics } from "../metrics.js";
 
@@ -74,7 +75,7 @@ export class MessageRepository {
       rows = await this.timed("message_insert", () => this.db.execute<InsertResultRow>(statement));
     } catch (e) {
       // The same clientId raced in from another device or node and won: read its row.
-      if ((e as { code?: string }).code !== UNIQUE_VIOLATION) throw e;
+      if (errorCode(e) !== UNIQUE_VIOLATION) throw e;
       rows = await this.db.execute<InsertResultRow>(statement);
     }
     const r = rows[0];

@@ -101,7 +101,8 @@ function decodeCursor(cursor: string): SidebarCursor {
   if (
     !updatedUs ||
     !id ||
-    !/^\d{1,20}$/.test(updatedUs) ||
+    // Microseconds since 1970: 17 digits reach the year 5138, well inside Postgres' range.
+    !/^\d{1,17}$/.test(updatedUs) ||
     !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id)
   ) {
     throw new AppError(ErrorCode.INVALID_PAYLOAD, "cursor is not one this server issued", {

@@ -9,12 +9,15 @@ import type { MessageRepository } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";
 import { AppError, notFound } from "./errors.js";
+import { KeyedQueue } from "./keyed-queue.js";
 import { toChatMessage, toMessageBody } from "./mappers.js";
 import type { Notifier } from "./notifier.js";
 import type { RateLimits } from "./rate-limits.js";
 
 /** Messages: storing them exactly once, and reading them in their one order. */
 export class MessageService {
+  private readonly perChat = new KeyedQueue();
+
   constructor(
     private readonly messages: MessageRepository,
     private readonly chats: ChatService,
@@ -26,9 +29,17 @@ export class MessageService {
    * Stores a message (once per clientId in the chat) and broadcasts it: the message to the
    * chat's room, the new sidebar entry and the stats to the user's devices. A retry of a
    * stored clientId returns the stored row and broadcasts nothing. Used by socket sends
-   * (role `user`) and by the service API (any role).
+   * (role `user`) and by the service API (any role). One chat's messages are stored one at a
+   * time on this node, so its broadcasts leave in `seq` order.
    */
-  async post(
+  post(
+    actor: Actor,
+    input: { chatId: string; clientId: string; body: MessageBody },
+  ): Promise<CommandResults["message:send"]> {
+    return this.perChat.run(input.chatId, () => this.store(actor, input));
+  }
+
+  private async store(
     actor: Actor,
     input: { chatId: string; clientId: string; body: MessageBody },
   ): Promise<CommandResults["message:send"]> {
