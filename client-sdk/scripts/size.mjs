@@ -1,0 +1,39 @@
+/**
+ * Bundle size of the SDK as an app would ship it: esbuild, minified, ESM for browsers, once with
+ * socket.io-client bundled in and once with it external. Prints min and min+gzip bytes.
+ * Usage: node client-sdk/scripts/size.mjs
+ */
+import { fileURLToPath } from "node:url";
+import { gzipSync } from "node:zlib";
+import { build } from "esbuild";
+
+const entry = fileURLToPath(new URL("../src/index.ts", import.meta.url));
+
+async function measure(label, external) {
+  const result = await build({
+    entryPoints: [entry],
+    bundle: true,
+    minify: true,
+    format: "esm",
+    platform: "browser",
+    target: "es2020",
+    write: false,
+    external,
+    legalComments: "none",
+    logLevel: "error",
+  });
+  const code = result.outputFiles[0].contents;
+  const gz = gzipSync(code, { level: 9 }).length;
+  return { label, min: code.length, gzip: gz };
+}
+
+const kb = (n) => `${(n / 1024).toFixed(1)} KiB`;
+const rows = [
+  await measure("SDK + socket.io-client", []),
+  await measure("SDK only (socket.io-client external)", ["socket.io-client"]),
+];
+for (const r of rows) {
+  console.log(
+    `${r.label.padEnd(40)} min ${String(r.min).padStart(7)} B (${kb(r.min)})  min+gzip ${String(r.gzip).padStart(6)} B (${kb(r.gzip)})`,
+  );
+}

@@ -1,0 +1,58 @@
+/**
+ * @chat-backend/client: the browser and React Native SDK of the chat backend.
+ * See docs/sdk.md.
+ */
+
+export {
+  ConnectErrorCode,
+  DisconnectReason,
+  ErrorCode,
+  Limits,
+  PROTOCOL_VERSION,
+  retryableErrorCodes,
+} from "../../protocol/constants.js";
+export type {
+  ChatMessage,
+  ChatSummary,
+  CommandInput,
+  CommandName,
+  CommandResults,
+  ConnectionClosing,
+  MessageBody,
+  MessagePage,
+  ProtocolError,
+  UserStats,
+} from "../../protocol/index.js";
+export {
+  type ChatClient,
+  type ChatClientEvents,
+  type ChatClientOptions,
+  type ConnectionState,
+  createChatClient,
+  type OutboxStore,
+} from "./client.js";
+export {
+  ChatClientError,
+  type ChatErrorCode,
+  ClientErrorCode,
+  isRetryable,
+} from "./errors.js";
+export {
+  indexedDbOutboxStorage,
+  type KeyValueStorage,
+  keyValueOutboxStorage,
+  memoryOutboxStorage,
+  type OutboxEntry,
+  type OutboxRecord,
+  type OutboxStatus,
+  type OutboxStorage,
+} from "./outbox.js";
+export type {
+  ChatItem,
+  ChatSnapshot,
+  ChatStatus,
+  ChatStore,
+  ReadableStore,
+  SidebarSnapshot,
+  SidebarStore,
+} from "./stores.js";

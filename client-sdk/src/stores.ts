@@ -1,0 +1,488 @@
+/**
+ * The sidebar and chat stores: plain external stores (`subscribe` + `getSnapshot`) whose
+ * snapshots are frozen and change identity only when their content changes, so they plug into
+ * React's `useSyncExternalStore` (or any other view layer) as they are.
+ */
+import type {
+  ChatMessage,
+  ChatSummary,
+  CommandResults,
+  MessageBody,
+} from "../../protocol/index.js";
+import type { ChatClientError } from "./errors.js";
+import type { OutboxEntry, OutboxStatus } from "./outbox.js";
+import { Store, sameItems } from "./util.js";
+
+/** What `useSyncExternalStore` needs. */
+export interface ReadableStore<T> {
+  subscribe(listener: () => void): () => void;
+  getSnapshot(): T;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sidebar
+
+export interface SidebarSnapshot {
+  /** `idle` before the first load, `loading` during it, then `ready`. */
+  readonly status: "idle" | "loading" | "ready";
+  /** Ordered by `updatedAt` descending, then `id` descending (the server's order). */
+  readonly chats: readonly ChatSummary[];
+  /** Whether older chats exist beyond the loaded ones (`loadMore()`). */
+  readonly hasMore: boolean;
+}
+
+export interface SidebarStore extends ReadableStore<SidebarSnapshot> {
+  /** Loads the next page of older chats. */
+  loadMore(): Promise<void>;
+  /** Reloads the loaded range (done automatically after every (re)connect). */
+  refresh(): Promise<void>;
+}
+
+type ListPage = (input: {
+  limit?: number;
+  cursor?: string;
+}) => Promise<CommandResults["chat:list"]>;
+
+const PAGE = 50;
+
+/**
+ * The server's order: `updatedAt` descending, then `id` descending. `updatedAt` has millisecond
+ * precision on the wire but microseconds in the database, so entries within one millisecond
+ * keep the order of the server's last listing (`rank`) when it is known.
+ */
+function compareChats(a: ChatSummary, b: ChatSummary, rank: Map<string, number>): number {
+  if (a.updatedAt !== b.updatedAt) return a.updatedAt < b.updatedAt ? 1 : -1;
+  const ra = rank.get(a.id);
+  const rb = rank.get(b.id);
+  if (ra !== undefined && rb !== undefined && ra !== rb) return ra - rb;
+  return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
+}
+
+/** The later of two ISO 8601 UTC timestamps (same format, so they compare as strings). */
+function laterIso(a: string, b: string): string {
+  return a < b ? b : a;
+}
+
+function sameBody(a: MessageBody | null, b: MessageBody | null): boolean {
+  return a === b || (!!a && !!b && a.role === b.role && a.content === b.content);
+}
+
+function sameChat(a: ChatSummary, b: ChatSummary): boolean {
+  return (
+    a.id === b.id &&
+    a.title === b.title &&
+    a.lastSeq === b.lastSeq &&
+    a.createdAt === b.createdAt &&
+    a.updatedAt === b.updatedAt &&
+    sameBody(a.lastMessage, b.lastMessage)
+  );
+}
+
+/** Combines a known entry with a newer one; ignores one that is older in every respect. */
+function mergeChat(prev: ChatSummary | undefined, next: ChatSummary): ChatSummary {
+  if (!prev) return Object.freeze({ ...next });
+  if (next.lastSeq < prev.lastSeq && next.updatedAt <= prev.updatedAt) return prev;
+  if (next.lastSeq <= prev.lastSeq && next.updatedAt < prev.updatedAt) return prev;
+  let merged = next;
+  if (next.lastSeq < prev.lastSeq) {
+    // A rename that raced a newer message: keep the newer preview.
+    merged = { ...next, lastMessage: prev.lastMessage, lastSeq: prev.lastSeq };
+  }
+  merged = { ...merged, updatedAt: laterIso(merged.updatedAt, prev.updatedAt) };
+  return sameChat(prev, merged) ? prev : Object.freeze({ ...merged });
+}
+
+export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore {
+  private readonly chats = new Map<string, ChatSummary>();
+  /** Position of each chat in the server's last listing (tie-break within a millisecond). */
+  private rank = new Map<string, number>();
+  private status: SidebarSnapshot["status"] = "idle";
+  private nextCursor: string | null = null;
+  /** Changes that arrive while a refresh is in flight, applied over its result. */
+  private changes: Map<string, ChatSummary | null> | null = null;
+  private refreshing: Promise<void> | null = null;
+  private loadingMore: Promise<void> | null = null;
+
+  constructor(private readonly list: ListPage) {
+    super(Object.freeze({ status: "idle", chats: Object.freeze([]), hasMore: false }));
+  }
+
+  upsert(chat: ChatSummary): void {
+    const merged = mergeChat(this.chats.get(chat.id), chat);
+    this.changes?.set(chat.id, merged);
+    this.chats.set(chat.id, merged);
+    this.rebuild();
+  }
+
+  remove(chatId: string): void {
+    this.changes?.set(chatId, null);
+    if (this.chats.delete(chatId)) this.rebuild();
+  }
+
+  /** A stored message: the entry's preview, `lastSeq` and order follow it. */
+  applyMessage(message: ChatMessage): void {
+    const prev = this.chats.get(message.chatId);
+    if (!prev || message.seq <= prev.lastSeq) return;
+    this.upsert({
+      ...prev,
+      lastMessage: { role: message.role, content: message.content },
+      lastSeq: message.seq,
+      updatedAt: laterIso(message.createdAt, prev.updatedAt),
+    });
+  }
+
+  get(chatId: string): ChatSummary | undefined {
+    return this.chats.get(chatId);
+  }
+
+  refresh(): Promise<void> {
+    this.refreshing ??= this.reload().finally(() => {
+      this.refreshing = null;
+    });
+    return this.refreshing;
+  }
+
+  private async reload(): Promise<void> {
+    const target = Math.max(this.chats.size, PAGE);
+    if (this.status === "idle") {
+      this.status = "loading";
+      this.rebuild();
+    }
+    this.changes = new Map();
+    try {
+      const loaded: ChatSummary[] = [];
+      let cursor: string | null = null;
+      do {
+        const page: CommandResults["chat:list"] = await this.list({
+          limit: Math.min(200, Math.max(PAGE, target - loaded.length)),
+          ...(cursor ? { cursor } : {}),
+        });
+        loaded.push(...page.chats);
+        cursor = page.nextCursor;
+      } while (cursor && loaded.length < target);
+      const previous = new Map(this.chats);
+      this.chats.clear();
+      this.rank = new Map(loaded.map((chat, i) => [chat.id, i]));
+      for (const chat of loaded) this.chats.set(chat.id, mergeChat(previous.get(chat.id), chat));
+      for (const [id, change] of this.changes) {
+        if (change === null) this.chats.delete(id);
+        else this.chats.set(id, mergeChat(this.chats.get(id), change));
+      }
+      this.nextCursor = cursor;
+      this.status = "ready";
+      this.rebuild();
+    } finally {
+      this.changes = null;
+    }
+  }
+
+  loadMore(): Promise<void> {
+    if (!this.nextCursor) return this.refreshing ?? Promise.resolve();
+    this.loadingMore ??= (async () => {
+      try {
+        const cursor = this.nextCursor;
+        if (!cursor) return;
+        const page = await this.list({ limit: PAGE, cursor });
+        for (const chat of page.chats) {
+          if (!this.rank.has(chat.id)) this.rank.set(chat.id, this.rank.size);
+          this.chats.set(chat.id, mergeChat(this.chats.get(chat.id), chat));
+        }
+        this.nextCursor = page.nextCursor;
+        this.rebuild();
+      } finally {
+        this.loadingMore = null;
+      }
+    })();
+    return this.loadingMore;
+  }
+
+  private rebuild(): void {
+    const prev = this.getSnapshot();
+    const chats = [...this.chats.values()].sort((a, b) => compareChats(a, b, this.rank));
+    const hasMore = this.nextCursor !== null;
+    if (prev.status === this.status && prev.hasMore === hasMore && sameItems(prev.chats, chats)) {
+      return;
+    }
+    this.publish(
+      Object.freeze({
+        status: this.status,
+        chats: sameItems(prev.chats, chats) ? prev.chats : Object.freeze(chats),
+        hasMore,
+      }),
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One chat
+
+export type ChatStatus = "idle" | "loading" | "ready" | "deleted" | "error";
+
+/** One row to render: a stored message, or an outbox entry after them. */
+export interface ChatItem {
+  /** Stable key: the clientId. */
+  readonly key: string;
+  readonly clientId: string;
+  readonly role: ChatMessage["role"];
+  readonly content: string;
+  /** The message's seq; null while it is not stored (or not yet in order). */
+  readonly seq: number | null;
+  readonly createdAt: string;
+  /** `sent` for stored messages; the outbox status otherwise. */
+  readonly status: "sent" | OutboxStatus;
+  readonly error: OutboxEntry["error"];
+}
+
+export interface ChatSnapshot {
+  readonly chatId: string;
+  /** `idle` until opened; `deleted` when the chat is gone (deleted on any device). */
+  readonly status: ChatStatus;
+  /** Whether the chat is open (live) on this client. */
+  readonly open: boolean;
+  /** Stored messages, by seq, without gaps or duplicates. */
+  readonly messages: readonly ChatMessage[];
+  /** This device's outbox entries for the chat that are not among `messages` yet, in send order. */
+  readonly pending: readonly OutboxEntry[];
+  /** `messages` then `pending`, as rows to render. */
+  readonly items: readonly ChatItem[];
+  /** Whether older messages exist before the first loaded one (`loadOlder()`). */
+  readonly hasMoreBefore: boolean;
+  /** The error of the last failed open, when `status` is `error`. */
+  readonly error: ChatClientError | null;
+}
+
+export interface ChatStore extends ReadableStore<ChatSnapshot> {
+  readonly chatId: string;
+  /** Loads a page of older messages in front of the loaded ones. */
+  loadOlder(limit?: number): Promise<void>;
+}
+
+const itemOfMessage = new WeakMap<ChatMessage, ChatItem>();
+const itemOfEntry = new WeakMap<OutboxEntry, ChatItem>();
+
+function messageItem(m: ChatMessage): ChatItem {
+  let item = itemOfMessage.get(m);
+  if (!item) {
+    item = Object.freeze({
+      key: m.clientId,
+      clientId: m.clientId,
+      role: m.role,
+      content: m.content,
+      seq: m.seq,
+      createdAt: m.createdAt,
+      status: "sent" as const,
+      error: null,
+    });
+    itemOfMessage.set(m, item);
+  }
+  return item;
+}
+
+function entryItem(e: OutboxEntry): ChatItem {
+  let item = itemOfEntry.get(e);
+  if (!item) {
+    item = Object.freeze({
+      key: e.clientId,
+      clientId: e.clientId,
+      role: "user" as const,
+      content: e.content,
+      seq: null,
+      createdAt: e.createdAt,
+      status: e.status,
+      error: e.error,
+    });
+    itemOfEntry.set(e, item);
+  }
+  return item;
+}
+
+export interface ChatStateHooks {
+  /** This chat's unconfirmed outbox entries, in send order. */
+  pending(chatId: string): readonly OutboxEntry[];
+  loadOlder(state: ChatState, limit?: number): Promise<void>;
+}
+
+/** The state of one chat. Mutated by the client; read by the app through `ChatStore`. */
+export class ChatState extends Store<ChatSnapshot> implements ChatStore {
+  status: ChatStatus = "idle";
+  open = false;
+  error: ChatClientError | null = null;
+  hasMoreBefore = false;
+  /** Loaded messages, contiguous by seq. */
+  private messages: ChatMessage[] = [];
+  /** Received messages beyond a gap, waiting for the gap to be filled. */
+  private readonly ahead = new Map<number, ChatMessage>();
+  private readonly clientIds = new Set<string>();
+  /** The last seq of the contiguous run (0 for an empty chat). */
+  lastSeq = 0;
+  /** In-flight catch-up (`message:sync`), and whether another pass was asked for meanwhile. */
+  syncing: Promise<void> | null = null;
+  syncAgain = false;
+
+  constructor(
+    readonly chatId: string,
+    private readonly hooks: ChatStateHooks,
+  ) {
+    super(
+      Object.freeze({
+        chatId,
+        status: "idle" as const,
+        open: false,
+        messages: Object.freeze([]),
+        pending: Object.freeze([]),
+        items: Object.freeze([]),
+        hasMoreBefore: false,
+        error: null,
+      }),
+    );
+  }
+
+  loadOlder(limit?: number): Promise<void> {
+    return this.hooks.loadOlder(this, limit);
+  }
+
+  get firstSeq(): number | undefined {
+    return this.messages[0]?.seq;
+  }
+
+  get hasGap(): boolean {
+    return this.ahead.size > 0;
+  }
+
+  hasClientId(clientId: string): boolean {
+    return this.clientIds.has(clientId);
+  }
+
+  /** A page from `chat:open`: replaces the loaded messages (newer ones already seen are kept). */
+  load(page: readonly ChatMessage[], hasMore: boolean): void {
+    const sorted = [...page].sort((a, b) => a.seq - b.seq);
+    const last = sorted.at(-1)?.seq ?? 0;
+    for (const m of this.messages) if (m.seq > last) this.ahead.set(m.seq, m);
+    this.messages = sorted.map((m) => Object.freeze({ ...m }));
+    this.lastSeq = last;
+    this.hasMoreBefore = hasMore;
+    this.status = "ready";
+    this.error = null;
+    this.drain();
+    this.rebuild();
+  }
+
+  /** Older messages from `message:history`, in front of the loaded ones. */
+  prepend(older: readonly ChatMessage[], hasMore: boolean): void {
+    const first = this.firstSeq ?? this.lastSeq + 1;
+    const add = older
+      .filter((m) => m.seq < first)
+      .sort((a, b) => a.seq - b.seq)
+      .map((m) => Object.freeze({ ...m }));
+    // Only a run that ends right before the first loaded message keeps the list gap-free.
+    const run: ChatMessage[] = [];
+    for (let i = add.length - 1, want = first - 1; i >= 0 && add[i]?.seq === want; i--, want--) {
+      run.unshift(add[i] as ChatMessage);
+    }
+    this.messages = [...run, ...this.messages];
+    this.hasMoreBefore = run.length === add.length ? hasMore : true;
+    this.rebuild();
+  }
+
+  /**
+   * Messages from the live stream, a sync page or an ack. Returns those appended at the end (in
+   * seq order); anything beyond a gap waits in `ahead` until the gap is filled.
+   */
+  ingest(messages: readonly ChatMessage[]): ChatMessage[] {
+    if (this.status !== "ready" && this.status !== "loading") return [];
+    for (const m of messages) {
+      if (this.status === "ready" && m.seq <= this.lastSeq) continue;
+      if (!this.ahead.has(m.seq)) this.ahead.set(m.seq, Object.freeze({ ...m }));
+    }
+    if (this.status !== "ready") return [];
+    const appended = this.drain();
+    if (appended.length) this.rebuild();
+    return appended;
+  }
+
+  private drain(): ChatMessage[] {
+    const appended: ChatMessage[] = [];
+    for (const seq of [...this.ahead.keys()]) if (seq <= this.lastSeq) this.ahead.delete(seq);
+    for (
+      let next = this.ahead.get(this.lastSeq + 1);
+      next;
+      next = this.ahead.get(this.lastSeq + 1)
+    ) {
+      this.ahead.delete(next.seq);
+      appended.push(next);
+      this.lastSeq = next.seq;
+    }
+    if (appended.length) this.messages = [...this.messages, ...appended];
+    return appended;
+  }
+
+  beginLoad(): void {
+    this.open = true;
+    if (this.status !== "ready") {
+      this.status = "loading";
+      this.error = null;
+    }
+    this.rebuild();
+  }
+
+  loadFailed(error: ChatClientError): void {
+    if (this.status === "loading") {
+      this.status = "error";
+      this.error = error;
+      this.ahead.clear();
+    }
+    this.rebuild();
+  }
+
+  setOpen(open: boolean): void {
+    this.open = open;
+    this.rebuild();
+  }
+
+  markDeleted(): void {
+    this.status = "deleted";
+    this.open = false;
+    this.ahead.clear();
+    this.rebuild();
+  }
+
+  /** Recomputes the snapshot (also when the outbox changed); publishes only real changes. */
+  rebuild(): void {
+    this.clientIds.clear();
+    for (const m of this.messages) this.clientIds.add(m.clientId);
+    const prev = this.getSnapshot();
+    const messages = sameItems(prev.messages, this.messages)
+      ? prev.messages
+      : Object.freeze([...this.messages]);
+    const pendingNow = this.hooks
+      .pending(this.chatId)
+      .filter((e) => !this.clientIds.has(e.clientId));
+    const pending = sameItems(prev.pending, pendingNow) ? prev.pending : Object.freeze(pendingNow);
+    if (
+      prev.status === this.status &&
+      prev.open === this.open &&
+      prev.hasMoreBefore === this.hasMoreBefore &&
+      prev.error === this.error &&
+      prev.messages === messages &&
+      prev.pending === pending
+    ) {
+      return;
+    }
+    const items =
+      prev.messages === messages && prev.pending === pending
+        ? prev.items
+        : Object.freeze([...messages.map(messageItem), ...pending.map(entryItem)]);
+    this.publish(
+      Object.freeze({
+        chatId: this.chatId,
+        status: this.status,
+        open: this.open,
+        messages,
+        pending,
+        items,
+        hasMoreBefore: this.hasMoreBefore,
+        error: this.error,
+      }),
+    );
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * Development only: the demo page (demo/index.html) and its script (demo/demo.ts with the
+ * client SDK), bundled once with esbuild at start and served from memory.
+ */
+import { readFile } from "node:fs/promises";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { fileURLToPath } from "node:url";
+
+/** Serves the demo; resolves true when it answered the request, false to pass it on. */
+export type DemoHandler = (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
+
+const demoDir = new URL("../../../demo/", import.meta.url);
+
+const headers = {
+  "cache-control": "no-store",
+  "x-content-type-options": "nosniff",
+  "content-security-policy":
+    "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+};
+
+export async function createDemoHandler(): Promise<DemoHandler> {
+  // Loaded here so that a production node never imports the bundler.
+  const { build } = await import("esbuild");
+  const [html, bundle] = await Promise.all([
+    readFile(new URL("index.html", demoDir)),
+    build({
+      entryPoints: [fileURLToPath(new URL("demo.ts", demoDir))],
+      bundle: true,
+      write: false,
+      format: "esm",
+      platform: "browser",
+      target: "es2020",
+      sourcemap: "inline",
+      logLevel: "silent",
+    }),
+  ]);
+  const script = bundle.outputFiles[0]?.contents;
+  if (!script) throw new Error("esbuild produced no output for demo/demo.ts");
+
+  const files: Record<string, { body: Uint8Array; type: string }> = {
+    "/": { body: html, type: "text/html; charset=utf-8" },
+    "/index.html": { body: html, type: "text/html; charset=utf-8" },
+    "/demo.js": { body: script, type: "text/javascript; charset=utf-8" },
+  };
+
+  return async (req, res) => {
+    if (req.method !== "GET" && req.method !== "HEAD") return false;
+    const file = files[new URL(req.url ?? "/", "http://localhost").pathname];
+    if (!file) return false;
+    res.writeHead(200, {
+      ...headers,
+      "content-type": file.type,
+      "content-length": file.body.byteLength,
+    });
+    res.end(req.method === "HEAD" ? undefined : file.body);
+    return true;
+  };
+}
