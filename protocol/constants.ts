@@ -80,6 +80,19 @@ export const DisconnectReason = {
 
 export type DisconnectReason = (typeof DisconnectReason)[keyof typeof DisconnectReason];
 
+/**
+ * Why a streamed reply ended without being stored, carried by `message:failed`. The partial
+ * text the devices showed should be dropped (or marked failed); nothing was stored.
+ */
+export const StreamFailureReason = {
+  /** The app's backend reported that producing the reply failed. */
+  FAILED: "FAILED",
+  /** No chunk, finish or fail arrived within the stream timeout (the backend went away). */
+  ABANDONED: "ABANDONED",
+} as const;
+
+export type StreamFailureReason = (typeof StreamFailureReason)[keyof typeof StreamFailureReason];
+
 /** Limits enforced by the server (and checked early by the SDK). */
 export const Limits = {
   /** Characters in one message's content. */

@@ -5,7 +5,12 @@
  * docs/protocol.md is the same contract written for people.
  */
 import { z } from "zod";
-import { type DisconnectReason, type ErrorCode, Limits } from "./constants.js";
+import {
+  type DisconnectReason,
+  type ErrorCode,
+  Limits,
+  type StreamFailureReason,
+} from "./constants.js";
 
 export * from "./constants.js";
 
@@ -173,6 +178,38 @@ export interface ConnectionClosing {
   reconnect: boolean;
 }
 
+/**
+ * A streamed reply (from the app's backend, through the service API) began in a chat this
+ * socket has open. Deltas follow; it ends with `message:created` (whose `message.clientId`
+ * equals `streamId`) or `message:failed`.
+ */
+export interface MessageStreaming {
+  streamId: string;
+  chatId: string;
+  role: "assistant" | "system";
+  /** ISO 8601. */
+  startedAt: string;
+}
+
+/**
+ * A piece of a streamed reply. `index` is 0, 1, 2, … per stream: order the deltas by it and drop
+ * an index already seen (events from several server nodes may arrive out of order).
+ */
+export interface MessageDelta {
+  streamId: string;
+  chatId: string;
+  index: number;
+  delta: string;
+}
+
+/** A streamed reply ended without being stored: drop (or mark failed) what was shown. */
+export interface MessageStreamFailed {
+  streamId: string;
+  chatId: string;
+  reason: StreamFailureReason;
+  message: string;
+}
+
 /** Events the server emits. */
 export interface ServerToClientEvents {
   /** A message was stored in a chat this socket has open (the sender's socket included). */
@@ -187,6 +224,12 @@ export interface ServerToClientEvents {
   "stats:updated": (event: { stats: UserStats }) => void;
   /** The server is about to disconnect this socket, and why. */
   "connection:closing": (event: ConnectionClosing) => void;
+  /** A streamed reply began in a chat this socket has open. */
+  "message:streaming": (event: MessageStreaming) => void;
+  /** A piece of a streamed reply; order by `index`, drop duplicates. */
+  "message:delta": (event: MessageDelta) => void;
+  /** A streamed reply failed or was abandoned; nothing was stored. */
+  "message:failed": (event: MessageStreamFailed) => void;
 }
 
 /** Events between server nodes (none beyond the adapter's own). */

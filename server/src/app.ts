@@ -4,20 +4,32 @@
  * tests pass in their own.
  */
 import type { Server as HttpServer } from "node:http";
+import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
 import type { DatabaseHandle } from "./db/client.js";
-import { createHttpHandler } from "./http/routes.js";
+import { createClerkWebhookRoute } from "./http/clerk-webhook.js";
+import { createHttpHandler, type HttpRoute } from "./http/routes.js";
+import { createServiceApi } from "./http/service-api.js";
 import type { Logger } from "./logger.js";
 import { Metrics } from "./metrics.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
+import { SearchRepository } from "./repositories/search.repository.js";
+import {
+  MemoryStreamStore,
+  RedisStreamStore,
+  type StreamStore,
+} from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
 import { ChatService } from "./services/chat.service.js";
+import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
 import { MessageService } from "./services/message.service.js";
 import type { RateLimits } from "./services/rate-limits.js";
+import { ServiceRoleService } from "./services/service-role.service.js";
+import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
 import { authMiddleware } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
@@ -45,12 +57,29 @@ export interface AppComponents {
   adapter?: ServerOptions["adapter"] | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
   mintDevToken?: ((userId: string) => Promise<string>) | undefined;
+  /** Secret of the service-role HTTP API (`/service/v1/…`); the API is disabled without it. */
+  serviceApiKey?: string | undefined;
+  /** Clerk's webhook signing secret (`whsec_…`); `POST /webhooks/clerk` is disabled without it. */
+  webhookSigningSecret?: string | undefined;
+  /** Milliseconds a streamed reply may go without a chunk before it is marked failed; default 60 s. */
+  streamTimeoutMs?: number | undefined;
+  /**
+   * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
+   * state is in this node's memory, which is only right for a single node.
+   */
+  redis?: { client: Redis; keyPrefix: string } | undefined;
 }
 
 export interface Application {
   io: ChatServer;
   metrics: Metrics;
-  services: { chats: ChatService; messages: MessageService; users: UserService };
+  services: {
+    chats: ChatService;
+    messages: MessageService;
+    users: UserService;
+    serviceRole: ServiceRoleService;
+    streams: StreamService;
+  };
   /**
    * Graceful stop: stops accepting connections, refuses new commands (UNAVAILABLE), lets
    * commands in progress finish and ack (up to `drainMs`), tells every socket
@@ -65,6 +94,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const metrics = components.metrics ?? new Metrics();
 
   const inflight = new Inflight();
+  const commandTimeoutMs = components.commandTimeoutMs ?? 5000;
+  // Filled below, once the services exist; the HTTP handler reads it per request.
+  const extraRoutes: HttpRoute[] = [];
 
   // Must be attached before Socket.IO, which forwards the requests it does not own to it.
   httpServer.on(
@@ -75,6 +107,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       mintDevToken: components.mintDevToken,
       isDraining: () => inflight.draining,
       metrics,
+      routes: extraRoutes,
     }),
   );
 
@@ -97,11 +130,48 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
+  const serviceRole = new ServiceRoleService(
+    users,
+    messages,
+    new SearchRepository(database.db),
+    broadcaster,
+  );
+  const streamStore: StreamStore = components.redis
+    ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
+    : new MemoryStreamStore();
+  const streams = new StreamService(streamStore, users, chats, messages, broadcaster, logger, {
+    timeoutMs: components.streamTimeoutMs ?? 60_000,
+    finishLeaseMs: commandTimeoutMs * 2,
+  });
+  streams.startSweeper();
+  if (components.serviceApiKey) {
+    extraRoutes.push(
+      createServiceApi({
+        apiKey: components.serviceApiKey,
+        service: serviceRole,
+        streams,
+        logger,
+        inflight,
+        timeoutMs: commandTimeoutMs,
+      }),
+    );
+  }
+  if (components.webhookSigningSecret) {
+    extraRoutes.push(
+      createClerkWebhookRoute({
+        signingSecret: components.webhookSigningSecret,
+        service: new ClerkWebhookService(users, broadcaster, logger),
+        logger,
+        inflight,
+      }),
+    );
+  }
+
   const ctx: CommandContext = {
     logger,
     inflight,
     metrics,
-    timeoutMs: components.commandTimeoutMs ?? 5000,
+    timeoutMs: commandTimeoutMs,
     guard(socket) {
       if (Date.now() >= socket.data.tokenExpiresAt) {
         throw new AppError(ErrorCode.TOKEN_EXPIRED, "The token expired; send auth:refresh first");
@@ -131,13 +201,15 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   return {
     io,
     metrics,
-    services: { chats, messages, users },
+    services: { chats, messages, users, serviceRole, streams },
     async close({ drainMs = 5000 } = {}) {
       if (inflight.draining) return;
       // From here on: new handshakes are refused, /readyz says 503 so load balancers move
       // away, and new commands are refused as UNAVAILABLE. (Not httpServer.close(): Node
       // would also drop the idle keep-alive and upgraded sockets before they are told.)
       inflight.draining = true;
+      // Streams this node was sweeping are swept by the other nodes (Redis) from now on.
+      streams.stop();
       if (!(await inflight.drain(drainMs))) {
         logger.warn({ inflight: inflight.size }, "shutdown: commands still running after drain");
       }

@@ -43,6 +43,19 @@ const envSchema = z.object({
   CLERK_AUTHORIZED_PARTIES: optionalString.pipe(csv.optional()),
   /** Secret for verifying Clerk webhooks (svix). Webhooks are disabled without it. */
   CLERK_WEBHOOK_SIGNING_SECRET: optionalString,
+  /**
+   * Shared secret of the service-role HTTP API (`Authorization: Bearer <key>`), at least 32
+   * characters. The API is disabled (404) without it.
+   */
+  SERVICE_API_KEY: optionalString.pipe(
+    z
+      .string()
+      .min(32, "must be at least 32 characters (e.g. openssl rand -hex 32)")
+      .regex(/^\S+$/, "must not contain whitespace")
+      .optional(),
+  ),
+  /** Milliseconds a streamed reply may go without a chunk before it is marked failed. */
+  SERVICE_STREAM_TIMEOUT_MS: z.coerce.number().int().min(1000).max(3_600_000).default(60_000),
   /** Seconds a socket may stay connected after its token expired before it is disconnected. */
   TOKEN_GRACE_SECONDS: z.coerce.number().int().min(0).max(30).default(15),
   /** Apply pending migrations at start (under an advisory lock, so nodes take turns). Default true. */
@@ -89,6 +102,9 @@ export interface Config {
   dataDir: string;
   embeddedPgPort: number;
   webhookSigningSecret: string | undefined;
+  /** Undefined: the service API is disabled. */
+  serviceApiKey: string | undefined;
+  streamTimeoutMs: number;
 }
 
 /** How tokens are verified: real Clerk keys, or the locally generated development key. */
@@ -133,6 +149,14 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       );
     }
   }
+  if (
+    e.CLERK_WEBHOOK_SIGNING_SECRET &&
+    !/^(whsec_)?[A-Za-z0-9+/]{16,}={0,2}$/.test(e.CLERK_WEBHOOK_SIGNING_SECRET.trim())
+  ) {
+    throw new ConfigError(
+      "CLERK_WEBHOOK_SIGNING_SECRET must be the signing secret from the Clerk Dashboard (whsec_ followed by base64).",
+    );
+  }
   if (e.CLERK_JWT_KEY && !e.CLERK_JWT_KEY.includes("BEGIN PUBLIC KEY")) {
     throw new ConfigError("CLERK_JWT_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----).");
   }
@@ -165,6 +189,8 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     logLevel: e.LOG_LEVEL ?? (e.NODE_ENV === "test" ? "silent" : "info"),
     dataDir: e.DATA_DIR,
     embeddedPgPort: e.EMBEDDED_PG_PORT,
-    webhookSigningSecret: e.CLERK_WEBHOOK_SIGNING_SECRET,
+    webhookSigningSecret: e.CLERK_WEBHOOK_SIGNING_SECRET?.trim(),
+    serviceApiKey: e.SERVICE_API_KEY,
+    streamTimeoutMs: e.SERVICE_STREAM_TIMEOUT_MS,
   };
 }

@@ -73,12 +73,22 @@ async function main(): Promise<void> {
     metrics,
     mintDevToken,
     adapter: redis?.adapter,
+    redis: redis ? { client: redis.client, keyPrefix: config.redisKeyPrefix } : undefined,
+    serviceApiKey: config.serviceApiKey,
+    webhookSigningSecret: config.webhookSigningSecret,
+    streamTimeoutMs: config.streamTimeoutMs,
   });
   await new Promise<void>((resolve) => httpServer.listen(config.port, config.host, resolve));
   const address = httpServer.address();
   const port = typeof address === "object" && address ? address.port : config.port;
   logger.info(
-    { host: config.host, port, auth: config.auth.mode },
+    {
+      host: config.host,
+      port,
+      auth: config.auth.mode,
+      serviceApi: Boolean(config.serviceApiKey),
+      clerkWebhooks: Boolean(config.webhookSigningSecret),
+    },
     `listening on http://${config.host}:${port}`,
   );
 

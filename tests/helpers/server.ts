@@ -56,6 +56,12 @@ export interface TestServerOptions {
   /** Per-user limits; default generous enough for load-shaped tests. */
   rateLimits?: Partial<RateLimitConfig>;
   commandTimeoutMs?: number;
+  /** Enables the service-role HTTP API with this key. */
+  serviceApiKey?: string;
+  /** Enables `POST /webhooks/clerk` with this signing secret (`whsec_…`). */
+  webhookSigningSecret?: string;
+  /** Milliseconds before a streamed reply with no news is marked failed (default 60 s). */
+  streamTimeoutMs?: number;
 }
 
 export interface TestServer {
@@ -114,6 +120,12 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     logger,
     tokenGraceSeconds: options.tokenGraceSeconds ?? 15,
     adapter: redis?.adapter,
+    redis: redis
+      ? { client: redis.client, keyPrefix: options.redisKeyPrefix ?? "test" }
+      : undefined,
+    serviceApiKey: options.serviceApiKey,
+    webhookSigningSecret: options.webhookSigningSecret,
+    streamTimeoutMs: options.streamTimeoutMs,
   });
   await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   const port = (httpServer.address() as AddressInfo).port;

@@ -3,6 +3,9 @@ import type postgres from "postgres";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 
+/** A group of routes: handles the request and returns true, or returns false when not its own. */
+export type HttpRoute = (req: IncomingMessage, res: ServerResponse, url: URL) => Promise<boolean>;
+
 export interface HttpDeps {
   sql: postgres.Sql;
   logger: Logger;
@@ -11,6 +14,11 @@ export interface HttpDeps {
   isDraining: () => boolean;
   /** Development only: mints a dev token for a user id. Absent in production. */
   mintDevToken?: ((userId: string) => Promise<string>) | undefined;
+  /**
+   * More routes (the service API, webhooks), tried in order before the 404. Read at request
+   * time, so the caller may fill the list after creating the handler.
+   */
+  routes?: readonly HttpRoute[] | undefined;
 }
 
 const READY_TIMEOUT_MS = 2000;
@@ -59,7 +67,8 @@ async function databaseReady(sql: postgres.Sql): Promise<boolean> {
 }
 
 /**
- * Plain HTTP routes beside Socket.IO: liveness, readiness and, in development, dev tokens.
+ * Plain HTTP routes beside Socket.IO: liveness, readiness, metrics, in development dev tokens,
+ * and the routes passed in `deps.routes` (service API, webhooks).
  */
 export function createHttpHandler(deps: HttpDeps) {
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -91,6 +100,9 @@ export function createHttpHandler(deps: HttpDeps) {
           });
         }
         return sendJson(res, 200, { token: await deps.mintDevToken(userId) });
+      }
+      for (const route of deps.routes ?? []) {
+        if (await route(req, res, url)) return;
       }
       sendJson(res, 404, { error: { code: "NOT_FOUND", message: "Not found" } });
     } catch (err) {

@@ -1,4 +1,11 @@
-import type { ChatMessage, ChatSummary } from "../../../protocol/index.js";
+import type {
+  ChatMessage,
+  ChatSummary,
+  ConnectionClosing,
+  MessageDelta,
+  MessageStreamFailed,
+  MessageStreaming,
+} from "../../../protocol/index.js";
 
 /**
  * How services announce changes, without knowing about Socket.IO. The socket layer implements
@@ -15,4 +22,14 @@ export interface Notifier {
   chatDeleted(userId: string, chatId: string): void;
   /** The user's counters changed; their devices get fresh stats shortly (coalesced). */
   statsChanged(userId: string): void;
+  /** A streamed reply began: to every socket that has the chat open. */
+  messageStreaming(event: MessageStreaming): void;
+  /** A piece of a streamed reply: to every socket that has the chat open. */
+  messageDelta(event: MessageDelta): void;
+  /** A streamed reply failed or was abandoned: to every socket that has the chat open. */
+  messageFailed(event: MessageStreamFailed): void;
+  /** Tells every socket of the user, on every node, `closing`, then disconnects them. */
+  disconnectUser(userId: string, closing: ConnectionClosing): void;
+  /** The same for every socket authenticated with one Clerk session (`sid`), on every node. */
+  disconnectClerkSession(sessionId: string, closing: ConnectionClosing): void;
 }

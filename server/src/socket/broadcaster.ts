@@ -1,4 +1,12 @@
-import type { ChatMessage, ChatSummary, UserStats } from "../../../protocol/index.js";
+import type {
+  ChatMessage,
+  ChatSummary,
+  ConnectionClosing,
+  MessageDelta,
+  MessageStreamFailed,
+  MessageStreaming,
+  UserStats,
+} from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
 import type { Notifier } from "../services/notifier.js";
 import { type ChatServer, rooms } from "./types.js";
@@ -34,6 +42,36 @@ export class SocketBroadcaster implements Notifier {
   chatDeleted(userId: string, chatId: string): void {
     this.io.to(rooms.user(userId)).emit("chat:deleted", { chatId });
     this.io.in(rooms.chat(chatId)).socketsLeave(rooms.chat(chatId));
+  }
+
+  messageStreaming(event: MessageStreaming): void {
+    this.io.to(rooms.chat(event.chatId)).emit("message:streaming", event);
+  }
+
+  messageDelta(event: MessageDelta): void {
+    this.io.to(rooms.chat(event.chatId)).emit("message:delta", event);
+  }
+
+  messageFailed(event: MessageStreamFailed): void {
+    this.io.to(rooms.chat(event.chatId)).emit("message:failed", event);
+  }
+
+  disconnectUser(userId: string, closing: ConnectionClosing): void {
+    this.closeRoom(rooms.user(userId), closing);
+  }
+
+  disconnectClerkSession(sessionId: string, closing: ConnectionClosing): void {
+    this.closeRoom(rooms.clerkSession(sessionId), closing);
+  }
+
+  /**
+   * `connection:closing`, then the disconnect, on every node. Both travel through the same
+   * Redis connection in this order, each node handles them in that order, and a socket's
+   * disconnect waits until its buffered packets (the closing event) are written.
+   */
+  private closeRoom(room: string, closing: ConnectionClosing): void {
+    this.io.to(room).emit("connection:closing", closing);
+    this.io.in(room).disconnectSockets(true);
   }
 
   /** Coalesces bursts (a message and a chat in the same instant) into one read and one event. */

@@ -1,0 +1,155 @@
+/**
+ * `POST /webhooks/clerk`: Clerk's webhooks (delivered by Svix), verified with @clerk/backend's
+ * `verifyWebhook` (Standard Webhooks: HMAC-SHA256 over `id.timestamp.body` with the signing
+ * secret, timestamps older or newer than 5 minutes refused). Without
+ * CLERK_WEBHOOK_SIGNING_SECRET the route does not exist (404).
+ *
+ * Answers: 200 when handled or deliberately ignored (so Svix stops retrying), 400 for missing
+ * headers, a body that is not JSON or a malformed event, 401 for a bad signature or a stale timestamp (a replay), 413
+ * for an oversized body, 503 when the database is unavailable (Svix retries later).
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { verifyWebhook } from "@clerk/backend/webhooks";
+import { z } from "zod";
+import { ErrorCode } from "../../../protocol/index.js";
+import type { Logger } from "../logger.js";
+import type { ClerkEvent, ClerkWebhookService } from "../services/clerk-webhook.service.js";
+import type { Inflight } from "../socket/inflight.js";
+import {
+  invalidJson,
+  parseJson,
+  payloadTooLarge,
+  readBody,
+  sendError,
+  sendFailure,
+} from "./http-json.js";
+import { type HttpRoute, sendJson } from "./routes.js";
+
+export const WEBHOOK_PATH = "/webhooks/clerk";
+/** Clerk's user objects are a few kilobytes; this leaves ample room. */
+export const WEBHOOK_MAX_BODY_BYTES = 256 * 1024;
+
+const SVIX_HEADERS = ["svix-id", "svix-timestamp", "svix-signature"] as const;
+
+export interface ClerkWebhookDeps {
+  signingSecret: string;
+  service: ClerkWebhookService;
+  logger: Logger;
+  inflight: Inflight;
+}
+
+// Only the fields this server uses; Clerk's objects carry many more (ignored).
+const userData = z.looseObject({
+  id: z.string().min(1),
+  primary_email_address_id: z.string().nullish(),
+  email_addresses: z.array(z.looseObject({ id: z.string(), email_address: z.string() })).nullish(),
+  image_url: z.string().nullish(),
+});
+const deletedData = z.looseObject({ id: z.string().min(1) });
+const sessionData = z.looseObject({ id: z.string().min(1), user_id: z.string().nullish() });
+
+/** The event this server acts on, or undefined for a type it ignores. Throws on malformed data. */
+function toClerkEvent(type: string, data: unknown): ClerkEvent | undefined {
+  switch (type) {
+    case "user.created":
+    case "user.updated": {
+      const u = userData.parse(data);
+      const primary = u.email_addresses?.find((e) => e.id === u.primary_email_address_id);
+      return {
+        type,
+        userId: u.id,
+        email: primary?.email_address ?? null,
+        avatarUrl: u.image_url || null,
+      };
+    }
+    case "user.deleted":
+      return { type, userId: deletedData.parse(data).id };
+    case "session.revoked":
+    case "session.ended":
+    case "session.removed": {
+      const s = sessionData.parse(data);
+      return { type, sessionId: s.id, userId: s.user_id ?? null };
+    }
+    default:
+      return undefined;
+  }
+}
+
+export function createClerkWebhookRoute(deps: ClerkWebhookDeps): HttpRoute {
+  return async (req: IncomingMessage, res: ServerResponse, url: URL) => {
+    if (url.pathname !== WEBHOOK_PATH) return false;
+    const context = { path: url.pathname, svixId: req.headers["svix-id"] };
+    try {
+      if (req.method !== "POST") {
+        sendError(res, { code: ErrorCode.NOT_FOUND, message: "No such route" });
+        return true;
+      }
+      const missing = SVIX_HEADERS.filter((h) => !req.headers[h]);
+      if (missing.length > 0) {
+        res.setHeader("connection", "close");
+        sendError(res, {
+          code: ErrorCode.INVALID_PAYLOAD,
+          message: `Missing webhook headers: ${missing.join(", ")}`,
+        });
+        return true;
+      }
+      if (deps.inflight.draining) {
+        sendError(res, { code: ErrorCode.UNAVAILABLE, message: "Shutting down; retry" });
+        return true;
+      }
+      const read = await readBody(req, res, WEBHOOK_MAX_BODY_BYTES);
+      if (!read.ok) {
+        sendError(res, payloadTooLarge(WEBHOOK_MAX_BODY_BYTES), 413);
+        return true;
+      }
+
+      if (!parseJson(read.text).ok) {
+        sendError(res, invalidJson);
+        return true;
+      }
+
+      // verifyWebhook takes a Fetch Request: hand it the exact bytes that were signed.
+      const headers = new Headers();
+      for (const h of SVIX_HEADERS) headers.set(h, String(req.headers[h]));
+      let event: Awaited<ReturnType<typeof verifyWebhook>>;
+      try {
+        event = await verifyWebhook(
+          new Request(`http://localhost${WEBHOOK_PATH}`, {
+            method: "POST",
+            headers,
+            body: read.text,
+          }),
+          { signingSecret: deps.signingSecret },
+        );
+      } catch (err) {
+        deps.logger.warn({ ...context, err: String(err) }, "clerk webhook refused");
+        sendError(res, {
+          code: ErrorCode.UNAUTHORIZED,
+          message: "The webhook signature is invalid or its timestamp is too old",
+        });
+        return true;
+      }
+
+      let clerkEvent: ClerkEvent | undefined;
+      try {
+        clerkEvent = toClerkEvent(event.type, event.data);
+      } catch (err) {
+        deps.logger.warn({ ...context, type: event.type, err: String(err) }, "malformed event");
+        sendError(res, {
+          code: ErrorCode.INVALID_PAYLOAD,
+          message: `The ${event.type} event is missing fields this server needs`,
+        });
+        return true;
+      }
+      if (!clerkEvent) {
+        sendJson(res, 200, { received: true, handled: false });
+        return true;
+      }
+      await deps.inflight.track(deps.service.handle(clerkEvent));
+      sendJson(res, 200, { received: true, handled: true });
+    } catch (err) {
+      sendFailure(res, err, context, deps.logger);
+    }
+    return true;
+  };
+}

@@ -1,0 +1,363 @@
+/**
+ * The service-role HTTP API (docs/service-api.md): the app's own backend posts assistant
+ * replies (whole or streamed), adds token usage, records searches and reads a user's history
+ * and stats. Authenticated by `SERVICE_API_KEY`; without it the routes do not exist (404).
+ *
+ * Handlers only parse (zod) and call the services, which hold the rules.
+ */
+import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import { z } from "zod";
+import { clientIdSchema, contentSchema, ErrorCode, Limits } from "../../../protocol/index.js";
+import type { Logger } from "../logger.js";
+import { AppError } from "../services/errors.js";
+import type { ServiceRoleService } from "../services/service-role.service.js";
+import type { StreamService } from "../services/stream.service.js";
+import type { Inflight } from "../socket/inflight.js";
+import {
+  invalidJson,
+  parseJson,
+  payloadTooLarge,
+  readBody,
+  sendError,
+  sendFailure,
+} from "./http-json.js";
+import { type HttpRoute, sendJson } from "./routes.js";
+
+/** Largest request body: a 64,000-character message as escaped JSON fits with room to spare. */
+export const SERVICE_API_MAX_BODY_BYTES = 1024 * 1024;
+
+export interface ServiceApiDeps {
+  /** The shared secret; callers send `Authorization: Bearer <key>`. */
+  apiKey: string;
+  service: ServiceRoleService;
+  streams: StreamService;
+  logger: Logger;
+  inflight: Inflight;
+  /** A request not done by then is answered 503 UNAVAILABLE (the work itself goes on). */
+  timeoutMs: number;
+  maxBodyBytes?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+/** Clerk user ids (`user_2abc…`), as they appear in the path. */
+const userIdSchema = z
+  .string()
+  .min(1)
+  .max(191)
+  .regex(/^[A-Za-z0-9._:@|-]+$/, "must be a Clerk user id");
+const chatIdSchema = z.uuid({ message: "must be a UUID" });
+const replyRole = z.enum(["assistant", "system"]);
+
+const storable = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .refine((s) => !s.includes("\u0000"), "must not contain NUL characters")
+    .refine((s) => s.isWellFormed(), "must be well-formed Unicode");
+
+const chunk = z.strictObject({
+  index: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  delta: storable(Limits.MAX_MESSAGE_CHARS),
+});
+const MAX_CHUNKS_PER_REQUEST = 500;
+
+const digits = (max: number) =>
+  z
+    .string()
+    .regex(/^\d{1,16}$/, "must be a non-negative integer")
+    .transform(Number)
+    .pipe(z.number().int().min(0).max(max));
+
+const schemas = {
+  postMessage: z.strictObject({
+    clientId: clientIdSchema,
+    role: replyRole.default("assistant"),
+    content: contentSchema,
+  }),
+  messagesQuery: z
+    .strictObject({
+      before: digits(Number.MAX_SAFE_INTEGER).optional(),
+      after: digits(Number.MAX_SAFE_INTEGER).optional(),
+      limit: digits(Limits.MAX_PAGE_SIZE).pipe(z.number().min(1)).optional(),
+    })
+    .refine((q) => q.before === undefined || q.after === undefined, {
+      message: "give either before or after, not both",
+    }),
+  startStream: z.strictObject({
+    streamId: clientIdSchema.optional(),
+    role: replyRole.default("assistant"),
+  }),
+  chunks: z.union([
+    chunk,
+    z.strictObject({
+      chunks: z
+        .array(chunk)
+        .min(1)
+        .max(MAX_CHUNKS_PER_REQUEST)
+        .refine(
+          (list) => list.every((c, i) => i === 0 || c.index === (list[i - 1]?.index ?? 0) + 1),
+          "indexes must be consecutive",
+        ),
+    }),
+  ]),
+  finish: z.strictObject({ content: contentSchema.optional() }),
+  fail: z.strictObject({ message: storable(500).optional() }),
+  tokenUsage: z.strictObject({
+    tokens: z
+      .number({ message: "must be a number" })
+      .int("must be an integer")
+      .positive("must be positive")
+      .max(
+        Number.MAX_SAFE_INTEGER,
+        `must be at most ${Number.MAX_SAFE_INTEGER} (Number.MAX_SAFE_INTEGER)`,
+      ),
+  }),
+  search: z.strictObject({
+    filters: z.record(z.string(), z.unknown()),
+    results: z.union([z.array(z.unknown()), z.record(z.string(), z.unknown())]),
+    resultsCount: z.number().int().min(0).max(2_147_483_647).optional(),
+    status: z.enum(["completed", "no_results", "failed"]),
+  }),
+};
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+
+type Params = Record<string, string>;
+
+interface Request {
+  params: Params;
+  url: URL;
+  /** The parsed JSON body (POST only). */
+  body: unknown;
+}
+
+/** What a handler answers: a status and a JSON body. */
+type Reply = { status: number; body: unknown };
+
+interface Route {
+  method: "GET" | "POST";
+  pattern: RegExp;
+  handle(r: Request): Promise<Reply>;
+}
+
+const PARAM_SCHEMAS: Record<string, z.ZodType<string>> = {
+  userId: userIdSchema,
+  chatId: chatIdSchema,
+  streamId: clientIdSchema,
+};
+
+function route(method: Route["method"], path: string, handle: Route["handle"]): Route {
+  const source = path.replace(/:(\w+)/g, (_, name: string) => `(?<${name}>[^/]+)`);
+  return { method, pattern: new RegExp(`^${source}$`), handle };
+}
+
+/** Decodes and validates path parameters; INVALID_PAYLOAD lists the bad ones. */
+function checkParams(raw: Params): Params {
+  const params: Params = {};
+  const details: { path: string; message: string }[] = [];
+  for (const [name, value] of Object.entries(raw)) {
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(value);
+    } catch {
+      details.push({ path: name, message: "is not valid percent-encoding" });
+      continue;
+    }
+    const parsed = (PARAM_SCHEMAS[name] ?? z.string()).safeParse(decoded);
+    if (parsed.success) params[name] = parsed.data;
+    else details.push({ path: name, message: parsed.error.issues[0]?.message ?? "is invalid" });
+  }
+  if (details.length > 0) {
+    throw new AppError(ErrorCode.INVALID_PAYLOAD, "The path is invalid", { details });
+  }
+  return params;
+}
+
+const param = (r: Request, name: string): string => r.params[name] ?? "";
+
+function routes(deps: ServiceApiDeps): Route[] {
+  const { service, streams } = deps;
+  const base = "/service/v1";
+  return [
+    route("POST", `${base}/users/:userId/chats/:chatId/messages`, async (r) => {
+      const body = schemas.postMessage.parse(r.body);
+      const result = await service.postMessage({
+        userId: param(r, "userId"),
+        chatId: param(r, "chatId"),
+        ...body,
+      });
+      return { status: result.duplicate ? 200 : 201, body: result };
+    }),
+    route("GET", `${base}/users/:userId/chats/:chatId/messages`, async (r) => {
+      const query = schemas.messagesQuery.parse(Object.fromEntries(r.url.searchParams));
+      const page = await service.chatMessages(param(r, "userId"), {
+        chatId: param(r, "chatId"),
+        ...query,
+      });
+      return { status: 200, body: page };
+    }),
+    route("GET", `${base}/users/:userId/chats`, async (r) => ({
+      status: 200,
+      body: { chats: await service.chatHistory(param(r, "userId")) },
+    })),
+    route("GET", `${base}/users/:userId/stats`, async (r) => ({
+      status: 200,
+      body: { stats: await service.stats(param(r, "userId")) },
+    })),
+    route("POST", `${base}/users/:userId/token-usage`, async (r) => {
+      const { tokens } = schemas.tokenUsage.parse(r.body);
+      return { status: 200, body: await service.addTokenUsage(param(r, "userId"), tokens) };
+    }),
+    route("POST", `${base}/users/:userId/searches`, async (r) => {
+      const body = schemas.search.parse(r.body);
+      return {
+        status: 201,
+        body: { search: await service.recordSearch(param(r, "userId"), body) },
+      };
+    }),
+    route("POST", `${base}/users/:userId/chats/:chatId/streams`, async (r) => {
+      const body = schemas.startStream.parse(r.body);
+      const result = await streams.start({
+        userId: param(r, "userId"),
+        chatId: param(r, "chatId"),
+        streamId: body.streamId ?? randomUUID(),
+        role: body.role,
+      });
+      return { status: result.created ? 201 : 200, body: result };
+    }),
+    route("GET", `${base}/streams/:streamId`, async (r) => ({
+      status: 200,
+      body: { stream: await streams.get(param(r, "streamId")) },
+    })),
+    route("POST", `${base}/streams/:streamId/chunks`, async (r) => {
+      const body = schemas.chunks.parse(r.body);
+      const list = "chunks" in body ? body.chunks : [body];
+      const first = list[0]?.index ?? 0;
+      return {
+        status: 200,
+        body: await streams.append(
+          param(r, "streamId"),
+          first,
+          list.map((c) => c.delta),
+        ),
+      };
+    }),
+    route("POST", `${base}/streams/:streamId/finish`, async (r) => {
+      const body = schemas.finish.parse(r.body);
+      const result = await streams.finish(param(r, "streamId"), body.content);
+      return { status: result.duplicate ? 200 : 201, body: result };
+    }),
+    route("POST", `${base}/streams/:streamId/fail`, async (r) => {
+      const body = schemas.fail.parse(r.body);
+      return { status: 200, body: await streams.fail(param(r, "streamId"), body.message) };
+    }),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handler
+
+/** Compares the presented key with the configured one in constant time (equal-length digests). */
+function keyChecker(apiKey: string): (presented: string) => boolean {
+  const expected = createHash("sha256").update(apiKey, "utf8").digest();
+  return (presented) =>
+    timingSafeEqual(createHash("sha256").update(presented, "utf8").digest(), expected);
+}
+
+function bearer(req: IncomingMessage): string | undefined {
+  const header = req.headers.authorization;
+  if (typeof header !== "string") return undefined;
+  const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
+  return match?.[1];
+}
+
+function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(new AppError(ErrorCode.UNAVAILABLE, "The service did not answer in time; retry")),
+      ms,
+    );
+  });
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}
+
+export function createServiceApi(deps: ServiceApiDeps): HttpRoute {
+  const table = routes(deps);
+  const keyMatches = keyChecker(deps.apiKey);
+  const maxBodyBytes = deps.maxBodyBytes ?? SERVICE_API_MAX_BODY_BYTES;
+
+  return async (req, res, url) => {
+    if (url.pathname !== "/service" && !url.pathname.startsWith("/service/")) return false;
+    const started = Date.now();
+    const context = { method: req.method, path: url.pathname };
+    try {
+      const presented = bearer(req);
+      if (presented === undefined || !keyMatches(presented)) {
+        // Not read: an unauthenticated caller cannot make the server buffer a body.
+        res.setHeader("connection", "close");
+        sendError(res, {
+          code: ErrorCode.UNAUTHORIZED,
+          message:
+            presented === undefined
+              ? "Send the service key as Authorization: Bearer <key>"
+              : "The service key is not valid",
+        });
+        return true;
+      }
+      let matched: { route: Route; params: Params } | undefined;
+      for (const r of table) {
+        const m = r.method === req.method ? r.pattern.exec(url.pathname) : null;
+        if (m) {
+          matched = { route: r, params: { ...m.groups } };
+          break;
+        }
+      }
+      if (!matched) {
+        sendError(res, { code: ErrorCode.NOT_FOUND, message: "No such route" });
+        return true;
+      }
+      if (deps.inflight.draining) {
+        sendError(res, {
+          code: ErrorCode.UNAVAILABLE,
+          message: "This server is shutting down; retry",
+        });
+        return true;
+      }
+      let body: unknown;
+      if (req.method === "POST") {
+        const read = await readBody(req, res, maxBodyBytes);
+        if (!read.ok) {
+          sendError(res, payloadTooLarge(maxBodyBytes), 413);
+          return true;
+        }
+        const parsed = parseJson(read.text);
+        if (!parsed.ok) {
+          sendError(res, invalidJson);
+          return true;
+        }
+        body = parsed.value;
+      }
+      const { route: r, params } = matched;
+      const work = deps.inflight.track(
+        (async () => r.handle({ params: checkParams(params), url, body }))(),
+      );
+      const reply = await withTimeout(work, deps.timeoutMs);
+      sendJson(res, reply.status, reply.body);
+    } catch (err) {
+      sendFailure(res, err, context, deps.logger);
+    } finally {
+      deps.logger.debug(
+        { ...context, status: res.statusCode, ms: Date.now() - started },
+        "service api",
+      );
+    }
+    return true;
+  };
+}
