@@ -1,0 +1,497 @@
+/**
+ * `npm run loadtest -- [--preset small|medium|large] [--users N] [--devices N] [--chats N]
+ *   [--rate msgs/s] [--duration s] [--saturate s] [--nodes N] [--workers N] [--idle N]
+ *   [--url http://127.0.0.1:3000] [--skip-baselines]`
+ *
+ * Drives real socket.io-client connections from worker threads against server nodes it starts
+ * itself (or one given with --url), on loopback only, and prints each product figure beside its
+ * baseline measured in the same run: a bare Socket.IO server (transport ceiling) and the same
+ * message transaction through postgres.js (database ceiling). Every phase is bounded in count
+ * and time. docs/benchmarks.md explains the method and records results.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { mkdir, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { parseArgs } from "node:util";
+import { Worker } from "node:worker_threads";
+import postgres from "postgres";
+import { runMigrations } from "../../server/src/db/migrate.js";
+import { measureDatabaseCeiling } from "./db-baseline.js";
+import { ratio, round, summarize } from "./stats.js";
+import type { WorkerCommand, WorkerInit } from "./worker.js";
+
+const presets = {
+  smoke: {
+    users: 4,
+    devices: 2,
+    chats: 1,
+    rate: 20,
+    duration: 2,
+    saturate: 1,
+    nodes: 1,
+    workers: 1,
+    idle: 0,
+  },
+  small: {
+    users: 30,
+    devices: 3,
+    chats: 2,
+    rate: 200,
+    duration: 10,
+    saturate: 5,
+    nodes: 1,
+    workers: 2,
+    idle: 0,
+  },
+  medium: {
+    users: 500,
+    devices: 4,
+    chats: 2,
+    rate: 1000,
+    duration: 20,
+    saturate: 10,
+    nodes: 1,
+    workers: 2,
+    idle: 0,
+  },
+  cluster: {
+    users: 300,
+    devices: 3,
+    chats: 2,
+    rate: 500,
+    duration: 15,
+    saturate: 5,
+    nodes: 3,
+    workers: 2,
+    idle: 0,
+  },
+} as const;
+
+const { values: args } = parseArgs({
+  options: {
+    preset: { type: "string", default: "small" },
+    users: { type: "string" },
+    devices: { type: "string" },
+    chats: { type: "string" },
+    rate: { type: "string" },
+    duration: { type: "string" },
+    saturate: { type: "string" },
+    nodes: { type: "string" },
+    workers: { type: "string" },
+    idle: { type: "string" },
+    url: { type: "string" },
+    "database-url": { type: "string" },
+    "redis-url": { type: "string" },
+    "skip-baselines": { type: "boolean", default: false },
+    json: { type: "string" },
+  },
+});
+
+const preset = presets[args.preset as keyof typeof presets];
+if (!preset) {
+  console.error(`unknown preset ${args.preset}; choose ${Object.keys(presets).join(", ")}`);
+  process.exit(2);
+}
+const num = (v: string | undefined, d: number, max: number) => {
+  const n = v === undefined ? d : Number(v);
+  if (!Number.isFinite(n) || n < 0 || n > max) {
+    console.error(`bad value ${v} (0..${max})`);
+    process.exit(2);
+  }
+  return n;
+};
+const p = {
+  users: num(args.users, preset.users, 20_000),
+  devices: num(args.devices, preset.devices, 20),
+  chats: num(args.chats, preset.chats, 20),
+  rate: num(args.rate, preset.rate, 50_000),
+  duration: num(args.duration, preset.duration, 600),
+  saturate: num(args.saturate, preset.saturate, 600),
+  nodes: num(args.nodes, preset.nodes, 8),
+  workers: num(args.workers, preset.workers, 16),
+  idle: num(args.idle, preset.idle, 50_000),
+};
+const adminUrl =
+  args["database-url"] ??
+  process.env.TEST_DATABASE_URL ??
+  "postgres://postgres@127.0.0.1:5432/postgres";
+const redisUrl = args["redis-url"] ?? process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+if (args.url && !/^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/.test(args.url)) {
+  console.error("--url must be a loopback address (127.0.0.0/8, localhost or [::1])");
+  process.exit(2);
+}
+const AUTHORIZED_PARTY = "http://localhost:3000";
+const children: ChildProcess[] = [];
+const log = (s: string) => process.stderr.write(`${s}\n`);
+// Whatever happens, no server node outlives the harness.
+process.on("exit", () => {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+});
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const address = srv.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitReady(url: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(`${url}/readyz`)).ok) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${url} did not become ready`);
+}
+
+function startProcess(script: string, env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", script], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  children.push(child);
+  return child;
+}
+
+interface ServerSample {
+  rss: number;
+  heap: number;
+  cpu: number;
+}
+
+async function sample(urls: string[]): Promise<ServerSample> {
+  const total: ServerSample = { rss: 0, heap: 0, cpu: 0 };
+  for (const url of urls) {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    const read = (name: string) =>
+      Number(
+        new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+]+)$`, "m").exec(text)?.[1] ?? Number.NaN,
+      );
+    total.rss += read("chat_process_resident_memory_bytes");
+    total.heap += read("chat_nodejs_heap_size_used_bytes");
+    total.cpu += read("chat_process_cpu_seconds_total");
+  }
+  return total;
+}
+
+type Reply = { type: string } & Record<string, unknown>;
+
+class Workers {
+  private readonly workers: Worker[] = [];
+  constructor(inits: WorkerInit[]) {
+    for (const init of inits) {
+      this.workers.push(
+        new Worker(new URL("./worker-entry.mjs", import.meta.url), { workerData: init }),
+      );
+    }
+  }
+  /** Sends a command to every worker and waits for each one's reply of type `expect`. */
+  all(cmd: WorkerCommand, expect: string, timeoutMs: number): Promise<Reply[]> {
+    return Promise.all(
+      this.workers.map(
+        (w) =>
+          new Promise<Reply>((resolve, reject) => {
+            const timer = setTimeout(
+              () => reject(new Error(`worker timed out on ${cmd.type}`)),
+              timeoutMs,
+            );
+            const onMessage = (m: Reply) => {
+              if (m.type === "error") {
+                clearTimeout(timer);
+                w.off("message", onMessage);
+                reject(new Error(String(m.error)));
+              } else if (m.type === expect) {
+                clearTimeout(timer);
+                w.off("message", onMessage);
+                resolve(m);
+              }
+            };
+            w.on("message", onMessage);
+            w.once("error", (err) => {
+              clearTimeout(timer);
+              reject(err);
+            });
+            w.postMessage(cmd);
+          }),
+      ),
+    );
+  }
+  async terminate() {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+interface RunResult {
+  sockets: number;
+  handshakesPerSecond: number;
+  idleBytesPerSocket: { rss: number; heap: number };
+  offered: {
+    ack: ReturnType<typeof summarize>;
+    delivery: ReturnType<typeof summarize>;
+    acked: number;
+  };
+  completeness: { expected: number; delivered: number; duplicates: number };
+  saturatedPerSecond: number;
+  errors: Record<string, number>;
+  cpuSeconds: number;
+}
+
+async function drive(
+  urls: string[],
+  bare: boolean,
+  keys: { privateKeyPem: string },
+): Promise<RunResult> {
+  const userIds = Array.from({ length: p.users }, (_, i) => `load_${bare ? "bare" : "prod"}_${i}`);
+  const slices: string[][] = Array.from({ length: p.workers }, () => []);
+  userIds.forEach((u, i) => {
+    slices[i % p.workers]?.push(u);
+  });
+  const workers = new Workers(
+    slices
+      .filter((s) => s.length > 0)
+      .map((s) => ({
+        urls,
+        userIds: s,
+        devicesPerUser: p.devices,
+        chatsPerUser: p.chats,
+        privateKeyPem: keys.privateKeyPem,
+        authorizedParty: AUTHORIZED_PARTY,
+        bare,
+        connectConcurrency: 50,
+      })),
+  );
+  const timeout = 30_000 + (p.users * p.devices) / 2;
+  try {
+    const before = await sample(urls);
+    const connected = await workers.all({ type: "connect" }, "connected", timeout);
+    const sockets = connected.reduce((n, r) => n + Number(r.sockets), 0);
+    const connectMs = Math.max(...connected.map((r) => Number(r.ms)));
+    log(`  ${sockets} sockets connected in ${round(connectMs)} ms`);
+    await new Promise((r) => setTimeout(r, 1000)); // let allocations settle before sampling
+    const idle = await sample(urls);
+    await workers.all({ type: "prepare" }, "prepared", timeout);
+    log(`  chats created and opened; offering ${p.rate} msg/s for ${p.duration} s`);
+    await workers.all(
+      { type: "send", ratePerSecond: p.rate / slices.length, durationMs: p.duration * 1000 },
+      "sent",
+      p.duration * 1000 + 60_000,
+    );
+    const reports = await workers.all({ type: "report" }, "report", 30_000);
+    log(`  saturating for ${p.saturate} s (each sender waits for its ack)`);
+    const saturated = await workers.all(
+      { type: "saturate", durationMs: p.saturate * 1000 },
+      "saturated",
+      p.saturate * 1000 + 60_000,
+    );
+    const after = await sample(urls);
+    const errors: Record<string, number> = {};
+    for (const r of [...connected, ...reports]) {
+      for (const [k, v] of Object.entries((r.errors ?? {}) as Record<string, number>))
+        errors[k] = (errors[k] ?? 0) + v;
+    }
+    const flat = (key: string) => reports.flatMap((r) => r[key] as number[]);
+    const sum = (rs: Reply[], key: string) => rs.reduce((n, r) => n + Number(r[key]), 0);
+    const satMs = Math.max(...saturated.map((r) => Number(r.ms)));
+    await workers.all({ type: "close" }, "closed", 30_000);
+    return {
+      sockets,
+      handshakesPerSecond: round((sockets / connectMs) * 1000),
+      idleBytesPerSocket: {
+        rss: round((idle.rss - before.rss) / Math.max(1, sockets), 0),
+        heap: round((idle.heap - before.heap) / Math.max(1, sockets), 0),
+      },
+      offered: {
+        ack: summarize(flat("ackLatencies")),
+        delivery: summarize(flat("deliveryLatencies")),
+        acked: sum(reports, "acked"),
+      },
+      completeness: {
+        expected: sum(reports, "expectedDeliveries"),
+        delivered: sum(reports, "deliveries"),
+        duplicates: sum(reports, "duplicates"),
+      },
+      saturatedPerSecond: round((sum(saturated, "acked") / satMs) * 1000),
+      errors,
+      cpuSeconds: round(after.cpu - before.cpu),
+    };
+  } finally {
+    await workers.terminate();
+  }
+}
+
+async function main() {
+  const keys = generateKeyPairSync("rsa", {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: "spki", format: "pem" },
+    privateKeyEncoding: { type: "pkcs8", format: "pem" },
+  });
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  const dbName = `loadtest_${Date.now()}_${randomBytes(3).toString("hex")}`;
+  const dbUrl = new URL(adminUrl);
+  dbUrl.pathname = `/${dbName}`;
+  log(`load test: ${JSON.stringify(p)}`);
+  const results: Record<string, unknown> = { params: p, at: new Date().toISOString() };
+  try {
+    let urls: string[];
+    if (args.url) {
+      urls = [args.url.replace(/\/$/, "")];
+      log(
+        `driving ${urls[0]} (it must accept tokens signed with a key you give it; see docs/benchmarks.md)`,
+      );
+    } else {
+      await admin.unsafe(`create database "${dbName}"`);
+      await runMigrations(dbUrl.toString());
+      const prefix = `lt-${randomBytes(3).toString("hex")}`;
+      urls = [];
+      for (let i = 0; i < p.nodes; i++) {
+        const port = await freePort();
+        startProcess("server/src/main.ts", {
+          NODE_ENV: "production",
+          HOST: "127.0.0.1",
+          PORT: String(port),
+          DATABASE_URL: dbUrl.toString(),
+          DATABASE_POOL_SIZE: "20",
+          CLERK_JWT_KEY: keys.publicKey,
+          CLERK_AUTHORIZED_PARTIES: AUTHORIZED_PARTY,
+          LOG_LEVEL: "warn",
+          MIGRATE_ON_START: "false",
+          RATE_LIMIT_MESSAGES: "1000000",
+          RATE_LIMIT_CONNECTIONS_PER_MINUTE: "1000000",
+          MAX_SOCKETS_PER_USER_PER_NODE: "1000",
+          ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix } : {}),
+        });
+        urls.push(`http://127.0.0.1:${port}`);
+      }
+      await Promise.all(urls.map((u) => waitReady(u)));
+    }
+    log(`product (${urls.length} node${urls.length > 1 ? "s" : ""})`);
+    const product = await drive(urls, false, { privateKeyPem: keys.privateKey });
+    results.product = product;
+
+    let bare: RunResult | undefined;
+    let db: Awaited<ReturnType<typeof measureDatabaseCeiling>> | undefined;
+    if (!args["skip-baselines"]) {
+      const port = await freePort();
+      const child = startProcess("scripts/loadtest/bare-server.ts", { PORT: String(port) });
+      const bareUrl = `http://127.0.0.1:${port}`;
+      await waitReady(bareUrl);
+      log("baseline: bare Socket.IO (no auth, no database)");
+      bare = await drive([bareUrl], true, { privateKeyPem: keys.privateKey });
+      child.kill("SIGTERM");
+      results.bare = bare;
+      if (!args.url) {
+        const concurrency = p.users;
+        log(
+          `baseline: the message transaction through postgres.js, ${concurrency} writers, ${p.saturate} s`,
+        );
+        db = await measureDatabaseCeiling(dbUrl.toString(), concurrency, p.saturate * 1000);
+        results.databaseCeiling = db;
+      }
+    }
+    print(product, bare, db);
+    await mkdir("artifacts", { recursive: true });
+    const file = args.json ?? `artifacts/loadtest-${Date.now()}.json`;
+    await writeFile(file, JSON.stringify(results, null, 2));
+    log(`\nJSON: ${file}`);
+  } finally {
+    for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+    await Promise.all(
+      children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : null)),
+    );
+    if (!args.url)
+      await admin.unsafe(`drop database if exists "${dbName}" with (force)`).catch(() => {});
+    await admin.end();
+  }
+}
+
+function print(product: RunResult, bare?: RunResult, db?: { perSecond: number }) {
+  const rows: [string, string, string, string][] = [
+    ["sockets", String(product.sockets), bare ? String(bare.sockets) : "", ""],
+    [
+      "handshakes/s",
+      String(product.handshakesPerSecond),
+      bare ? String(bare.handshakesPerSecond) : "",
+      bare ? ratio(product.handshakesPerSecond, bare.handshakesPerSecond) : "",
+    ],
+    [
+      "idle RSS bytes/socket",
+      String(product.idleBytesPerSocket.rss),
+      bare ? String(bare.idleBytesPerSocket.rss) : "",
+      bare ? ratio(product.idleBytesPerSocket.rss, bare.idleBytesPerSocket.rss) : "",
+    ],
+    [
+      "idle heap bytes/socket",
+      String(product.idleBytesPerSocket.heap),
+      bare ? String(bare.idleBytesPerSocket.heap) : "",
+      bare ? ratio(product.idleBytesPerSocket.heap, bare.idleBytesPerSocket.heap) : "",
+    ],
+    [
+      "send→ack p50/p95/p99 ms",
+      fmt(product.offered.ack),
+      bare ? fmt(bare.offered.ack) : "",
+      bare ? ratio(product.offered.ack.p99, bare.offered.ack.p99) : "",
+    ],
+    [
+      "send→other device p50/p95/p99 ms",
+      fmt(product.offered.delivery),
+      bare ? fmt(bare.offered.delivery) : "",
+      bare ? ratio(product.offered.delivery.p99, bare.offered.delivery.p99) : "",
+    ],
+    [
+      "messages acked at offered rate",
+      String(product.offered.acked),
+      bare ? String(bare.offered.acked) : "",
+      "",
+    ],
+    [
+      "stored+broadcast msgs/s (closed loop)",
+      String(product.saturatedPerSecond),
+      bare ? String(bare.saturatedPerSecond) : "",
+      bare ? ratio(product.saturatedPerSecond, bare.saturatedPerSecond) : "",
+    ],
+    [
+      "  vs database ceiling msgs/s",
+      String(product.saturatedPerSecond),
+      db ? String(round(db.perSecond)) : "",
+      db ? ratio(product.saturatedPerSecond, db.perSecond) : "",
+    ],
+    [
+      "deliveries expected/got/dups",
+      `${product.completeness.expected}/${product.completeness.delivered}/${product.completeness.duplicates}`,
+      bare
+        ? `${bare.completeness.expected}/${bare.completeness.delivered}/${bare.completeness.duplicates}`
+        : "",
+      "",
+    ],
+    ["server CPU seconds", String(product.cpuSeconds), bare ? String(bare.cpuSeconds) : "", ""],
+    ["errors", JSON.stringify(product.errors), bare ? JSON.stringify(bare.errors) : "", ""],
+  ];
+  const w = [38, 26, 26, 8];
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i] ?? 10)).join(" ");
+  console.log(`\n${line(["figure", "product", "baseline", "ratio"])}`);
+  for (const r of rows) console.log(line(r));
+  const complete =
+    product.completeness.expected === product.completeness.delivered &&
+    product.completeness.duplicates === 0;
+  console.log(`\ndelivery complete: ${complete ? "yes" : "NO"}`);
+}
+
+function fmt(s: { p50: number; p95: number; p99: number }) {
+  return `${s.p50}/${s.p95}/${s.p99}`;
+}
+
+main().catch((err) => {
+  console.error(err);
+  for (const c of children) c.kill("SIGKILL");
+  process.exit(1);
+});

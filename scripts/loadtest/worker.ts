@@ -1,0 +1,305 @@
+/**
+ * One load-generator thread. It owns a slice of the users: connects their devices (real
+ * socket.io-client sockets), creates and opens their chats, then, on command from the
+ * orchestrator, sends messages and records send→ack and send→delivery latencies.
+ * Every loop is bounded by a count and a deadline.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { io, type Socket } from "socket.io-client";
+import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
+import { nowMs } from "./stats.js";
+
+export interface WorkerInit {
+  /** Server URLs; device d of a user connects to urls[(user + d) % urls.length]. */
+  urls: string[];
+  userIds: string[];
+  devicesPerUser: number;
+  chatsPerUser: number;
+  privateKeyPem: string;
+  authorizedParty: string;
+  /** Bare baseline server: no auth, no chats in the database. */
+  bare: boolean;
+  /** Handshakes in flight at once per worker. */
+  connectConcurrency: number;
+}
+
+export type WorkerCommand =
+  | { type: "connect" }
+  | { type: "prepare" }
+  | { type: "send"; ratePerSecond: number; durationMs: number }
+  | { type: "saturate"; durationMs: number }
+  | { type: "report" }
+  | { type: "close" };
+
+interface Device {
+  socket: Socket;
+  user: number;
+}
+
+const init = workerData as WorkerInit;
+const devices: Device[] = [];
+const chatsByUser: string[][] = [];
+const ackLatencies: number[] = [];
+const deliveryLatencies: number[] = [];
+const errors: Record<string, number> = {};
+/** Per (device index, chat id): seqs (or message ids on the bare server) received. */
+const received = new Map<string, Set<string>>();
+let duplicates = 0;
+let acked = 0;
+/** Messages acked per chat, to check completeness. */
+const ackedPerChat = new Map<string, number>();
+let counter = 0;
+
+function countError(code: string) {
+  errors[code] = (errors[code] ?? 0) + 1;
+}
+
+function post(message: unknown) {
+  parentPort?.postMessage(message);
+}
+
+async function connectAll(): Promise<void> {
+  const jobs: (() => Promise<void>)[] = [];
+  init.userIds.forEach((userId, user) => {
+    for (let d = 0; d < init.devicesPerUser; d++) {
+      jobs.push(async () => {
+        const url = init.urls[(user + d) % init.urls.length] as string;
+        const token = init.bare
+          ? userId
+          : await mintSessionToken(init.privateKeyPem, userId, {
+              ttlSeconds: 3600,
+              authorizedParty: init.authorizedParty,
+            });
+        const socket = io(url, {
+          auth: { token },
+          transports: ["websocket"],
+          reconnection: false,
+          forceNew: true,
+          timeout: 20_000,
+        });
+        await new Promise<void>((resolve) => {
+          socket.once("connect", () => resolve());
+          socket.once("connect_error", (e: Error & { data?: { code?: string } }) => {
+            countError(`connect:${e.data?.code ?? e.message}`);
+            resolve();
+          });
+        });
+        if (socket.connected) {
+          const index = devices.length;
+          devices.push({ socket, user });
+          socket.on(
+            "message:created",
+            (event: { message: { chatId: string; seq: number; content: string } }) =>
+              onDelivered(
+                index,
+                event.message.chatId,
+                String(event.message.seq),
+                event.message.content,
+              ),
+          );
+        }
+      });
+    }
+  });
+  const started = nowMs();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: init.connectConcurrency }, async () => {
+      while (next < jobs.length) {
+        const job = jobs[next++];
+        await job?.();
+      }
+    }),
+  );
+  post({ type: "connected", sockets: devices.length, ms: nowMs() - started, errors });
+}
+
+function onDelivered(deviceIndex: number, chatId: string, id: string, content: string) {
+  const key = `${deviceIndex}|${chatId}`;
+  let set = received.get(key);
+  if (!set) {
+    set = new Set();
+    received.set(key, set);
+  }
+  if (set.has(id)) {
+    duplicates++;
+    return;
+  }
+  set.add(id);
+  const sentAt = Number(/^t=(\d+(?:\.\d+)?)/.exec(content)?.[1]);
+  // The sender's own socket sees its message too; count other devices only.
+  const sender = /;d=(\d+)/.exec(content)?.[1];
+  if (Number.isFinite(sentAt) && sender !== String(deviceIndex)) {
+    deliveryLatencies.push(nowMs() - sentAt);
+  }
+}
+
+async function ack<T>(socket: Socket, event: string, payload: unknown): Promise<T | undefined> {
+  try {
+    const result = (await socket.timeout(20_000).emitWithAck(event, payload)) as
+      | { ok: true; data: T }
+      | { ok: false; error: { code: string } };
+    if (result.ok) return result.data;
+    countError(result.error.code);
+  } catch {
+    countError("ACK_TIMEOUT");
+  }
+  return undefined;
+}
+
+/** Creates each user's chats from their first device, then every device opens them. */
+async function prepare(): Promise<void> {
+  const firstDevice = new Map<number, Device>();
+  for (const d of devices) if (!firstDevice.has(d.user)) firstDevice.set(d.user, d);
+  await Promise.all(
+    [...firstDevice.entries()].map(async ([user, device]) => {
+      const chats: string[] = [];
+      for (let c = 0; c < init.chatsPerUser; c++) {
+        if (init.bare) {
+          chats.push(`bare-${init.userIds[user]}-${c}`);
+          continue;
+        }
+        const data = await ack<{ chat: { id: string } }>(device.socket, "chat:create", {
+          title: `load ${c}`,
+        });
+        if (data) chats.push(data.chat.id);
+      }
+      chatsByUser[user] = chats;
+    }),
+  );
+  await Promise.all(
+    devices.map(async (d) => {
+      for (const chatId of chatsByUser[d.user] ?? []) await ack(d.socket, "chat:open", { chatId });
+    }),
+  );
+  post({ type: "prepared" });
+}
+
+function senders(): { device: Device; index: number }[] {
+  const seen = new Set<number>();
+  const out: { device: Device; index: number }[] = [];
+  devices.forEach((device, index) => {
+    if (!seen.has(device.user)) {
+      seen.add(device.user);
+      out.push({ device, index });
+    }
+  });
+  return out;
+}
+
+async function sendOne(device: Device, index: number): Promise<void> {
+  const chats = chatsByUser[device.user] ?? [];
+  if (chats.length === 0) return;
+  const n = counter++;
+  const chatId = chats[n % chats.length] as string;
+  const t = nowMs();
+  const data = await ack<unknown>(device.socket, "message:send", {
+    chatId,
+    clientId: `lt-${process.pid}-${n}-${Math.random().toString(36).slice(2, 8)}`,
+    content: `t=${t};d=${index};load test message ${n}`,
+  });
+  if (data !== undefined) {
+    acked++;
+    ackLatencies.push(nowMs() - t);
+    ackedPerChat.set(chatId, (ackedPerChat.get(chatId) ?? 0) + 1);
+  }
+}
+
+/** Open loop: each sender emits at its share of the offered rate, without waiting for acks. */
+async function send(ratePerSecond: number, durationMs: number): Promise<void> {
+  const list = senders();
+  const perSender = ratePerSecond / Math.max(1, list.length);
+  const intervalMs = 1000 / Math.max(perSender, 0.001);
+  const deadline = nowMs() + durationMs;
+  const inflight: Promise<void>[] = [];
+  await Promise.all(
+    list.map(async ({ device, index }, i) => {
+      // Spread the senders over one interval so they do not fire in lockstep.
+      let next = nowMs() + (intervalMs * i) / list.length;
+      const maxSends = Math.ceil(durationMs / intervalMs) + 1;
+      for (let k = 0; k < maxSends && next < deadline; k++) {
+        const wait = next - nowMs();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        inflight.push(sendOne(device, index));
+        next += intervalMs;
+      }
+    }),
+  );
+  await Promise.all(inflight);
+  post({ type: "sent" });
+}
+
+/** Closed loop: each sender sends its next message as soon as the previous one is acked. */
+async function saturate(durationMs: number): Promise<void> {
+  const before = acked;
+  const started = nowMs();
+  const deadline = started + durationMs;
+  await Promise.all(
+    senders().map(async ({ device, index }) => {
+      for (let k = 0; k < 1_000_000 && nowMs() < deadline; k++) await sendOne(device, index);
+    }),
+  );
+  post({ type: "saturated", acked: acked - before, ms: nowMs() - started });
+}
+
+/** Waits (bounded) until every acked message has reached every device that should see it. */
+async function settle(timeoutMs: number): Promise<void> {
+  const deadline = nowMs() + timeoutMs;
+  while (nowMs() < deadline) {
+    const { expected, got } = completeness();
+    if (got >= expected) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function completeness(): { expected: number; got: number } {
+  let expected = 0;
+  let got = 0;
+  devices.forEach((d, index) => {
+    for (const chatId of chatsByUser[d.user] ?? []) {
+      expected += ackedPerChat.get(chatId) ?? 0;
+      got += received.get(`${index}|${chatId}`)?.size ?? 0;
+    }
+  });
+  return { expected, got };
+}
+
+async function report() {
+  await settle(3000);
+  // Completeness: every device that opened a chat must have received every acked message of it.
+  const { expected, got } = completeness();
+  post({
+    type: "report",
+    ackLatencies,
+    deliveryLatencies,
+    errors,
+    acked,
+    expectedDeliveries: expected,
+    deliveries: got,
+    duplicates,
+  });
+  ackLatencies.length = 0;
+  deliveryLatencies.length = 0;
+}
+
+parentPort?.on("message", (cmd: WorkerCommand) => {
+  const run = async () => {
+    switch (cmd.type) {
+      case "connect":
+        return connectAll();
+      case "prepare":
+        return prepare();
+      case "send":
+        return send(cmd.ratePerSecond, cmd.durationMs);
+      case "saturate":
+        return saturate(cmd.durationMs);
+      case "report":
+        return report();
+      case "close":
+        for (const d of devices) d.socket.disconnect();
+        post({ type: "closed" });
+        return;
+    }
+  };
+  run().catch((err) => post({ type: "error", error: String(err) }));
+});
