@@ -112,6 +112,10 @@ export interface ChatSummary {
   /** The latest message's `seq` (0 for an empty chat). */
   lastSeq: number;
   createdAt: string;
+  /**
+   * Latest activity, ISO 8601 with microseconds (`2026-11-25T05:03:10.123456Z`): the exact
+   * value the server orders by. Compare as strings.
+   */
   updatedAt: string;
 }
 

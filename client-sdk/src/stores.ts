@@ -46,12 +46,22 @@ type ListPage = (input: {
 const PAGE = 50;
 
 /**
- * The server's order: `updatedAt` descending, then `id` descending. `updatedAt` has millisecond
- * precision on the wire but microseconds in the database, so entries within one millisecond
- * keep the order of the server's last listing (`rank`) when it is known.
+ * ISO 8601 timestamps in one comparable form: a chat's `updatedAt` has microseconds, a
+ * message's `createdAt` milliseconds; both become six fractional digits.
+ */
+function timeKey(iso: string): string {
+  return iso.replace(/\.(\d{3})Z$/, ".$1000Z");
+}
+
+/**
+ * The server's order: `updatedAt` descending, then `id` descending. `updatedAt` carries the
+ * database's microseconds; for entries still equal, the order of the server's last listing
+ * (`rank`) is kept when it is known.
  */
 function compareChats(a: ChatSummary, b: ChatSummary, rank: Map<string, number>): number {
-  if (a.updatedAt !== b.updatedAt) return a.updatedAt < b.updatedAt ? 1 : -1;
+  const ta = timeKey(a.updatedAt);
+  const tb = timeKey(b.updatedAt);
+  if (ta !== tb) return ta < tb ? 1 : -1;
   const ra = rank.get(a.id);
   const rb = rank.get(b.id);
   if (ra !== undefined && rb !== undefined && ra !== rb) return ra - rb;
@@ -60,7 +70,7 @@ function compareChats(a: ChatSummary, b: ChatSummary, rank: Map<string, number>)
 
 /** The later of two ISO 8601 UTC timestamps (same format, so they compare as strings). */
 function laterIso(a: string, b: string): string {
-  return a < b ? b : a;
+  return timeKey(a) < timeKey(b) ? b : a;
 }
 
 function sameBody(a: MessageBody | null, b: MessageBody | null): boolean {
@@ -81,8 +91,10 @@ function sameChat(a: ChatSummary, b: ChatSummary): boolean {
 /** Combines a known entry with a newer one; ignores one that is older in every respect. */
 function mergeChat(prev: ChatSummary | undefined, next: ChatSummary): ChatSummary {
   if (!prev) return Object.freeze({ ...next });
-  if (next.lastSeq < prev.lastSeq && next.updatedAt <= prev.updatedAt) return prev;
-  if (next.lastSeq <= prev.lastSeq && next.updatedAt < prev.updatedAt) return prev;
+  const older = timeKey(next.updatedAt) < timeKey(prev.updatedAt);
+  const notNewer = timeKey(next.updatedAt) <= timeKey(prev.updatedAt);
+  if (next.lastSeq < prev.lastSeq && notNewer) return prev;
+  if (next.lastSeq <= prev.lastSeq && older) return prev;
   let merged = next;
   if (next.lastSeq < prev.lastSeq) {
     // A rename that raced a newer message: keep the newer preview.

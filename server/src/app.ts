@@ -57,6 +57,8 @@ export interface AppComponents {
   adapter?: ServerOptions["adapter"] | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
   mintDevToken?: ((userId: string) => Promise<string>) | undefined;
+  /** Development only: the demo page at `/` (see http/demo.ts). */
+  demo?: HttpRoute | undefined;
   /** Secret of the service-role HTTP API (`/service/v1/…`); the API is disabled without it. */
   serviceApiKey?: string | undefined;
   /** Clerk's webhook signing secret (`whsec_…`); `POST /webhooks/clerk` is disabled without it. */
@@ -96,7 +98,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const inflight = new Inflight();
   const commandTimeoutMs = components.commandTimeoutMs ?? 5000;
   // Filled below, once the services exist; the HTTP handler reads it per request.
-  const extraRoutes: HttpRoute[] = [];
+  const extraRoutes: HttpRoute[] = components.demo ? [components.demo] : [];
 
   // Must be attached before Socket.IO, which forwards the requests it does not own to it.
   httpServer.on(
@@ -125,7 +127,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (id) => users.stats(id), logger);
-  const messageRepo = new MessageRepository(database.db, metrics);
+  const messageRepo = new MessageRepository(database.db, database.sql, metrics);
   const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);

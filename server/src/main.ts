@@ -11,6 +11,7 @@ import { ConfigError, loadConfig } from "./config.js";
 import { createDatabase } from "./db/client.js";
 import { type EmbeddedDatabase, startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { runMigrations } from "./db/migrate.js";
+import { createDemoHandler } from "./http/demo.js";
 import { createLogger } from "./logger.js";
 import { Metrics } from "./metrics.js";
 import { createRedisAdapter } from "./redis-adapter.js";
@@ -72,6 +73,8 @@ async function main(): Promise<void> {
     rateLimits,
     metrics,
     mintDevToken,
+    // The demo page needs dev tokens, so it exists exactly when they do.
+    demo: mintDevToken ? await createDemoHandler() : undefined,
     adapter: redis?.adapter,
     redis: redis ? { client: redis.client, keyPrefix: config.redisKeyPrefix } : undefined,
     serviceApiKey: config.serviceApiKey,

@@ -78,6 +78,13 @@ async function sendSequential(s: ClientSocket, chatId: string, n: number, prefix
   return sent;
 }
 
+/**
+ * A chat's updatedAt carries microseconds (the exact sort key); a message's createdAt carries
+ * milliseconds. They name the same instant when the first extends the second.
+ */
+const sameInstant = (msIso: string) =>
+  expect.stringMatching(new RegExp(`^${msIso.slice(0, 23).replace(/\./g, "\\.")}\\d{3}Z$`));
+
 const seqs = (messages: ChatMessage[]) => messages.map((m) => m.seq);
 const range = (from: number, to: number) =>
   Array.from({ length: to - from + 1 }, (_, i) => from + i);
@@ -92,7 +99,7 @@ describe("live events across a user's devices", () => {
       lastMessage: null,
       lastSeq: 0,
       createdAt: expect.any(String),
-      updatedAt: chat.createdAt,
+      updatedAt: sameInstant(chat.createdAt),
     });
     for (const d of [d1, d2, d3]) {
       await eventually(() => expect(d.rec.of("chat:created")).toEqual([{ chat }]));
@@ -139,7 +146,7 @@ describe("live events across a user's devices", () => {
       lastMessage: { role: "user", content: "hello devices" },
       lastSeq: 1,
       createdAt: chat.createdAt,
-      updatedAt: message.createdAt,
+      updatedAt: sameInstant(message.createdAt),
     };
     for (const d of [d1, d2, d3]) {
       await eventually(() => expect(d.rec.of("chat:updated")).toEqual([{ chat: expectedSummary }]));
@@ -174,7 +181,7 @@ describe("live events across a user's devices", () => {
         expect(d.rec.of<{ chat: ChatSummary }>("chat:updated").at(-1)?.chat).toMatchObject({
           lastSeq: 2,
           lastMessage: { role: "user", content: "second" },
-          updatedAt: second.message.createdAt,
+          updatedAt: sameInstant(second.message.createdAt),
         }),
       );
     }
@@ -364,7 +371,7 @@ describe("reading what was stored", () => {
       id: chat.id,
       lastSeq: 60,
       lastMessage: { role: "user", content: "m60" },
-      updatedAt: sent[59]?.createdAt,
+      updatedAt: sameInstant(sent[59]?.createdAt ?? ""),
     });
     const small = await ok(d2.s, "chat:open", { chatId: chat.id, limit: 7 });
     expect(seqs(small.messages)).toEqual(range(54, 60));

@@ -1,24 +1,35 @@
-import { and, asc, desc, eq, gt, lt, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, lt } from "drizzle-orm";
+import type postgres from "postgres";
 import type { Database } from "../db/client.js";
 import { errorCode } from "../db/errors.js";
 import { type ChatMessageRow, chatMemory, type MessageJson } from "../db/schema.js";
+import { isoFromMicros } from "../db/time.js";
 import type { Metrics } from "../metrics.js";
 
-/** A message row as stored, plus whether it already existed (a retried send). */
+/** One message of a batch, as stored, plus whether it already existed (a retried send). */
 export interface StoredMessage {
   row: ChatMessageRow;
   duplicate: boolean;
-  /** The chat's title and creation time, for the sidebar entry. */
-  chat: { title: string; createdAt: Date };
 }
 
-type InsertResultRow = {
+/** The result of storing a batch into one chat. */
+export interface StoredBatch {
+  /** By clientId. */
+  messages: Map<string, StoredMessage>;
+  /** The chat's title and creation time, for the sidebar entry. */
+  chat: { title: string; createdAt: Date };
+  /** The chat's updated_at after the batch, exact to the microsecond (ISO 8601). */
+  updatedAt: string | undefined;
+}
+
+type BatchRow = {
   id: string;
   session_id: string;
   seq: string;
   client_id: string;
   message: MessageJson;
   created_at: Date;
+  created_us: string;
   duplicate: boolean;
   title: string;
   chat_created_at: Date;
@@ -29,6 +40,7 @@ const UNIQUE_VIOLATION = "23505";
 export class MessageRepository {
   constructor(
     private readonly db: Database,
+    private readonly sql: postgres.Sql,
     private readonly metrics?: Metrics,
   ) {}
 
@@ -37,60 +49,75 @@ export class MessageRepository {
   }
 
   /**
-   * Stores a message in a chat owned by `userId`, once per (chat, clientId), in one statement
-   * (one round trip, one transaction). The triggers assign `seq` and update the chat's
-   * last_message/updated_at and the user's message_count in the same transaction.
+   * Stores a batch of messages in a chat owned by `userId`, in one statement: one round trip,
+   * one transaction, one commit (group commit). Rows are inserted in the batch's order, so
+   * the BEFORE INSERT trigger gives them consecutive seqs in that order; the triggers update
+   * last_message/updated_at and message_count in the same transaction. A clientId already
+   * stored in the chat is not inserted again: its row comes back with `duplicate: true`.
+   * The caller passes distinct clientIds.
    *
-   * Returns undefined when the chat does not exist or is not the user's. When the clientId
-   * was already stored, returns that row with `duplicate: true` and writes nothing.
+   * Returns undefined when the chat does not exist or is not the user's.
    */
-  async insertOnce(
+  async insertBatch(
     userId: string,
     chatId: string,
-    clientId: string,
-    message: MessageJson,
-  ): Promise<StoredMessage | undefined> {
-    const statement = sql`
-      with chat as (
+    items: { clientId: string; message: MessageJson }[],
+  ): Promise<StoredBatch | undefined> {
+    const clientIds = items.map((i) => i.clientId);
+    const bodies = items.map((i) => JSON.stringify(i.message));
+    const run = () => this.sql<BatchRow[]>`
+      with input as (
+        select * from unnest(${this.sql.array(clientIds)}::text[], ${this.sql.array(bodies)}::text[])
+          with ordinality as t(client_id, message, ord)
+      ), chat as (
         select id, title, created_at from public.chat_sessions
          where id = ${chatId} and user_id = ${userId}
       ), existing as (
         select m.* from public.chat_memory m, chat
-         where m.session_id = chat.id and m.client_id = ${clientId}
+         where m.session_id = chat.id and m.client_id in (select client_id from input)
       ), inserted as (
         insert into public.chat_memory (session_id, client_id, message)
-        select chat.id, ${clientId}, ${JSON.stringify(message)}::jsonb from chat
-         where not exists (select 1 from existing)
+        select chat.id, i.client_id, i.message::jsonb from input i, chat
+         where not exists (select 1 from existing e where e.client_id = i.client_id)
+         order by i.ord
         returning *
       )
-      select i.id, i.session_id, i.seq, i.client_id, i.message, i.created_at, false as duplicate,
-             c.title, c.created_at as chat_created_at
-        from inserted i, chat c
-      union all
-      select e.id, e.session_id, e.seq, e.client_id, e.message, e.created_at, true,
-             c.title, c.created_at
-        from existing e, chat c`;
-    let rows: InsertResultRow[];
+      select r.id, r.session_id, r.seq, r.client_id, r.message, r.created_at,
+             (extract(epoch from r.created_at) * 1000000)::bigint::text as created_us,
+             r.duplicate, c.title, c.created_at as chat_created_at
+        from (select *, false as duplicate from inserted
+              union all
+              select *, true from existing) r, chat c`;
+    let rows: BatchRow[];
     try {
-      rows = await this.timed("message_insert", () => this.db.execute<InsertResultRow>(statement));
+      rows = await this.timed("message_insert", run);
     } catch (e) {
-      // The same clientId raced in from another device or node and won: read its row.
+      // A clientId raced in from another node and won: the retry finds it in `existing`.
       if (errorCode(e) !== UNIQUE_VIOLATION) throw e;
-      rows = await this.db.execute<InsertResultRow>(statement);
+      rows = await this.timed("message_insert", run);
     }
-    const r = rows[0];
-    if (!r) return undefined;
+    const first = rows[0];
+    if (!first) return undefined;
+    const messages = new Map<string, StoredMessage>();
+    let lastInsertedUs: string | undefined;
+    for (const r of rows) {
+      messages.set(r.client_id, {
+        row: {
+          id: r.id,
+          sessionId: r.session_id,
+          seq: Number(r.seq),
+          clientId: r.client_id,
+          message: r.message,
+          createdAt: new Date(r.created_at),
+        },
+        duplicate: r.duplicate,
+      });
+      if (!r.duplicate) lastInsertedUs = r.created_us;
+    }
     return {
-      row: {
-        id: r.id,
-        sessionId: r.session_id,
-        seq: Number(r.seq),
-        clientId: r.client_id,
-        message: r.message,
-        createdAt: new Date(r.created_at),
-      },
-      duplicate: r.duplicate,
-      chat: { title: r.title, createdAt: new Date(r.chat_created_at) },
+      messages,
+      chat: { title: first.title, createdAt: new Date(first.chat_created_at) },
+      updatedAt: lastInsertedUs === undefined ? undefined : isoFromMicros(lastInsertedUs),
     };
   }
 

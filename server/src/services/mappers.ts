@@ -1,5 +1,6 @@
 import type { ChatMessage, ChatSummary, MessageBody, UserStats } from "../../../protocol/index.js";
 import type { ChatMessageRow, MessageJson } from "../db/schema.js";
+import { isoFromMicros } from "../db/time.js";
 import type { UserStatsRow } from "../repositories/user.repository.js";
 
 const roles = new Set(["user", "assistant", "system"]);
@@ -32,6 +33,8 @@ export function toChatSummary(row: {
   lastSeq: number;
   createdAt: Date;
   updatedAt: Date;
+  /** updated_at in exact microseconds, when the query selected it (see db/time.ts). */
+  updatedUs?: string;
 }): ChatSummary {
   return {
     id: row.id,
@@ -39,7 +42,7 @@ export function toChatSummary(row: {
     lastMessage: toMessageBody(row.lastMessage),
     lastSeq: row.lastSeq,
     createdAt: row.createdAt.toISOString(),
-    updatedAt: row.updatedAt.toISOString(),
+    updatedAt: row.updatedUs ? isoFromMicros(row.updatedUs) : row.updatedAt.toISOString(),
   };
 }
 

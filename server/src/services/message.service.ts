@@ -1,4 +1,5 @@
 import {
+  type ChatMessage,
   type CommandPayload,
   type CommandResults,
   ErrorCode,
@@ -9,14 +10,26 @@ import type { MessageRepository } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";
 import { AppError, notFound } from "./errors.js";
-import { KeyedQueue } from "./keyed-queue.js";
 import { toChatMessage, toMessageBody } from "./mappers.js";
 import type { Notifier } from "./notifier.js";
 import type { RateLimits } from "./rate-limits.js";
 
+type PostInput = { chatId: string; clientId: string; body: MessageBody };
+type PostResult = CommandResults["message:send"];
+
+interface Pending {
+  input: PostInput;
+  resolve(result: PostResult): void;
+  reject(err: unknown): void;
+}
+
+/** Most messages stored in one statement. */
+const MAX_BATCH = 100;
+
 /** Messages: storing them exactly once, and reading them in their one order. */
 export class MessageService {
-  private readonly perChat = new KeyedQueue();
+  /** Sends waiting to be stored, per (user, chat). */
+  private readonly queues = new Map<string, Pending[]>();
 
   constructor(
     private readonly messages: MessageRepository,
@@ -29,51 +42,103 @@ export class MessageService {
    * Stores a message (once per clientId in the chat) and broadcasts it: the message to the
    * chat's room, the new sidebar entry and the stats to the user's devices. A retry of a
    * stored clientId returns the stored row and broadcasts nothing. Used by socket sends
-   * (role `user`) and by the service API (any role). One chat's messages are stored one at a
-   * time on this node, so its broadcasts leave in `seq` order.
+   * (role `user`) and by the service API (any role).
+   *
+   * Group commit: a node stores one chat's messages one batch at a time. Sends that arrive
+   * while a batch is being written wait and go together in the next batch: one statement and
+   * one commit for all of them. An ack still means committed, and because batches of a chat
+   * never overlap, its broadcasts leave this node in `seq` order.
    */
-  post(
-    actor: Actor,
-    input: { chatId: string; clientId: string; body: MessageBody },
-  ): Promise<CommandResults["message:send"]> {
-    return this.perChat.run(input.chatId, () => this.store(actor, input));
+  post(actor: Actor, input: PostInput): Promise<PostResult> {
+    const key = `${actor.dbUserId}:${input.chatId}`;
+    return new Promise((resolve, reject) => {
+      const queue = this.queues.get(key);
+      if (queue) {
+        queue.push({ input, resolve, reject });
+        return;
+      }
+      this.queues.set(key, [{ input, resolve, reject }]);
+      void this.drain(key, actor, input.chatId);
+    });
   }
 
-  private async store(
-    actor: Actor,
-    input: { chatId: string; clientId: string; body: MessageBody },
-  ): Promise<CommandResults["message:send"]> {
-    const stored = await this.messages.insertOnce(
-      actor.dbUserId,
-      input.chatId,
-      input.clientId,
-      input.body,
-    );
-    if (!stored) throw notFound();
-    const message = toChatMessage(stored.row);
-    if (stored.duplicate) {
-      const previous = toMessageBody(stored.row.message);
-      if (previous?.content !== input.body.content || previous.role !== input.body.role) {
-        throw new AppError(
-          ErrorCode.CONFLICT,
-          "This clientId was already used for a different message in this chat",
-        );
+  private async drain(key: string, actor: Actor, chatId: string): Promise<void> {
+    for (;;) {
+      const queue = this.queues.get(key) ?? [];
+      if (queue.length === 0) {
+        this.queues.delete(key);
+        return;
       }
-      return { message, duplicate: true };
+      const batch = queue.splice(0, MAX_BATCH);
+      try {
+        this.settle(actor, chatId, batch, await this.storeBatch(actor, chatId, batch));
+      } catch (err) {
+        for (const p of batch) p.reject(err);
+      }
     }
-    this.notifier.messageCreated(actor.userId, message);
-    // The triggers set the chat's preview to this message and updated_at to its created_at
-    // (one transaction, one now()), so the sidebar entry is known without another query.
+  }
+
+  private storeBatch(actor: Actor, chatId: string, batch: Pending[]) {
+    // The first send of a clientId is the one stored; later ones in the batch are retries.
+    const unique = new Map<string, MessageBody>();
+    for (const p of batch)
+      if (!unique.has(p.input.clientId)) unique.set(p.input.clientId, p.input.body);
+    return this.messages.insertBatch(
+      actor.dbUserId,
+      chatId,
+      [...unique].map(([clientId, message]) => ({ clientId, message })),
+    );
+  }
+
+  private settle(
+    actor: Actor,
+    chatId: string,
+    batch: Pending[],
+    stored: Awaited<ReturnType<MessageService["storeBatch"]>>,
+  ): void {
+    if (!stored) {
+      for (const p of batch) p.reject(notFound());
+      return;
+    }
+    const announced = new Set<string>();
+    const created: { message: ChatMessage; body: MessageBody }[] = [];
+    for (const p of batch) {
+      const entry = stored.messages.get(p.input.clientId);
+      if (!entry) {
+        p.reject(new Error(`batch result lacks clientId ${p.input.clientId}`));
+        continue;
+      }
+      const message = toChatMessage(entry.row);
+      const stored_ = toMessageBody(entry.row.message);
+      if (stored_?.content !== p.input.body.content || stored_.role !== p.input.body.role) {
+        p.reject(
+          new AppError(
+            ErrorCode.CONFLICT,
+            "This clientId was already used for a different message in this chat",
+          ),
+        );
+        continue;
+      }
+      const first = !entry.duplicate && !announced.has(p.input.clientId);
+      announced.add(p.input.clientId);
+      if (first) created.push({ message, body: p.input.body });
+      p.resolve({ message, duplicate: !first });
+    }
+    if (created.length === 0) return;
+    created.sort((a, b) => a.message.seq - b.message.seq);
+    for (const c of created) this.notifier.messageCreated(actor.userId, c.message);
+    const last = created.at(-1) as (typeof created)[number];
+    // The triggers set the chat's preview to the last message and updated_at to its
+    // created_at (one transaction, one now()), so the sidebar entry needs no other query.
     this.notifier.chatUpdated(actor.userId, {
-      id: input.chatId,
+      id: chatId,
       title: stored.chat.title,
-      lastMessage: input.body,
-      lastSeq: message.seq,
+      lastMessage: last.body,
+      lastSeq: last.message.seq,
       createdAt: stored.chat.createdAt.toISOString(),
-      updatedAt: message.createdAt,
+      updatedAt: stored.updatedAt ?? last.message.createdAt,
     });
     this.notifier.statsChanged(actor.userId);
-    return { message, duplicate: false };
   }
 
   /** A user's own send: rate-limited per user across devices and nodes. */
