@@ -367,7 +367,7 @@ async function main() {
           MIGRATE_ON_START: "false",
           RATE_LIMIT_MESSAGES: "1000000",
           RATE_LIMIT_CONNECTIONS_PER_MINUTE: "1000000",
-          MAX_SOCKETS_PER_USER_PER_NODE: "1000",
+          MAX_SOCKETS_PER_USER: "1000",
           ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix } : {}),
         });
         urls.push(`http://127.0.0.1:${port}`);

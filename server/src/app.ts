@@ -190,7 +190,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     expiry.schedule(socket);
     socket.on("disconnect", () => {
       expiry.clear(socket);
-      rateLimits.release(socket.data.userId);
+      rateLimits.release(socket.data.userId, socket.id);
       metrics.socketsConnected.dec();
     });
 
@@ -228,6 +228,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         await new Promise((r) => setTimeout(r, 10));
       }
       broadcaster.close();
+      rateLimits.close();
       await io.close();
     },
   };

@@ -72,7 +72,7 @@ const envSchema = z.object({
   /** Connection attempts one user may make per minute, across nodes. */
   RATE_LIMIT_CONNECTIONS_PER_MINUTE: z.coerce.number().int().min(1).default(60),
   /** Sockets one user may hold open on one node. */
-  MAX_SOCKETS_PER_USER_PER_NODE: z.coerce.number().int().min(1).default(20),
+  MAX_SOCKETS_PER_USER: z.coerce.number().int().min(1).default(20),
   /** pino log level. Default `info` (`silent` in tests). */
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
   /** Folder for local state: embedded Postgres data and development keys. Git-ignored. */
@@ -184,7 +184,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
       messageWindowSeconds: e.RATE_LIMIT_MESSAGE_WINDOW_SECONDS,
       connectionsPerMinute: e.RATE_LIMIT_CONNECTIONS_PER_MINUTE,
-      maxSocketsPerNode: e.MAX_SOCKETS_PER_USER_PER_NODE,
+      maxSocketsPerUser: e.MAX_SOCKETS_PER_USER,
     },
     logLevel: e.LOG_LEVEL ?? (e.NODE_ENV === "test" ? "silent" : "info"),
     dataDir: e.DATA_DIR,

@@ -62,8 +62,40 @@ describe("per-user limits", () => {
     expect(ok.ok).toBe(true);
   });
 
-  test("sockets per user per node are capped; a freed slot can be used again", async () => {
-    const server = await startTestServer({ rateLimits: { maxSocketsPerNode: 2 } });
+  test("sockets per user are capped across nodes; a freed slot can be used again", async () => {
+    const prefix = `cap-${randomBytes(4).toString("hex")}`;
+    const limits = { maxSocketsPerUser: 2 };
+    const a = await startTestServer({
+      redisUrl: testRedisUrl,
+      redisKeyPrefix: prefix,
+      rateLimits: limits,
+    });
+    const b = await startTestServer({
+      redisUrl: testRedisUrl,
+      redisKeyPrefix: prefix,
+      rateLimits: limits,
+      databaseUrl: a.databaseUrl,
+    });
+    servers.push(a, b);
+    const onA = await a.connectAs("user_cap_cluster");
+    await b.connectAs("user_cap_cluster");
+    for (const node of [a, b]) {
+      const err = await node.connectAs("user_cap_cluster").then(
+        () => null,
+        (e: { data?: { code?: string } }) => e,
+      );
+      expect(err?.data?.code).toBe("RATE_LIMITED");
+    }
+    expect((await b.connectAs("user_cap_other")).connected).toBe(true);
+    onA.disconnect();
+    await eventually(async () => {
+      const again = await b.connectAs("user_cap_cluster");
+      expect(again.connected).toBe(true);
+    });
+  });
+
+  test("without Redis, one node caps its own sockets per user", async () => {
+    const server = await startTestServer({ rateLimits: { maxSocketsPerUser: 2 } });
     servers.push(server);
     const first = await server.connectAs("user_cap");
     await server.connectAs("user_cap");

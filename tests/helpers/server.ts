@@ -101,7 +101,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       messagesPerWindow: 100_000,
       messageWindowSeconds: 10,
       connectionsPerMinute: 10_000,
-      maxSocketsPerNode: 1000,
+      maxSocketsPerUser: 1000,
       ...options.rateLimits,
     },
     redis?.client,

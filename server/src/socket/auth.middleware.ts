@@ -39,14 +39,14 @@ export function authMiddleware(deps: {
   return async (socket: ChatSocket, next: (err?: ExtendedError) => void) => {
     let reserved: string | undefined;
     const refuseWith = (code: ConnectErrorCode, message: string) => {
-      if (reserved) rateLimits.release(reserved);
+      if (reserved) rateLimits.release(reserved, socket.id);
       metrics.handshakes.inc({ outcome: code });
       next(refuse(code, message));
     };
     try {
       const token = tokenFromHandshake(socket.handshake);
       const verified = await verifier.verify(token);
-      const waitMs = await rateLimits.acquireConnection(verified.userId);
+      const waitMs = await rateLimits.acquireConnection(verified.userId, socket.id);
       if (waitMs > 0) {
         return refuseWith(
           ConnectErrorCode.RATE_LIMITED,
