@@ -10,7 +10,7 @@ import type { IncomingMessage } from "node:http";
 import { z } from "zod";
 import { clientIdSchema, contentSchema, ErrorCode, Limits } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
-import { AppError } from "../services/errors.js";
+import { AppError, withTimeout } from "../services/errors.js";
 import type { ServiceRoleService } from "../services/service-role.service.js";
 import type { StreamService } from "../services/stream.service.js";
 import type { Inflight } from "../socket/inflight.js";
@@ -274,18 +274,6 @@ function bearer(req: IncomingMessage): string | undefined {
   if (typeof header !== "string") return undefined;
   const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
   return match?.[1];
-}
-
-function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(new AppError(ErrorCode.UNAVAILABLE, "The service did not answer in time; retry")),
-      ms,
-    );
-  });
-  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
 export function createServiceApi(deps: ServiceApiDeps): HttpRoute {

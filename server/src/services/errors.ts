@@ -23,3 +23,19 @@ export class AppError extends Error {
 }
 
 export const notFound = (what = "Chat") => new AppError(ErrorCode.NOT_FOUND, `${what} not found`);
+
+/**
+ * Answers UNAVAILABLE when `work` takes longer than `ms` (a stalled database). The work itself
+ * goes on: if it commits later, the client's retry with the same clientId finds it.
+ */
+export function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(new AppError(ErrorCode.UNAVAILABLE, "The service did not answer in time; retry")),
+      ms,
+    );
+  });
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}

@@ -11,7 +11,7 @@ import {
 import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import { AppError } from "../services/errors.js";
+import { AppError, withTimeout } from "../services/errors.js";
 import type { Inflight } from "./inflight.js";
 import type { ChatSocket } from "./types.js";
 
@@ -91,22 +91,6 @@ async function run<C extends CommandName>(
       error: toProtocolError(err, { command: name, userId: socket.data.userId }, ctx.logger),
     };
   }
-}
-
-/**
- * Answers UNAVAILABLE when `work` takes longer than `ms` (a stalled database). The work itself
- * goes on: if it commits later, the client's retry with the same clientId finds it.
- */
-function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(new AppError(ErrorCode.UNAVAILABLE, "The service did not answer in time; retry")),
-      ms,
-    );
-  });
-  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** Maps anything thrown by a command to the protocol's closed set of errors. */
