@@ -122,6 +122,8 @@ if (args.url && !/^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/
   process.exit(2);
 }
 const AUTHORIZED_PARTY = "http://localhost:3000";
+/** Postgres pool of each server node, and of the database baseline. */
+const SERVER_POOL_SIZE = 20;
 const children: ChildProcess[] = [];
 const log = (s: string) => process.stderr.write(`${s}\n`);
 // Whatever happens, no server node outlives the harness.
@@ -360,7 +362,7 @@ async function main() {
           HOST: "127.0.0.1",
           PORT: String(port),
           DATABASE_URL: dbUrl.toString(),
-          DATABASE_POOL_SIZE: "20",
+          DATABASE_POOL_SIZE: String(SERVER_POOL_SIZE),
           CLERK_JWT_KEY: keys.publicKey,
           CLERK_AUTHORIZED_PARTIES: AUTHORIZED_PARTY,
           LOG_LEVEL: "warn",
@@ -394,7 +396,12 @@ async function main() {
         log(
           `baseline: the message transaction through postgres.js, ${concurrency} writers, ${p.saturate} s`,
         );
-        db = await measureDatabaseCeiling(dbUrl.toString(), concurrency, p.saturate * 1000);
+        db = await measureDatabaseCeiling(
+          dbUrl.toString(),
+          concurrency,
+          p.saturate * 1000,
+          SERVER_POOL_SIZE,
+        );
         results.databaseCeiling = db;
       }
     }

@@ -28,6 +28,7 @@ import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
 import { MessageService } from "./services/message.service.js";
 import type { RateLimits } from "./services/rate-limits.js";
+import { Revocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
@@ -93,6 +94,7 @@ export interface Application {
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger, rateLimits } = components;
+  const revocations = new Revocations(components.redis?.client, components.redis?.keyPrefix);
   const metrics = components.metrics ?? new Metrics();
 
   const inflight = new Inflight();
@@ -162,7 +164,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     extraRoutes.push(
       createClerkWebhookRoute({
         signingSecret: components.webhookSigningSecret,
-        service: new ClerkWebhookService(users, broadcaster, logger),
+        service: new ClerkWebhookService(users, broadcaster, logger, revocations),
         logger,
         inflight,
       }),
@@ -181,7 +183,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
   };
 
-  io.use(authMiddleware({ verifier, users, rateLimits, metrics, logger }));
+  io.use(authMiddleware({ verifier, users, rateLimits, revocations, metrics, logger }));
   io.on("connection", (socket) => {
     metrics.socketsConnected.inc();
     const actor = { userId: socket.data.userId, dbUserId: socket.data.dbUserId };
@@ -197,7 +199,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     answerUnknownCommands(socket);
     registerChatHandlers(socket, actor, chats, ctx);
     registerMessageHandlers(socket, actor, messages, ctx);
-    registerUserHandlers(socket, actor, { users, verifier, expiry }, ctx);
+    registerUserHandlers(socket, actor, { users, verifier, expiry, revocations }, ctx);
   });
 
   return {

@@ -6,7 +6,7 @@
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type { ConnectionClosing } from "../../protocol/index.js";
-import { recordEvents, startTestServer, type TestServer } from "../helpers/server.js";
+import { recordEvents, startTestServer, type TestServer, tokenFor } from "../helpers/server.js";
 import { disconnected, nextEvent, ok, openSql, userId } from "../realtime/support.js";
 import {
   clerkEvent,
@@ -231,6 +231,14 @@ describe("users", () => {
     expect(bystander.connected).toBe(true);
     expect((await ok(bystander, "user:stats", {})).stats.totalConversations).toBe(0);
     expect(rec.of("connection:closing")).toEqual([]);
+
+    // A token the deleted user still holds opens no socket and does not recreate the row.
+    const err = await server.connectAs(uid).then(
+      () => null,
+      (e: { data?: { code?: string } }) => e,
+    );
+    expect(err?.data?.code).toBe("TOKEN_INVALID");
+    expect(await userRow(uid)).toBeUndefined();
   });
 });
 
@@ -263,5 +271,17 @@ describe("sessions", () => {
     await Promise.all(gone);
     expect(other.connected).toBe(true);
     expect((await ok(other, "chat:list", {})).chats).toEqual([]);
+
+    // Tokens of the closed sessions can neither reconnect nor refresh; other sessions can.
+    const err = await server.connectAs(uid, { sessionId: "sess_ended_1" }).then(
+      () => null,
+      (e: { data?: { code?: string } }) => e,
+    );
+    expect(err?.data?.code).toBe("TOKEN_INVALID");
+    const refresh = await other.emitWithAck("auth:refresh", {
+      token: await tokenFor(uid, { sessionId: "sess_removed_1" }),
+    });
+    expect(refresh.ok ? "ok" : refresh.error.code).toBe("UNAUTHORIZED");
+    expect((await server.connectAs(uid, { sessionId: "sess_new_1" })).connected).toBe(true);
   });
 });

@@ -1,6 +1,7 @@
 import { DisconnectReason } from "../../../protocol/constants.js";
 import type { Logger } from "../logger.js";
 import type { Notifier } from "./notifier.js";
+import type { Revocations } from "./revocations.js";
 import type { UserService } from "./user.service.js";
 
 /** The Clerk events this server acts on, as the webhook route parsed them. */
@@ -27,6 +28,7 @@ export class ClerkWebhookService {
     private readonly users: UserService,
     private readonly notifier: Notifier,
     private readonly logger: Logger,
+    private readonly revocations: Revocations,
   ) {}
 
   async handle(event: ClerkEvent): Promise<void> {
@@ -39,6 +41,8 @@ export class ClerkWebhookService {
         });
         return;
       case "user.deleted": {
+        // First, so that no token of the user can open a socket (and recreate the row) again.
+        await this.revocations.revoke("user", event.userId);
         const deleted = await this.users.delete(event.userId);
         // Also when the row was already gone (a redelivery): a socket may have connected since.
         this.notifier.disconnectUser(event.userId, {
@@ -52,6 +56,7 @@ export class ClerkWebhookService {
       case "session.revoked":
       case "session.ended":
       case "session.removed":
+        await this.revocations.revoke("session", event.sessionId);
         this.notifier.disconnectClerkSession(event.sessionId, {
           reason: DisconnectReason.SESSION_REVOKED,
           message: "The session was revoked or ended; sign in again",

@@ -5,6 +5,7 @@ import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { RateLimits } from "../services/rate-limits.js";
+import type { Revocations } from "../services/revocations.js";
 import type { UserService } from "../services/user.service.js";
 import type { ChatSocket } from "./types.js";
 
@@ -32,10 +33,11 @@ export function authMiddleware(deps: {
   verifier: TokenVerifier;
   users: UserService;
   rateLimits: RateLimits;
+  revocations: Revocations;
   metrics: Metrics;
   logger: Logger;
 }) {
-  const { verifier, users, rateLimits, metrics, logger } = deps;
+  const { verifier, users, rateLimits, revocations, metrics, logger } = deps;
   return async (socket: ChatSocket, next: (err?: ExtendedError) => void) => {
     let reserved: string | undefined;
     const refuseWith = (code: ConnectErrorCode, message: string) => {
@@ -46,6 +48,12 @@ export function authMiddleware(deps: {
     try {
       const token = tokenFromHandshake(socket.handshake);
       const verified = await verifier.verify(token);
+      if (await revocations.isRevoked(verified.userId, verified.sessionId)) {
+        return refuseWith(
+          ConnectErrorCode.TOKEN_INVALID,
+          "The session was revoked or the user deleted",
+        );
+      }
       const waitMs = await rateLimits.acquireConnection(verified.userId, socket.id);
       if (waitMs > 0) {
         return refuseWith(

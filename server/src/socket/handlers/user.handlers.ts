@@ -2,6 +2,7 @@ import { ErrorCode } from "../../../../protocol/constants.js";
 import { TokenError, type TokenVerifier } from "../../auth/token-verifier.js";
 import type { Actor } from "../../services/actor.js";
 import { AppError } from "../../services/errors.js";
+import type { Revocations } from "../../services/revocations.js";
 import type { UserService } from "../../services/user.service.js";
 import { type CommandContext, registerCommand } from "../command.js";
 import type { TokenExpiry } from "../token-expiry.js";
@@ -10,7 +11,12 @@ import { type ChatSocket, rooms } from "../types.js";
 export function registerUserHandlers(
   socket: ChatSocket,
   actor: Actor,
-  deps: { users: UserService; verifier: TokenVerifier; expiry: TokenExpiry },
+  deps: {
+    users: UserService;
+    verifier: TokenVerifier;
+    expiry: TokenExpiry;
+    revocations: Revocations;
+  },
   ctx: CommandContext,
 ): void {
   registerCommand(
@@ -35,6 +41,9 @@ export function registerUserHandlers(
       }
       if (verified.userId !== actor.userId) {
         throw new AppError(ErrorCode.FORBIDDEN, "The new token belongs to another user");
+      }
+      if (await deps.revocations.isRevoked(verified.userId, verified.sessionId)) {
+        throw new AppError(ErrorCode.UNAUTHORIZED, "The session was revoked or the user deleted");
       }
       if (verified.sessionId !== socket.data.sessionId) {
         if (socket.data.sessionId) socket.leave(rooms.clerkSession(socket.data.sessionId));
