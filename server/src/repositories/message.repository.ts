@@ -1,8 +1,8 @@
-import { and, asc, desc, eq, gt, lt } from "drizzle-orm";
+import { and, asc, desc, eq, gt, inArray, lt } from "drizzle-orm";
 import type postgres from "postgres";
 import type { Database } from "../db/client.js";
 import { errorCode } from "../db/errors.js";
-import { type ChatMessageRow, chatMemory, type MessageJson } from "../db/schema.js";
+import { type ChatMessageRow, chatMemory, chatSessions, type MessageJson } from "../db/schema.js";
 import { isoFromMicros } from "../db/time.js";
 import type { Metrics } from "../metrics.js";
 
@@ -124,9 +124,12 @@ export class MessageRepository {
   /**
    * A page of a chat's messages, always returned oldest first. `before`: the `limit` messages
    * just older than that seq; `after`: the `limit` just newer; neither: the latest `limit`.
-   * Fetches one extra row to tell whether more exist. The caller checks ownership.
+   * Fetches one extra row to tell whether more exist. Like every user-scoped query, it carries
+   * the owner in its WHERE clause: a chat that is not `userId`'s reads as empty, so a service
+   * that forgot its ownership check still could not leak another user's messages.
    */
   async page(
+    userId: string,
     chatId: string,
     limit: number,
     position: { before?: number | undefined; after?: number | undefined } = {},
@@ -142,7 +145,19 @@ export class MessageRepository {
       this.db
         .select()
         .from(chatMemory)
-        .where(and(eq(chatMemory.sessionId, chatId), bound))
+        .where(
+          and(
+            eq(chatMemory.sessionId, chatId),
+            inArray(
+              chatMemory.sessionId,
+              this.db
+                .select({ id: chatSessions.id })
+                .from(chatSessions)
+                .where(and(eq(chatSessions.id, chatId), eq(chatSessions.userId, userId))),
+            ),
+            bound,
+          ),
+        )
         .orderBy(forward ? asc(chatMemory.seq) : desc(chatMemory.seq))
         .limit(limit + 1),
     );

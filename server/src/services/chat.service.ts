@@ -76,6 +76,7 @@ export class ChatService {
     await this.requireOwned(actor, input.chatId);
     join();
     const { rows, hasMore } = await this.messages.page(
+      actor.dbUserId,
       input.chatId,
       input.limit ?? Limits.DEFAULT_PAGE_SIZE,
     );

@@ -157,6 +157,7 @@ export class MessageService {
   ): Promise<CommandResults["message:history"]> {
     await this.chats.requireOwned(actor, input.chatId);
     const { rows, hasMore } = await this.messages.page(
+      actor.dbUserId,
       input.chatId,
       input.limit ?? Limits.DEFAULT_PAGE_SIZE,
       { before: input.before, after: input.after },
@@ -171,6 +172,7 @@ export class MessageService {
   ): Promise<CommandResults["message:sync"]> {
     await this.chats.requireOwned(actor, input.chatId);
     const { rows, hasMore } = await this.messages.page(
+      actor.dbUserId,
       input.chatId,
       input.limit ?? Limits.MAX_PAGE_SIZE,
       { after: input.afterSeq },

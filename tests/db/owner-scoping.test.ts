@@ -1,0 +1,72 @@
+/**
+ * Defense in depth without RLS on the server's path (docs/security.md): every user-scoped
+ * repository query carries the owner's id in its WHERE clause, so a service that forgot its
+ * ownership check still could neither read nor change another user's chat. These tests call
+ * the repositories directly with the wrong owner, bypassing the services' checks on purpose.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
+import { ChatRepository } from "../../server/src/repositories/chat.repository.js";
+import { MessageRepository } from "../../server/src/repositories/message.repository.js";
+import { addMessage, type FileDb, makeChat, makeUser, openFileDb } from "./fixtures.js";
+
+let fdb: FileDb;
+let handle: DatabaseHandle;
+let chats: ChatRepository;
+let messages: MessageRepository;
+let owner: string;
+let intruder: string;
+let chatId: string;
+
+beforeAll(async () => {
+  fdb = await openFileDb();
+  handle = createDatabase(fdb.tdb.url, { max: 4 });
+  chats = new ChatRepository(handle.db);
+  messages = new MessageRepository(handle.db, handle.sql);
+  owner = (await makeUser(fdb.sql, "user_owner")).id;
+  intruder = (await makeUser(fdb.sql, "user_intruder")).id;
+  chatId = await makeChat(fdb.sql, owner, "Owner's secret chat");
+  for (let i = 1; i <= 3; i++) await addMessage(fdb.sql, chatId, `secret ${i}`);
+});
+afterAll(async () => {
+  await handle?.close();
+  await fdb?.close();
+});
+
+async function chatState() {
+  const [chat] = await fdb.sql<{ title: string; last_seq: number }[]>`
+    select title, last_seq::int as last_seq from chat_sessions where id = ${chatId}`;
+  const [{ n } = { n: 0 }] = await fdb.sql<{ n: number }[]>`
+    select count(*)::int as n from chat_memory where session_id = ${chatId}`;
+  return { chat, n };
+}
+
+describe("repositories scope every user query by owner", () => {
+  test("the owner reads the chat and its messages", async () => {
+    expect((await chats.find(owner, chatId))?.title).toBe("Owner's secret chat");
+    const page = await messages.page(owner, chatId, 10);
+    expect(page.rows.map((r) => r.seq)).toEqual([1, 2, 3]);
+    expect(page.hasMore).toBe(false);
+  });
+
+  test("another user's id reads nothing: not the chat, not a page in any direction", async () => {
+    expect(await chats.find(intruder, chatId)).toBeUndefined();
+    expect((await chats.list(intruder, 50)).map((c) => c.id)).not.toContain(chatId);
+    for (const position of [{}, { after: 0 }, { before: 100 }]) {
+      const page = await messages.page(intruder, chatId, 10, position);
+      expect(page).toEqual({ rows: [], hasMore: false });
+    }
+  });
+
+  test("another user's id changes nothing: no rename, no delete, no insert", async () => {
+    const before = await chatState();
+    expect(await chats.rename(intruder, chatId, "pwned")).toBeUndefined();
+    expect(await chats.delete(intruder, chatId)).toBe(false);
+    const stored = await messages.insertBatch(intruder, chatId, [
+      { clientId: "intruder-1", message: { role: "user", content: "injected" } },
+    ]);
+    expect(stored).toBeUndefined();
+    expect(await chatState()).toEqual(before);
+    expect(before).toEqual({ chat: { title: "Owner's secret chat", last_seq: 3 }, n: 3 });
+  });
+});
