@@ -1,4 +1,4 @@
-import { eq, sql } from "drizzle-orm";
+import { eq, inArray, sql } from "drizzle-orm";
 import type { Database } from "../db/client.js";
 import { type MessageJson, users } from "../db/schema.js";
 
@@ -39,6 +39,19 @@ export class UserRepository {
       .returning({ id: users.id });
     if (!row) throw new Error("upsert returned no row");
     return row.id;
+  }
+
+  /**
+   * Records that these users were seen, in one statement. Returns the Clerk ids that still have
+   * a row (a user deleted meanwhile is missing from the result).
+   */
+  async touchSeen(clerkIds: string[]): Promise<Set<string>> {
+    const rows = await this.db
+      .update(users)
+      .set({ lastSeenAt: sql`now()` })
+      .where(inArray(users.clerkId, clerkIds))
+      .returning({ clerkId: users.clerkId });
+    return new Set(rows.map((r) => r.clerkId));
   }
 
   /** The seed's `get_user_stats`; undefined when the user has no row. */

@@ -20,12 +20,103 @@ export interface ChatHistoryEntry {
  */
 export const MAX_TOKEN_USAGE = Number.MAX_SAFE_INTEGER;
 
-export class UserService {
-  constructor(private readonly users: UserRepository) {}
+/** Most users whose last_seen_at one statement writes. */
+const MAX_SEEN_PER_FLUSH = 5000;
 
-  /** Called on every authenticated connection: creates the user's row on first sight, records last_seen_at. */
-  provision(clerkId: string): Promise<string> {
-    return this.users.upsertSeen(clerkId);
+/** How provisioning remembers users it has seen (see `UserService.provision`). */
+export interface ProvisionOptions {
+  /**
+   * Milliseconds a known user's row id is trusted without asking the database. Shorter than
+   * the time a deleted user stays revoked (Revocations, 600 s), so an entry on another node
+   * cannot outlive the revocation that keeps the deleted user out. Default 5 minutes.
+   */
+  knownTtlMs?: number;
+  /** Most users remembered; the oldest are forgotten first. Default 100,000 (a few MB). */
+  maxKnown?: number;
+  /** Milliseconds between the coalesced `last_seen_at` writes. Default 1000. */
+  seenFlushMs?: number;
+}
+
+export class UserService {
+  /** Clerk id → row id and until when it is trusted; Map order is insertion order (oldest first). */
+  private readonly known = new Map<string, { dbUserId: string; until: number }>();
+  /** Known users seen since the last flush. */
+  private readonly seen = new Set<string>();
+  private flushTimer: NodeJS.Timeout | undefined;
+  private flushing: Promise<void> | undefined;
+  private readonly knownTtlMs: number;
+  private readonly maxKnown: number;
+  private readonly seenFlushMs: number;
+
+  constructor(
+    private readonly users: UserRepository,
+    options: ProvisionOptions = {},
+  ) {
+    this.knownTtlMs = options.knownTtlMs ?? 5 * 60_000;
+    this.maxKnown = options.maxKnown ?? 100_000;
+    this.seenFlushMs = options.seenFlushMs ?? 1000;
+  }
+
+  /**
+   * Called on every authenticated connection. The first connection of a user creates their row
+   * (one upsert). A reconnect of a user this node already knows costs no database round trip:
+   * the row id comes from memory and `last_seen_at` is written within `seenFlushMs`, in one
+   * statement for every user seen meanwhile. A user whose row is gone by then is forgotten, so
+   * their next connection provisions again.
+   */
+  async provision(clerkId: string): Promise<string> {
+    const now = Date.now();
+    const entry = this.known.get(clerkId);
+    if (entry && entry.until > now) {
+      this.seen.add(clerkId);
+      this.scheduleFlush();
+      return entry.dbUserId;
+    }
+    const dbUserId = await this.users.upsertSeen(clerkId);
+    this.known.delete(clerkId);
+    this.known.set(clerkId, { dbUserId, until: now + this.knownTtlMs });
+    if (this.known.size > this.maxKnown) {
+      const oldest = this.known.keys().next().value;
+      if (oldest !== undefined) this.known.delete(oldest);
+    }
+    return dbUserId;
+  }
+
+  /** Writes the pending `last_seen_at` updates now. Never rejects: a failure is retried later. */
+  flushSeen(): Promise<void> {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    if (this.flushing) return this.flushing;
+    if (this.seen.size === 0) return Promise.resolve();
+    // Bounded statements: Postgres takes at most 65,535 parameters; the rest go next time.
+    const batch = [...this.seen].slice(0, MAX_SEEN_PER_FLUSH);
+    for (const id of batch) this.seen.delete(id);
+    this.flushing = this.users
+      .touchSeen(batch)
+      .then((present) => {
+        for (const id of batch) if (!present.has(id)) this.known.delete(id);
+      })
+      .catch(() => {
+        // The database is away: keep the users for the next flush (last_seen_at is advisory).
+        for (const id of batch) this.seen.add(id);
+      })
+      .finally(() => {
+        this.flushing = undefined;
+        if (this.seen.size > 0) this.scheduleFlush();
+      });
+    return this.flushing;
+  }
+
+  private scheduleFlush(): void {
+    this.flushTimer ??= setTimeout(() => void this.flushSeen(), this.seenFlushMs).unref();
+  }
+
+  /** Stops the flush timer after writing what is pending (graceful shutdown). */
+  async close(): Promise<void> {
+    await this.flushSeen();
+    await this.flushing;
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
   }
 
   async stats(clerkId: string): Promise<UserStats> {
@@ -91,6 +182,8 @@ export class UserService {
 
   /** Deletes the user's row (chats, messages and searches cascade). True when there was one. */
   delete(clerkId: string): Promise<boolean> {
+    this.known.delete(clerkId);
+    this.seen.delete(clerkId);
     return this.users.deleteByClerkId(clerkId);
   }
 }

@@ -1,0 +1,125 @@
+/**
+ * User provisioning on the handshake path (UserService.provision): the first connection of a
+ * user creates their row; a reconnect of a known user costs no database round trip, and its
+ * last_seen_at is written by one coalesced statement. Real Postgres; the repository is the real
+ * one, observed (not replaced) with a spy to count its round trips.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
+import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
+import { UserRepository } from "../../server/src/repositories/user.repository.js";
+import { UserService } from "../../server/src/services/user.service.js";
+import { type FileDb, openFileDb } from "./fixtures.js";
+
+let fdb: FileDb;
+let handle: DatabaseHandle;
+const services: UserService[] = [];
+
+beforeAll(async () => {
+  fdb = await openFileDb();
+  handle = createDatabase(fdb.tdb.url, { max: 4 });
+});
+afterEach(async () => {
+  await Promise.all(services.splice(0).map((s) => s.close()));
+  vi.restoreAllMocks();
+});
+afterAll(async () => {
+  await handle?.close();
+  await fdb?.close();
+});
+
+function service(options: ConstructorParameters<typeof UserService>[1] = {}) {
+  const repo = new UserRepository(handle.db);
+  const users = new UserService(repo, { seenFlushMs: 50, ...options });
+  services.push(users);
+  return { repo, users };
+}
+
+async function seenUs(clerkId: string): Promise<bigint | undefined> {
+  const [row] = await fdb.sql<{ us: string }[]>`
+    select (extract(epoch from last_seen_at) * 1000000)::bigint::text as us
+      from users where clerk_id = ${clerkId}`;
+  return row ? BigInt(row.us) : undefined;
+}
+
+describe("provisioning", () => {
+  test("a known user's reconnects cost no upsert; their last_seen_at is written in one batch", async () => {
+    const { repo, users } = service();
+    const upsert = vi.spyOn(repo, "upsertSeen");
+    const touch = vi.spyOn(repo, "touchSeen");
+    const ids = ["user_prov_a", "user_prov_b", "user_prov_c"];
+    const rowIds = await Promise.all(ids.map((id) => users.provision(id)));
+    expect(upsert).toHaveBeenCalledTimes(3);
+    const firstSeen = await Promise.all(ids.map(seenUs));
+
+    for (let round = 0; round < 5; round++) {
+      expect(await Promise.all(ids.map((id) => users.provision(id)))).toEqual(rowIds);
+    }
+    expect(upsert).toHaveBeenCalledTimes(3);
+    await users.flushSeen();
+    expect(touch).toHaveBeenCalledTimes(1);
+    expect(new Set(touch.mock.calls[0]?.[0])).toEqual(new Set(ids));
+    const later = await Promise.all(ids.map(seenUs));
+    later.forEach((us, i) => {
+      expect(us).toBeGreaterThan(firstSeen[i] as bigint);
+    });
+  });
+
+  test("a user whose row disappeared is provisioned again on the next connection", async () => {
+    const { repo, users } = service();
+    const upsert = vi.spyOn(repo, "upsertSeen");
+    const first = await users.provision("user_prov_gone");
+    await fdb.sql`delete from users where clerk_id = 'user_prov_gone'`;
+    // Still trusted until the flush finds the row missing…
+    expect(await users.provision("user_prov_gone")).toBe(first);
+    await users.flushSeen();
+    // …then forgotten: the next connection creates a fresh row.
+    const second = await users.provision("user_prov_gone");
+    expect(second).not.toBe(first);
+    expect(upsert).toHaveBeenCalledTimes(2);
+    expect(await seenUs("user_prov_gone")).toBeDefined();
+  });
+
+  test("deleting a user through the service forgets them at once", async () => {
+    const { repo, users } = service();
+    const upsert = vi.spyOn(repo, "upsertSeen");
+    const first = await users.provision("user_prov_deleted");
+    expect(await users.delete("user_prov_deleted")).toBe(true);
+    const second = await users.provision("user_prov_deleted");
+    expect(second).not.toBe(first);
+    expect(upsert).toHaveBeenCalledTimes(2);
+  });
+
+  test("an entry expires after its TTL and the oldest entries go first past the cap", async () => {
+    const { repo, users } = service({ knownTtlMs: 1, maxKnown: 2 });
+    const upsert = vi.spyOn(repo, "upsertSeen");
+    await users.provision("user_prov_ttl");
+    await new Promise((r) => setTimeout(r, 5)); // past the 1 ms TTL
+    await users.provision("user_prov_ttl");
+    expect(upsert).toHaveBeenCalledTimes(2);
+
+    const capped = service({ maxKnown: 2 });
+    const cappedUpsert = vi.spyOn(capped.repo, "upsertSeen");
+    for (const id of ["user_cap_1", "user_cap_2", "user_cap_3"]) await capped.users.provision(id);
+    await capped.users.provision("user_cap_3"); // still known
+    await capped.users.provision("user_cap_1"); // evicted by user_cap_3: provisioned again
+    expect(cappedUpsert.mock.calls.map((c) => c[0])).toEqual([
+      "user_cap_1",
+      "user_cap_2",
+      "user_cap_3",
+      "user_cap_1",
+    ]);
+  });
+
+  test("a flush while the database is away keeps the users for the next one", async () => {
+    const { repo, users } = service();
+    await users.provision("user_prov_retry");
+    const before = await seenUs("user_prov_retry");
+    await users.provision("user_prov_retry");
+    const touch = vi.spyOn(repo, "touchSeen").mockRejectedValueOnce(new Error("connection lost"));
+    await users.flushSeen();
+    expect(touch).toHaveBeenCalledTimes(1);
+    await expect.poll(() => touch.mock.calls.length, { timeout: 3000 }).toBe(2);
+    await users.flushSeen();
+    expect(await seenUs("user_prov_retry")).toBeGreaterThan(before as bigint);
+  });
+});
