@@ -1,20 +1,19 @@
 /**
- * `npm run loadtest -- [--preset small|medium|large] [--users N] [--devices N] [--chats N]
- *   [--rate msgs/s] [--duration s] [--saturate s] [--nodes N] [--workers N] [--idle N]
- *   [--url http://127.0.0.1:3000] [--skip-baselines]`
+ * `npm run loadtest -- [--preset smoke|small|medium|c10k|idle20k|cluster] [--users N]
+ *   [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s] [--nodes N]
+ *   [--workers N] [--idle N] [--url http://127.0.0.1:3000] [--skip-baselines] [--json file]`
  *
- * Drives real socket.io-client connections from worker threads against server nodes it starts
+ * Drives real socket.io-client connections from worker processes against server nodes it starts
  * itself (or one given with --url), on loopback only, and prints each product figure beside its
  * baseline measured in the same run: a bare Socket.IO server (transport ceiling) and the same
  * message transaction through postgres.js (database ceiling). Every phase is bounded in count
  * and time. docs/benchmarks.md explains the method and records results.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, fork, spawn } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { parseArgs } from "node:util";
-import { Worker } from "node:worker_threads";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { measureDatabaseCeiling } from "./db-baseline.js";
@@ -31,7 +30,7 @@ const presets = {
     saturate: 1,
     nodes: 1,
     workers: 1,
-    idle: 0,
+    idle: 20,
   },
   small: {
     users: 30,
@@ -55,16 +54,44 @@ const presets = {
     workers: 2,
     idle: 0,
   },
-  cluster: {
-    users: 300,
-    devices: 3,
+  /** The latency target: 1,000 msg/s offered with 10,000 sockets connected to one node. */
+  c10k: {
+    users: 500,
+    devices: 4,
     chats: 2,
-    rate: 500,
-    duration: 15,
-    saturate: 5,
+    rate: 1000,
+    duration: 20,
+    saturate: 10,
+    nodes: 1,
+    workers: 2,
+    idle: 8000,
+  },
+  /**
+   * Idle sockets and handshakes: as many sockets on one node as a process may hold here (the
+   * machine's hard open-file limit is 20,000 per process, and the server needs some for itself).
+   */
+  idle20k: {
+    users: 100,
+    devices: 2,
+    chats: 1,
+    rate: 100,
+    duration: 5,
+    saturate: 3,
+    nodes: 1,
+    workers: 3,
+    idle: 19_500,
+  },
+  /** The c10k load spread over three nodes sharing Redis and Postgres. */
+  cluster: {
+    users: 500,
+    devices: 4,
+    chats: 2,
+    rate: 1000,
+    duration: 20,
+    saturate: 10,
     nodes: 3,
     workers: 2,
-    idle: 0,
+    idle: 8000,
   },
 } as const;
 
@@ -126,9 +153,11 @@ const AUTHORIZED_PARTY = "http://localhost:3000";
 const SERVER_POOL_SIZE = 20;
 const children: ChildProcess[] = [];
 const log = (s: string) => process.stderr.write(`${s}\n`);
+/** A child that was killed by a signal has a null exitCode but a signalCode. */
+const running = (c: ChildProcess) => c.exitCode === null && c.signalCode === null;
 // Whatever happens, no server node outlives the harness.
 process.on("exit", () => {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+  for (const c of children) if (running(c)) c.kill("SIGKILL");
 });
 
 async function freePort(): Promise<number> {
@@ -188,54 +217,65 @@ async function sample(urls: string[]): Promise<ServerSample> {
 
 type Reply = { type: string } & Record<string, unknown>;
 
+/** The load-generator processes (worker.ts), each with its own event loop and open-file limit. */
 class Workers {
-  private readonly workers: Worker[] = [];
-  constructor(inits: WorkerInit[]) {
-    for (const init of inits) {
-      this.workers.push(
-        new Worker(new URL("./worker-entry.mjs", import.meta.url), { workerData: init }),
-      );
+  private readonly workers: ChildProcess[] = [];
+  constructor(private readonly inits: WorkerInit[]) {
+    for (const _ of inits) {
+      const child = fork(new URL("./worker.ts", import.meta.url), {
+        execArgv: ["--import", "tsx"],
+        stdio: ["ignore", "inherit", "inherit", "ipc"],
+      });
+      children.push(child);
+      this.workers.push(child);
     }
   }
-  /** Sends a command to every worker and waits for each one's reply of type `expect`. */
-  all(cmd: WorkerCommand, expect: string, timeoutMs: number): Promise<Reply[]> {
-    return Promise.all(
-      this.workers.map(
-        (w) =>
-          new Promise<Reply>((resolve, reject) => {
-            const timer = setTimeout(
-              () => reject(new Error(`worker timed out on ${cmd.type}`)),
-              timeoutMs,
-            );
-            const onMessage = (m: Reply) => {
-              if (m.type === "error") {
-                clearTimeout(timer);
-                w.off("message", onMessage);
-                reject(new Error(String(m.error)));
-              } else if (m.type === expect) {
-                clearTimeout(timer);
-                w.off("message", onMessage);
-                resolve(m);
-              }
-            };
-            w.on("message", onMessage);
-            w.once("error", (err) => {
-              clearTimeout(timer);
-              reject(err);
-            });
-            w.postMessage(cmd);
-          }),
+  async start(): Promise<void> {
+    await Promise.all(
+      this.workers.map((w, i) =>
+        this.ask(w, { type: "init", init: this.inits[i] as WorkerInit }, "ready", 30_000),
       ),
     );
   }
+  private ask(w: ChildProcess, cmd: WorkerCommand, expect: string, timeoutMs: number) {
+    return new Promise<Reply>((resolve, reject) => {
+      const done = (err?: Error, reply?: Reply) => {
+        clearTimeout(timer);
+        w.off("message", onMessage);
+        w.off("exit", onExit);
+        if (err) reject(err);
+        else resolve(reply as Reply);
+      };
+      const timer = setTimeout(() => done(new Error(`worker timed out on ${cmd.type}`)), timeoutMs);
+      const onMessage = (m: Reply) => {
+        if (m.type === "error") done(new Error(String(m.error)));
+        else if (m.type === expect) done(undefined, m);
+      };
+      const onExit = (code: number | null) =>
+        done(new Error(`worker exited (${code}) during ${cmd.type}`));
+      w.on("message", onMessage);
+      w.once("exit", onExit);
+      w.send(cmd);
+    });
+  }
+  /** Sends a command to every worker and waits for each one's reply of type `expect`. */
+  all(cmd: WorkerCommand, expect: string, timeoutMs: number): Promise<Reply[]> {
+    return Promise.all(this.workers.map((w) => this.ask(w, cmd, expect, timeoutMs)));
+  }
   async terminate() {
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    await Promise.all(
+      this.workers.map((w) =>
+        running(w) ? new Promise((r) => w.once("exit", r).kill("SIGTERM")) : null,
+      ),
+    );
   }
 }
 
 interface RunResult {
   sockets: number;
   handshakesPerSecond: number;
+  /** Idle sockets closed and opened again: users the server already knows. */
+  reconnectsPerSecond: number | undefined;
   idleBytesPerSocket: { rss: number; heap: number };
   offered: {
     ack: ReturnType<typeof summarize>;
@@ -253,27 +293,36 @@ async function drive(
   bare: boolean,
   keys: { privateKeyPem: string },
 ): Promise<RunResult> {
-  const userIds = Array.from({ length: p.users }, (_, i) => `load_${bare ? "bare" : "prod"}_${i}`);
-  const slices: string[][] = Array.from({ length: p.workers }, () => []);
-  userIds.forEach((u, i) => {
-    slices[i % p.workers]?.push(u);
-  });
-  const workers = new Workers(
-    slices
-      .filter((s) => s.length > 0)
-      .map((s) => ({
-        urls,
-        userIds: s,
-        devicesPerUser: p.devices,
-        chatsPerUser: p.chats,
-        privateKeyPem: keys.privateKeyPem,
-        authorizedParty: AUTHORIZED_PARTY,
-        bare,
-        connectConcurrency: 50,
-      })),
-  );
-  const timeout = 30_000 + (p.users * p.devices) / 2;
+  const tag = bare ? "bare" : "prod";
+  const userIds = Array.from({ length: p.users }, (_, i) => `load_${tag}_${i}`);
+  const idleIds = Array.from({ length: p.idle }, (_, i) => `idle_${tag}_${i}`);
+  const slice = (ids: string[]) => {
+    const out: string[][] = Array.from({ length: p.workers }, () => []);
+    ids.forEach((u, i) => {
+      out[i % p.workers]?.push(u);
+    });
+    return out;
+  };
+  const userSlices = slice(userIds);
+  const idleSlices = slice(idleIds);
+  const inits = userSlices
+    .map((s, i) => ({
+      urls,
+      userIds: s,
+      idleUserIds: idleSlices[i] ?? [],
+      devicesPerUser: p.devices,
+      chatsPerUser: p.chats,
+      privateKeyPem: keys.privateKeyPem,
+      authorizedParty: AUTHORIZED_PARTY,
+      bare,
+      connectConcurrency: 50,
+    }))
+    .filter((w) => w.userIds.length + w.idleUserIds.length > 0);
+  const workers = new Workers(inits);
+  const senderWorkers = inits.filter((w) => w.userIds.length > 0).length;
+  const timeout = 30_000 + (p.users * p.devices + p.idle) * 5;
   try {
+    await workers.start();
     const before = await sample(urls);
     const connected = await workers.all({ type: "connect" }, "connected", timeout);
     const sockets = connected.reduce((n, r) => n + Number(r.sockets), 0);
@@ -281,10 +330,17 @@ async function drive(
     log(`  ${sockets} sockets connected in ${round(connectMs)} ms`);
     await new Promise((r) => setTimeout(r, 1000)); // let allocations settle before sampling
     const idle = await sample(urls);
+    let reconnectsPerSecond: number | undefined;
+    if (p.idle > 0) {
+      const again = await workers.all({ type: "reconnect" }, "reconnected", timeout);
+      const n = again.reduce((k, r) => k + Number(r.sockets), 0);
+      reconnectsPerSecond = round((n / Math.max(...again.map((r) => Number(r.ms)))) * 1000);
+      log(`  ${n} idle sockets reconnected (known users) at ${reconnectsPerSecond}/s`);
+    }
     await workers.all({ type: "prepare" }, "prepared", timeout);
     log(`  chats created and opened; offering ${p.rate} msg/s for ${p.duration} s`);
     await workers.all(
-      { type: "send", ratePerSecond: p.rate / slices.length, durationMs: p.duration * 1000 },
+      { type: "send", ratePerSecond: p.rate / senderWorkers, durationMs: p.duration * 1000 },
       "sent",
       p.duration * 1000 + 60_000,
     );
@@ -308,6 +364,7 @@ async function drive(
     return {
       sockets,
       handshakesPerSecond: round((sockets / connectMs) * 1000),
+      reconnectsPerSecond,
       idleBytesPerSocket: {
         rss: round((idle.rss - before.rss) / Math.max(1, sockets), 0),
         heap: round((idle.heap - before.heap) / Math.max(1, sockets), 0),
@@ -369,6 +426,10 @@ async function main() {
           MIGRATE_ON_START: "false",
           RATE_LIMIT_MESSAGES: "1000000",
           RATE_LIMIT_CONNECTIONS_PER_MINUTE: "1000000",
+          // Every simulated device connects from this one address and sends as fast as it can.
+          RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE: "1000000",
+          RATE_LIMIT_COMMANDS_PER_SECOND: "1000000",
+          RATE_LIMIT_COMMAND_BURST: "1000000",
           MAX_SOCKETS_PER_USER: "1000",
           ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix } : {}),
         });
@@ -411,9 +472,9 @@ async function main() {
     await writeFile(file, JSON.stringify(results, null, 2));
     log(`\nJSON: ${file}`);
   } finally {
-    for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+    for (const c of children) if (running(c)) c.kill("SIGTERM");
     await Promise.all(
-      children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : null)),
+      children.map((c) => (running(c) ? new Promise((r) => c.once("exit", r)) : null)),
     );
     if (!args.url)
       await admin.unsafe(`drop database if exists "${dbName}" with (force)`).catch(() => {});
@@ -425,10 +486,18 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
   const rows: [string, string, string, string][] = [
     ["sockets", String(product.sockets), bare ? String(bare.sockets) : "", ""],
     [
-      "handshakes/s",
+      "first handshakes/s (new users)",
       String(product.handshakesPerSecond),
       bare ? String(bare.handshakesPerSecond) : "",
       bare ? ratio(product.handshakesPerSecond, bare.handshakesPerSecond) : "",
+    ],
+    [
+      "reconnects/s (known users)",
+      String(product.reconnectsPerSecond ?? ""),
+      bare?.reconnectsPerSecond ? String(bare.reconnectsPerSecond) : "",
+      bare?.reconnectsPerSecond && product.reconnectsPerSecond
+        ? ratio(product.reconnectsPerSecond, bare.reconnectsPerSecond)
+        : "",
     ],
     [
       "idle RSS bytes/socket",

@@ -1,10 +1,10 @@
 /**
- * One load-generator thread. It owns a slice of the users: connects their devices (real
- * socket.io-client sockets), creates and opens their chats, then, on command from the
- * orchestrator, sends messages and records send→ack and send→delivery latencies.
+ * One load-generator process (forked by run.ts, so each has its own event loop and its own
+ * open-file limit). It owns a slice of the users: connects their devices (real socket.io-client
+ * sockets) and its share of idle sockets, creates and opens the users' chats, then, on command
+ * from the orchestrator, sends messages and records send→ack and send→delivery latencies.
  * Every loop is bounded by a count and a deadline.
  */
-import { parentPort, workerData } from "node:worker_threads";
 import { io, type Socket } from "socket.io-client";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { nowMs } from "./stats.js";
@@ -17,6 +17,8 @@ export interface WorkerInit {
   chatsPerUser: number;
   privateKeyPem: string;
   authorizedParty: string;
+  /** Users that only hold one open socket each and never send (idle connections). */
+  idleUserIds: string[];
   /** Bare baseline server: no auth, no chats in the database. */
   bare: boolean;
   /** Handshakes in flight at once per worker. */
@@ -24,7 +26,9 @@ export interface WorkerInit {
 }
 
 export type WorkerCommand =
+  | { type: "init"; init: WorkerInit }
   | { type: "connect" }
+  | { type: "reconnect" }
   | { type: "prepare" }
   | { type: "send"; ratePerSecond: number; durationMs: number }
   | { type: "saturate"; durationMs: number }
@@ -36,8 +40,10 @@ interface Device {
   user: number;
 }
 
-const init = workerData as WorkerInit;
+let init: WorkerInit;
+let tokens = new Map<string, string>();
 const devices: Device[] = [];
+const idleSockets: Socket[] = [];
 const chatsByUser: string[][] = [];
 const ackLatencies: number[] = [];
 const deliveryLatencies: number[] = [];
@@ -55,35 +61,61 @@ function countError(code: string) {
 }
 
 function post(message: unknown) {
-  parentPort?.postMessage(message);
+  process.send?.(message);
+}
+
+/** One token per user, minted before the clock starts: signing is the client's cost, not the server's. */
+async function tokensFor(userIds: string[]): Promise<Map<string, string>> {
+  const tokens = new Map<string, string>();
+  for (const userId of userIds) {
+    tokens.set(
+      userId,
+      init.bare
+        ? userId
+        : await mintSessionToken(init.privateKeyPem, userId, {
+            ttlSeconds: 3600,
+            authorizedParty: init.authorizedParty,
+          }),
+    );
+  }
+  return tokens;
+}
+
+async function open(url: string, token: string): Promise<Socket> {
+  const socket = io(url, {
+    auth: { token },
+    transports: ["websocket"],
+    reconnection: false,
+    forceNew: true,
+    timeout: 20_000,
+  });
+  await new Promise<void>((resolve) => {
+    socket.once("connect", () => resolve());
+    socket.once("connect_error", (e: Error & { data?: { code?: string } }) => {
+      countError(`connect:${e.data?.code ?? e.message}`);
+      resolve();
+    });
+  });
+  return socket;
 }
 
 async function connectAll(): Promise<void> {
+  tokens = await tokensFor([...init.userIds, ...init.idleUserIds]);
   const jobs: (() => Promise<void>)[] = [];
+  init.idleUserIds.forEach((userId, i) => {
+    jobs.push(async () => {
+      const socket = await open(
+        init.urls[i % init.urls.length] as string,
+        tokens.get(userId) as string,
+      );
+      if (socket.connected) idleSockets.push(socket);
+    });
+  });
   init.userIds.forEach((userId, user) => {
     for (let d = 0; d < init.devicesPerUser; d++) {
       jobs.push(async () => {
         const url = init.urls[(user + d) % init.urls.length] as string;
-        const token = init.bare
-          ? userId
-          : await mintSessionToken(init.privateKeyPem, userId, {
-              ttlSeconds: 3600,
-              authorizedParty: init.authorizedParty,
-            });
-        const socket = io(url, {
-          auth: { token },
-          transports: ["websocket"],
-          reconnection: false,
-          forceNew: true,
-          timeout: 20_000,
-        });
-        await new Promise<void>((resolve) => {
-          socket.once("connect", () => resolve());
-          socket.once("connect_error", (e: Error & { data?: { code?: string } }) => {
-            countError(`connect:${e.data?.code ?? e.message}`);
-            resolve();
-          });
-        });
+        const socket = await open(url, tokens.get(userId) as string);
         if (socket.connected) {
           const index = devices.length;
           devices.push({ socket, user });
@@ -111,7 +143,36 @@ async function connectAll(): Promise<void> {
       }
     }),
   );
-  post({ type: "connected", sockets: devices.length, ms: nowMs() - started, errors });
+  post({
+    type: "connected",
+    sockets: devices.length + idleSockets.length,
+    ms: nowMs() - started,
+    errors,
+  });
+}
+
+/**
+ * Closes the idle sockets, then opens them again with the same tokens: reconnects of users the
+ * server already knows (no provisioning), as after a deploy or a network blip.
+ */
+async function reconnectIdle(): Promise<void> {
+  for (const socket of idleSockets.splice(0)) socket.disconnect();
+  const ids = init.idleUserIds;
+  const started = nowMs();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: init.connectConcurrency }, async () => {
+      while (next < ids.length) {
+        const i = next++;
+        const socket = await open(
+          init.urls[i % init.urls.length] as string,
+          tokens.get(ids[i] as string) as string,
+        );
+        if (socket.connected) idleSockets.push(socket);
+      }
+    }),
+  );
+  post({ type: "reconnected", sockets: idleSockets.length, ms: nowMs() - started, errors });
 }
 
 function onDelivered(deviceIndex: number, chatId: string, id: string, content: string) {
@@ -282,11 +343,17 @@ async function report() {
   deliveryLatencies.length = 0;
 }
 
-parentPort?.on("message", (cmd: WorkerCommand) => {
+process.on("message", (cmd: WorkerCommand) => {
   const run = async () => {
     switch (cmd.type) {
+      case "init":
+        init = cmd.init;
+        post({ type: "ready" });
+        return;
       case "connect":
         return connectAll();
+      case "reconnect":
+        return reconnectIdle();
       case "prepare":
         return prepare();
       case "send":
@@ -297,6 +364,7 @@ parentPort?.on("message", (cmd: WorkerCommand) => {
         return report();
       case "close":
         for (const d of devices) d.socket.disconnect();
+        for (const socket of idleSockets) socket.disconnect();
         post({ type: "closed" });
         return;
     }

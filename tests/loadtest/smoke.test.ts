@@ -1,6 +1,6 @@
 /**
  * A short smoke run of the load-test harness (npm run loadtest -- --preset smoke): it starts a
- * real node, drives real sockets from a worker thread, runs both baselines, and writes its
+ * real node, drives real sockets (some idle, closed and reopened) from a worker process, runs both baselines, and writes its
  * figures. This checks that the harness works; it measures nothing (see docs/benchmarks.md).
  */
 import { spawnSync } from "node:child_process";
@@ -27,8 +27,10 @@ test("the smoke preset runs end to end and reports every figure", async () => {
   expect(r.stdout).toContain("delivery complete: yes");
   const result = JSON.parse(await readFile(json, "utf8"));
   const { product, bare, databaseCeiling } = result;
-  expect(product.sockets).toBe(result.params.users * result.params.devices);
+  expect(result.params.idle).toBeGreaterThan(0);
+  expect(product.sockets).toBe(result.params.users * result.params.devices + result.params.idle);
   expect(product.handshakesPerSecond).toBeGreaterThan(0);
+  expect(product.reconnectsPerSecond).toBeGreaterThan(0);
   expect(product.offered.acked).toBeGreaterThan(0);
   expect(product.offered.ack.count).toBe(product.offered.acked);
   expect(product.offered.delivery.count).toBeGreaterThan(0);
