@@ -72,11 +72,24 @@ export function createClerkVerifier(options: ClerkVerifierOptions): TokenVerifie
         throw new TokenError(code, messageFor(code));
       }
       const sub = payload.sub;
-      if (typeof sub !== "string" || sub.length === 0 || sub.length > 200) {
+      // The subject becomes users.clerk_id: text Postgres cannot store (NUL, lone surrogates)
+      // would fail the handshake as if the database were down.
+      if (
+        typeof sub !== "string" ||
+        sub.length === 0 ||
+        sub.length > 200 ||
+        sub.includes("\u0000") ||
+        !sub.isWellFormed()
+      ) {
         throw new TokenError(ConnectErrorCode.TOKEN_INVALID, "Token has no subject");
       }
+      // An `exp` beyond what a Date can hold (year 275760) breaks every use of the expiry.
+      const expiresAt = payload.exp * 1000;
+      if (!Number.isFinite(new Date(expiresAt).getTime())) {
+        throw new TokenError(ConnectErrorCode.TOKEN_INVALID, "Token expiry is out of range");
+      }
       const sid = typeof payload.sid === "string" ? payload.sid : null;
-      return { userId: sub, sessionId: sid, expiresAt: payload.exp * 1000 };
+      return { userId: sub, sessionId: sid, expiresAt };
     },
   };
 }

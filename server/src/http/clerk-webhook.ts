@@ -38,15 +38,31 @@ export interface ClerkWebhookDeps {
   inflight: Inflight;
 }
 
+/** Text Postgres can store: no NUL, no lone surrogate (a 500 from the database otherwise). */
+const storable = z
+  .string()
+  .refine((s) => !s.includes("\u0000") && s.isWellFormed(), "must be storable text");
+/** A Clerk user id, as stored in the indexed `users.clerk_id` (a btree entry must stay small). */
+const clerkUserId = z.string().min(1).max(191).pipe(storable);
+
 // Only the fields this server uses; Clerk's objects carry many more (ignored).
 const userData = z.looseObject({
-  id: z.string().min(1),
+  id: clerkUserId,
   primary_email_address_id: z.string().nullish(),
-  email_addresses: z.array(z.looseObject({ id: z.string(), email_address: z.string() })).nullish(),
-  image_url: z.string().nullish(),
+  email_addresses: z.array(z.looseObject({ id: z.string(), email_address: storable })).nullish(),
+  image_url: storable.nullish(),
 });
-const deletedData = z.looseObject({ id: z.string().min(1) });
+const deletedData = z.looseObject({ id: clerkUserId });
 const sessionData = z.looseObject({ id: z.string().min(1), user_id: z.string().nullish() });
+
+const notAnObject = {
+  code: ErrorCode.INVALID_PAYLOAD,
+  message: "The body is not a JSON object",
+} as const;
+
+function isObject(value: unknown): boolean {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
 
 /** The event this server acts on, or undefined for a type it ignores. Throws on malformed data. */
 function toClerkEvent(type: string, data: unknown): ClerkEvent | undefined {
@@ -103,8 +119,11 @@ export function createClerkWebhookRoute(deps: ClerkWebhookDeps): HttpRoute {
         return true;
       }
 
-      if (!parseJson(read.text).ok) {
-        sendError(res, invalidJson);
+      // Every Clerk event is a JSON object. Anything else (a blank body, which parseJson reads as
+      // {}, or `null`, on which verifyWebhook fails as if the signature were wrong) is a 400.
+      const body = parseJson(read.text);
+      if (!body.ok || read.text.trim() === "" || !isObject(body.value)) {
+        sendError(res, body.ok ? notAnObject : invalidJson);
         return true;
       }
 

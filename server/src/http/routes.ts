@@ -72,7 +72,16 @@ async function databaseReady(sql: postgres.Sql): Promise<boolean> {
  */
 export function createHttpHandler(deps: HttpDeps) {
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const url = new URL(req.url ?? "/", "http://localhost");
+    // Any request target reaches here (`//`, `*`, `http://x:99999/`); one that is not a URL
+    // must be answered, not thrown: an unhandled rejection stops the process.
+    const url = URL.canParse(req.url ?? "/", "http://localhost")
+      ? new URL(req.url ?? "/", "http://localhost")
+      : undefined;
+    if (!url) {
+      return sendJson(res, 400, {
+        error: { code: "INVALID_PAYLOAD", message: "The request target is not a valid URL" },
+      });
+    }
     try {
       if (req.method === "GET" && url.pathname === "/healthz") {
         return sendJson(res, 200, { status: "ok" });

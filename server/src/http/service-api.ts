@@ -65,6 +65,39 @@ const chunk = z.strictObject({
 });
 const MAX_CHUNKS_PER_REQUEST = 500;
 
+/**
+ * Deepest nesting accepted in the JSON stored for a search (`filters`, `results`). Real searches
+ * are a few levels deep; without a limit a 1 MiB body can nest so deep that serialising it for
+ * the database overflows the stack (a 500 instead of a 400).
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/**
+ * Why `value` cannot be stored as jsonb, or undefined: nested deeper than `maxDepth`, or a
+ * string (key or value) with NUL or a lone surrogate, which jsonb refuses. Iterative: any depth.
+ */
+function unstorableJson(value: unknown, maxDepth: number): string | undefined {
+  const badText = (s: string) => s.includes("\u0000") || !s.isWellFormed();
+  const stack: [unknown, number][] = [[value, 1]];
+  for (let next = stack.pop(); next; next = stack.pop()) {
+    const [v, depth] = next;
+    if (typeof v === "string" && badText(v)) return "must not contain NUL or lone surrogates";
+    if (typeof v !== "object" || v === null) continue;
+    if (depth > maxDepth) return `must not nest deeper than ${maxDepth} levels`;
+    for (const [key, child] of Object.entries(v)) {
+      if (badText(key)) return "must not contain NUL or lone surrogates";
+      stack.push([child, depth + 1]);
+    }
+  }
+  return undefined;
+}
+
+const storableJson = <T extends z.ZodType>(schema: T) =>
+  schema.superRefine((v, ctx) => {
+    const problem = unstorableJson(v, MAX_JSON_DEPTH);
+    if (problem) ctx.addIssue({ code: "custom", message: problem });
+  });
+
 const digits = (max: number) =>
   z
     .string()
@@ -117,8 +150,8 @@ const schemas = {
       ),
   }),
   search: z.strictObject({
-    filters: z.record(z.string(), z.unknown()),
-    results: z.union([z.array(z.unknown()), z.record(z.string(), z.unknown())]),
+    filters: storableJson(z.record(z.string(), z.unknown())),
+    results: storableJson(z.union([z.array(z.unknown()), z.record(z.string(), z.unknown())])),
     resultsCount: z.number().int().min(0).max(2_147_483_647).optional(),
     status: z.enum(["completed", "no_results", "failed"]),
   }),

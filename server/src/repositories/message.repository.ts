@@ -36,6 +36,7 @@ type BatchRow = {
 };
 
 const UNIQUE_VIOLATION = "23505";
+const FOREIGN_KEY_VIOLATION = "23503";
 
 export class MessageRepository {
   constructor(
@@ -88,16 +89,24 @@ export class MessageRepository {
         from (select *, false as duplicate from inserted
               union all
               select *, true from existing) r, chat c`;
-    let rows: BatchRow[];
+    // The chat deleted while the statement ran (the trigger locks its row only after the delete
+    // committed, and the foreign key then refuses the message): nothing was stored, and the chat
+    // is not found, exactly as if the delete had come first.
+    const insert = () =>
+      this.timed("message_insert", run).catch((e: unknown) => {
+        if (errorCode(e) === FOREIGN_KEY_VIOLATION) return undefined;
+        throw e;
+      });
+    let rows: BatchRow[] | undefined;
     try {
-      rows = await this.timed("message_insert", run);
+      rows = await insert();
     } catch (e) {
       // A clientId raced in from another node and won: the retry finds it in `existing`.
       if (errorCode(e) !== UNIQUE_VIOLATION) throw e;
-      rows = await this.timed("message_insert", run);
+      rows = await insert();
     }
-    const first = rows[0];
-    if (!first) return undefined;
+    const first = rows?.[0];
+    if (!rows || !first) return undefined;
     const messages = new Map<string, StoredMessage>();
     let lastInsertedUs: string | undefined;
     for (const r of rows) {
