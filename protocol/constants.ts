@@ -76,6 +76,11 @@ export const DisconnectReason = {
   USER_DELETED: "USER_DELETED",
   /** This node is shutting down. Reconnect (the load balancer picks another node). */
   SERVER_SHUTDOWN: "SERVER_SHUTDOWN",
+  /**
+   * The socket went on sending commands far past its rate limit after being answered
+   * RATE_LIMITED (a whole burst more). Reconnect with backoff, and honour `retryAfterMs`.
+   */
+  COMMAND_FLOOD: "COMMAND_FLOOD",
 } as const;
 
 export type DisconnectReason = (typeof DisconnectReason)[keyof typeof DisconnectReason];

@@ -525,9 +525,13 @@ class ChatClientImpl implements ChatClient {
       case ConnectErrorCode.TOKEN_WRONG_PARTY:
         this.signOut(`The server refused the token (${code})`);
         return;
-      default:
+      default: {
         this.setState("offline");
-        this.scheduleReconnect(backoff(this.connectFailures++, 1000, 30_000));
+        // RATE_LIMITED says when a new attempt may succeed; earlier ones would only count.
+        const hint = (err as Error & { data?: { retryAfterMs?: unknown } }).data?.retryAfterMs;
+        const wait = backoff(this.connectFailures++, 1000, 30_000);
+        this.scheduleReconnect(typeof hint === "number" ? Math.max(wait, hint) : wait);
+      }
     }
   }
 

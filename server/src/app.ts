@@ -3,7 +3,7 @@
  * server and the HTTP routes onto an HTTP server. Only main.ts builds real dependencies;
  * tests pass in their own.
  */
-import type { Server as HttpServer } from "node:http";
+import type { Server as HttpServer, IncomingMessage } from "node:http";
 import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
@@ -32,13 +32,15 @@ import { Revocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
+import { addressLimitMiddleware } from "./socket/address-limit.middleware.js";
 import { authMiddleware } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
-import { answerUnknownCommands, type CommandContext } from "./socket/command.js";
+import { answerUnknownCommands, type CommandContext, limitCommands } from "./socket/command.js";
 import { registerChatHandlers } from "./socket/handlers/chat.handlers.js";
 import { registerMessageHandlers } from "./socket/handlers/message.handlers.js";
 import { registerUserHandlers } from "./socket/handlers/user.handlers.js";
 import { Inflight } from "./socket/inflight.js";
+import { type OriginPolicy, originChecker } from "./socket/origins.js";
 import { TokenExpiry } from "./socket/token-expiry.js";
 import { type ChatServer, rooms } from "./socket/types.js";
 
@@ -48,8 +50,12 @@ export interface AppComponents {
   logger: Logger;
   /** Seconds a socket may outlive its token without refreshing. */
   tokenGraceSeconds: number;
-  /** Per-user limits (message rate, connections). */
+  /** Flood limits: per address, per user (message rate, connections) and per socket (commands). */
   rateLimits: RateLimits;
+  /** Browser origins allowed to connect; requests without an Origin header are always allowed. */
+  origins: OriginPolicy;
+  /** Reverse proxies whose X-Forwarded-For entries are trusted for the client address; default 0. */
+  trustProxy?: number | undefined;
   /** Prometheus metrics; default a fresh registry. */
   metrics?: Metrics | undefined;
   /** Milliseconds before a command is answered UNAVAILABLE; default 5000. */
@@ -115,20 +121,44 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     }),
   );
 
+  const originAllowed = originChecker(components.origins);
   const io: ChatServer = new Server(httpServer, {
     // Deliberate: the largest message (64k characters) fits with room to spare, and no frame
-    // can make the server buffer more than this per packet.
+    // can make the server buffer more than this per packet (a larger WebSocket frame is
+    // refused from its header, before it is read, and closes that connection only).
     maxHttpBufferSize: Limits.MAX_FRAME_BYTES,
     serveClient: false,
-    // A draining node takes no new connections.
-    allowRequest: (_req, callback) =>
-      callback(inflight.draining ? "shutting down" : null, !inflight.draining),
+    // WebSocket only: one HTTP request per connection, checked below, and any load balancing
+    // works. Long-polling would need sticky sessions and cross-origin POSTs; every client here
+    // (SDK, demo) uses WebSocket. With nothing to upgrade from, upgrades are off too.
+    transports: ["websocket"],
+    allowUpgrades: false,
+    // Every connection starts with this handshake (see the middleware below for the rest):
+    // a draining node takes no new connections, and a browser page from another origin none.
+    allowRequest: (req, callback) => {
+      if (inflight.draining) return callback("shutting down", false);
+      if (!originAllowed(req.headers.origin)) return callback("Origin not allowed", false);
+      callback(null, true);
+    },
+    // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
+    // credentials: clients authenticate with a token, never with cookies.
+    cors: {
+      origin: (origin, callback) => callback(null, originAllowed(origin)),
+      credentials: false,
+    },
     ...(components.adapter ? { adapter: components.adapter } : {}),
+  });
+  // allowRequest sees only requests that open a session. One that names an existing session
+  // (`sid`) is how polling continues or upgrades; with WebSocket only no client sends one, so
+  // it is refused rather than let past the checks above.
+  io.engine.use((req: IncomingMessage, _res: unknown, next: (err?: Error) => void) => {
+    const sid = new URL(req.url ?? "/", "http://localhost").searchParams.has("sid");
+    next(sid ? new Error("Session ids are not accepted (WebSocket only)") : undefined);
   });
 
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
-  const broadcaster = new SocketBroadcaster(io, (id) => users.stats(id), logger);
+  const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
   const messageRepo = new MessageRepository(database.db, database.sql, metrics);
   const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
@@ -183,6 +213,15 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
   };
 
+  // Cheapest first: the address limit refuses a flood before any token is verified.
+  io.use(
+    addressLimitMiddleware({
+      rateLimits,
+      trustProxy: components.trustProxy ?? 0,
+      metrics,
+      logger,
+    }),
+  );
   io.use(authMiddleware({ verifier, users, rateLimits, revocations, metrics, logger }));
   io.on("connection", (socket) => {
     metrics.socketsConnected.inc();
@@ -196,6 +235,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       metrics.socketsConnected.dec();
     });
 
+    limitCommands(socket, rateLimits.commandBucket(), ctx);
     answerUnknownCommands(socket);
     registerChatHandlers(socket, actor, chats, ctx);
     registerMessageHandlers(socket, actor, messages, ctx);
@@ -231,6 +271,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       }
       broadcaster.close();
       rateLimits.close();
+      await users.close();
       await io.close();
     },
   };

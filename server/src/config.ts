@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import type { RateLimitConfig } from "./services/rate-limits.js";
+import { normalizeOrigin, type OriginPolicy } from "./socket/origins.js";
 
 const csv = z
   .string()
@@ -71,8 +72,40 @@ const envSchema = z.object({
   RATE_LIMIT_MESSAGE_WINDOW_SECONDS: z.coerce.number().int().min(1).default(10),
   /** Connection attempts one user may make per minute, across nodes. */
   RATE_LIMIT_CONNECTIONS_PER_MINUTE: z.coerce.number().int().min(1).default(60),
+  /**
+   * Connection attempts one client address may make per minute, across nodes. Checked before the
+   * token is verified, so a flood of handshakes costs no signature checks and no database work.
+   * Default 300: generous enough for an office or a carrier NAT (many users behind one address)
+   * reconnecting after a network blip.
+   */
+  RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE: z.coerce.number().int().min(1).default(300),
+  /**
+   * Commands one socket may send per second, on average (a token bucket local to the socket).
+   * Applies to every event a client sends, not only messages. Default 20.
+   */
+  RATE_LIMIT_COMMANDS_PER_SECOND: z.coerce.number().min(0.1).default(20),
+  /**
+   * Commands one socket may send at once before the per-second rate applies (the bucket's size;
+   * a reconnect re-opens chats and catches up in one burst). A socket that goes on sending
+   * another full burst while refused is disconnected (COMMAND_FLOOD). Default 60.
+   */
+  RATE_LIMIT_COMMAND_BURST: z.coerce.number().int().min(1).default(60),
   /** Sockets one user may hold open on one node. */
   MAX_SOCKETS_PER_USER: z.coerce.number().int().min(1).default(20),
+  /**
+   * Comma-separated browser origins allowed to connect (the `Origin` header of the WebSocket
+   * handshake), e.g. `https://app.example.com`. Unset: CLERK_AUTHORIZED_PARTIES (the app's own
+   * origins, required in production), plus any loopback origin outside production. Requests
+   * without an Origin header (native apps, servers) are not browsers and are always allowed:
+   * they authenticate with a token, which a foreign page cannot obtain.
+   */
+  CORS_ORIGINS: optionalString.pipe(csv.optional()),
+  /**
+   * Number of reverse proxies in front of this node whose `X-Forwarded-For` entries are trusted
+   * for the client address (per-address limits). 0 (default): the header is ignored and the TCP
+   * peer is the client, so a client cannot pick its own address. docker-compose sets 1 (nginx).
+   */
+  TRUST_PROXY: z.coerce.number().int().min(0).max(10).default(0),
   /** pino log level. Default `info` (`silent` in tests). */
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
   /** Folder for local state: embedded Postgres data and development keys. Git-ignored. */
@@ -98,6 +131,10 @@ export interface Config {
   tokenGraceSeconds: number;
   commandTimeoutMs: number;
   rateLimits: RateLimitConfig;
+  /** Which browser origins may connect. */
+  origins: OriginPolicy;
+  /** Reverse proxies in front of the node whose X-Forwarded-For entries are trusted. */
+  trustProxy: number;
   logLevel: NonNullable<Env["LOG_LEVEL"]>;
   dataDir: string;
   embeddedPgPort: number;
@@ -120,6 +157,19 @@ export type AuthConfig =
 /** Raised for a configuration that cannot work; the message names the variable. */
 export class ConfigError extends Error {
   override name = "ConfigError";
+}
+
+/** Normalizes a list of origins (`scheme://host[:port]`), naming `variable` when one is not. */
+function originList(values: string[], variable: string): string[] {
+  return values.map((value) => {
+    const origin = normalizeOrigin(value);
+    if (!origin) {
+      throw new ConfigError(
+        `${variable}: "${value}" is not an origin (scheme://host[:port], no path, no wildcard).`,
+      );
+    }
+    return origin;
+  });
 }
 
 export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
@@ -160,6 +210,17 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   if (e.CLERK_JWT_KEY && !e.CLERK_JWT_KEY.includes("BEGIN PUBLIC KEY")) {
     throw new ConfigError("CLERK_JWT_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----).");
   }
+  // Safe without configuration: the app's own origins (the token's authorized parties), and
+  // loopback only for local development.
+  const origins: OriginPolicy = {
+    allowed: e.CORS_ORIGINS
+      ? originList(e.CORS_ORIGINS, "CORS_ORIGINS")
+      : originList(
+          e.CLERK_AUTHORIZED_PARTIES ?? [],
+          "CLERK_AUTHORIZED_PARTIES (CORS_ORIGINS is unset)",
+        ),
+    loopback: !production,
+  };
 
   return {
     env: e.NODE_ENV,
@@ -185,7 +246,12 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       messageWindowSeconds: e.RATE_LIMIT_MESSAGE_WINDOW_SECONDS,
       connectionsPerMinute: e.RATE_LIMIT_CONNECTIONS_PER_MINUTE,
       maxSocketsPerUser: e.MAX_SOCKETS_PER_USER,
+      connectionsPerAddressPerMinute: e.RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE,
+      commandsPerSecond: e.RATE_LIMIT_COMMANDS_PER_SECOND,
+      commandBurst: e.RATE_LIMIT_COMMAND_BURST,
     },
+    origins,
+    trustProxy: e.TRUST_PROXY,
     logLevel: e.LOG_LEVEL ?? (e.NODE_ENV === "test" ? "silent" : "info"),
     dataDir: e.DATA_DIR,
     embeddedPgPort: e.EMBEDDED_PG_PORT,

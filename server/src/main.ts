@@ -71,6 +71,8 @@ async function main(): Promise<void> {
     tokenGraceSeconds: config.tokenGraceSeconds,
     commandTimeoutMs: config.commandTimeoutMs,
     rateLimits,
+    origins: config.origins,
+    trustProxy: config.trustProxy,
     metrics,
     mintDevToken,
     // The demo page needs dev tokens, so it exists exactly when they do.

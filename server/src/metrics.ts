@@ -15,7 +15,7 @@ export class Metrics {
 
   readonly handshakes = new Counter({
     name: "chat_handshakes_total",
-    help: "Socket handshakes by outcome (ok or the connect_error code)",
+    help: "Socket handshakes by outcome (ok, the connect_error code, or abandoned: the client left mid-handshake)",
     labelNames: ["outcome"] as const,
     registers: [this.registry],
   });

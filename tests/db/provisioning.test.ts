@@ -123,3 +123,25 @@ describe("provisioning", () => {
     expect(await seenUs("user_prov_retry")).toBeGreaterThan(before as bigint);
   });
 });
+
+describe("stats for many users (the coalesced stats broadcasts)", () => {
+  test("one query returns what get_user_stats returns for each user, zeros for unknown users", async () => {
+    const { repo, users } = service();
+    const ids = ["user_stats_a", "user_stats_b"];
+    for (const id of ids) await users.provision(id);
+    await fdb.sql`
+      update users set message_count = 7, total_searches = 2, token_usage = 9007199254740991
+       where clerk_id = 'user_stats_b'`;
+    const many = vi.spyOn(repo, "statsMany");
+    const got = await users.statsMany([...ids, "user_stats_unknown"]);
+    expect(many).toHaveBeenCalledTimes(1);
+    for (const id of ids) expect(got.get(id)).toEqual(await users.stats(id));
+    expect(got.get("user_stats_b")).toMatchObject({
+      messageCount: 7,
+      totalSearches: 2,
+      tokenUsage: Number.MAX_SAFE_INTEGER,
+    });
+    expect(got.get("user_stats_unknown")).toEqual(await users.stats("user_stats_unknown"));
+    expect(got.get("user_stats_unknown")?.messageCount).toBe(0);
+  });
+});

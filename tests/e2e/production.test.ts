@@ -53,10 +53,15 @@ afterAll(async () => {
   await tdb?.drop();
 });
 
-/** Connects and resolves "connected" or the connect_error code. */
-function attempt(token: string): Promise<string> {
+/** Connects (as a browser page of `origin`, if given) and resolves "connected" or the error. */
+function attempt(token: string, origin?: string): Promise<string> {
   return new Promise((resolve) => {
-    const s = io(url, { auth: { token }, transports: ["websocket"], reconnection: false });
+    const s = io(url, {
+      auth: { token },
+      transports: ["websocket"],
+      reconnection: false,
+      ...(origin ? { extraHeaders: { Origin: origin } } : {}),
+    });
     s.once("connect", () => {
       s.close();
       resolve("connected");
@@ -115,6 +120,13 @@ describe("production mode", () => {
     expect(await attempt(await tokenFor("user_prod", { claims: { nbf: now + 600 } }))).toBe(
       "TOKEN_INVALID",
     );
+  });
+
+  test("with no CORS_ORIGINS, only the authorized parties' pages may connect", async () => {
+    const token = await tokenFor("user_prod");
+    expect(await attempt(token, AUTHORIZED_PARTY)).toBe("connected");
+    expect(await attempt(token, "https://evil.example")).toBe("websocket error");
+    expect(await attempt(token, "http://127.0.0.1:3000")).toBe("websocket error");
   });
 
   test("has no development token route", async () => {

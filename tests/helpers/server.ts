@@ -17,6 +17,7 @@ import { createLogger } from "../../server/src/logger.js";
 import { Metrics } from "../../server/src/metrics.js";
 import { createRedisAdapter } from "../../server/src/redis-adapter.js";
 import { type RateLimitConfig, RateLimits } from "../../server/src/services/rate-limits.js";
+import type { OriginPolicy } from "../../server/src/socket/origins.js";
 import { createTestDatabase, type TestDatabase } from "./db.js";
 
 export type ClientSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -53,8 +54,12 @@ export interface TestServerOptions {
   redisUrl?: string;
   /** Redis key prefix; nodes of one test cluster share one, clusters of other tests must not. */
   redisKeyPrefix?: string;
-  /** Per-user limits; default generous enough for load-shaped tests. */
+  /** Flood limits (per address, user and socket); default generous enough for load-shaped tests. */
   rateLimits?: Partial<RateLimitConfig>;
+  /** Browser origins allowed to connect; default as in development: any loopback origin. */
+  origins?: OriginPolicy;
+  /** Trusted reverse proxies (X-Forwarded-For hops) for the client address; default 0. */
+  trustProxy?: number;
   commandTimeoutMs?: number;
   /** Enables the service-role HTTP API with this key. */
   serviceApiKey?: string;
@@ -62,12 +67,16 @@ export interface TestServerOptions {
   webhookSigningSecret?: string;
   /** Milliseconds before a streamed reply with no news is marked failed (default 60 s). */
   streamTimeoutMs?: number;
+  /** Enables the development route `POST /dev/token`, minting with the test key. */
+  devTokens?: boolean;
 }
 
 export interface TestServer {
   url: string;
   port: number;
   app: Application;
+  /** The node's flood limits (to inspect what they hold in memory). */
+  rateLimits: RateLimits;
   database: DatabaseHandle;
   /** The database this server uses (its URL, for direct queries in assertions). */
   databaseUrl: string;
@@ -102,6 +111,9 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       messageWindowSeconds: 10,
       connectionsPerMinute: 10_000,
       maxSocketsPerUser: 1000,
+      connectionsPerAddressPerMinute: 1_000_000,
+      commandsPerSecond: 1_000_000,
+      commandBurst: 1_000_000,
       ...options.rateLimits,
     },
     redis?.client,
@@ -118,6 +130,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       authorizedParties: options.authorizedParties ?? [AUTHORIZED_PARTY],
     }),
     logger,
+    origins: options.origins ?? { allowed: [], loopback: true },
+    trustProxy: options.trustProxy,
     tokenGraceSeconds: options.tokenGraceSeconds ?? 15,
     adapter: redis?.adapter,
     redis: redis
@@ -126,6 +140,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     serviceApiKey: options.serviceApiKey,
     webhookSigningSecret: options.webhookSigningSecret,
     streamTimeoutMs: options.streamTimeoutMs,
+    mintDevToken: options.devTokens ? (userId) => tokenFor(userId) : undefined,
   });
   await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   const port = (httpServer.address() as AddressInfo).port;
@@ -148,6 +163,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     url,
     port,
     app,
+    rateLimits,
     database,
     databaseUrl,
     socket,

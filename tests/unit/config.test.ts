@@ -17,6 +17,52 @@ describe("loadConfig", () => {
     expect(c.tokenGraceSeconds).toBeLessThanOrEqual(30);
   });
 
+  test("flood limits and proxy trust have safe defaults", () => {
+    const c = loadConfig({});
+    expect(c.rateLimits).toMatchObject({
+      connectionsPerAddressPerMinute: 300,
+      commandsPerSecond: 20,
+      commandBurst: 60,
+    });
+    // X-Forwarded-For is ignored unless proxies are declared.
+    expect(c.trustProxy).toBe(0);
+    const set = loadConfig({
+      RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE: "50",
+      RATE_LIMIT_COMMANDS_PER_SECOND: "2.5",
+      RATE_LIMIT_COMMAND_BURST: "10",
+      TRUST_PROXY: "1",
+    });
+    expect(set.rateLimits).toMatchObject({
+      connectionsPerAddressPerMinute: 50,
+      commandsPerSecond: 2.5,
+      commandBurst: 10,
+    });
+    expect(set.trustProxy).toBe(1);
+  });
+
+  test("browser origins: loopback in development; the authorized parties in production", () => {
+    expect(loadConfig({}).origins).toEqual({ allowed: [], loopback: true });
+    const prod = {
+      NODE_ENV: "production",
+      CLERK_JWT_KEY: pem,
+      CLERK_AUTHORIZED_PARTIES: "https://app.example.com",
+      DATABASE_URL: "postgres://x@h/db",
+    };
+    expect(loadConfig(prod).origins).toEqual({
+      allowed: ["https://app.example.com"],
+      loopback: false,
+    });
+    // CORS_ORIGINS replaces the default, normalized (case, default port, trailing slash).
+    expect(
+      loadConfig({ ...prod, CORS_ORIGINS: "https://A.example.com:443/, http://b.example.com:8080" })
+        .origins,
+    ).toEqual({ allowed: ["https://a.example.com", "http://b.example.com:8080"], loopback: false });
+    expect(loadConfig({ CORS_ORIGINS: "https://app.example.com" }).origins).toEqual({
+      allowed: ["https://app.example.com"],
+      loopback: true,
+    });
+  });
+
   test("production without Clerk keys is refused, naming the variable", () => {
     expect(() => loadConfig({ NODE_ENV: "production", DATABASE_URL: "postgres://x@h/db" })).toThrow(
       /CLERK_JWT_KEY/,
@@ -59,6 +105,15 @@ describe("loadConfig", () => {
     [{ TOKEN_GRACE_SECONDS: "120" }, /TOKEN_GRACE_SECONDS/],
     [{ CLERK_JWT_KEY: "not a pem" }, /CLERK_JWT_KEY/],
     [{ LOG_LEVEL: "loud" }, /LOG_LEVEL/],
+    [{ CORS_ORIGINS: "*" }, /CORS_ORIGINS: "\*" is not an origin/],
+    [{ CORS_ORIGINS: "https://a.example/app" }, /CORS_ORIGINS/],
+    [{ CORS_ORIGINS: "ftp://a.example" }, /CORS_ORIGINS/],
+    [{ CLERK_AUTHORIZED_PARTIES: "app.example.com" }, /CLERK_AUTHORIZED_PARTIES/],
+    [{ TRUST_PROXY: "yes" }, /TRUST_PROXY/],
+    [{ TRUST_PROXY: "-1" }, /TRUST_PROXY/],
+    [{ RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE: "0" }, /RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE/],
+    [{ RATE_LIMIT_COMMANDS_PER_SECOND: "0" }, /RATE_LIMIT_COMMANDS_PER_SECOND/],
+    [{ RATE_LIMIT_COMMAND_BURST: "1.5" }, /RATE_LIMIT_COMMAND_BURST/],
   ])("a bad value stops with a message naming it: %o", (env, name) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(name);

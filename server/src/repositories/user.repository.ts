@@ -54,6 +54,22 @@ export class UserRepository {
     return new Set(rows.map((r) => r.clerkId));
   }
 
+  /**
+   * `get_user_stats` for many users in one statement (the stats broadcasts of a busy node).
+   * Users without a row are missing from the result.
+   */
+  async statsMany(clerkIds: string[]): Promise<Map<string, UserStatsRow>> {
+    const ids = sql.join(
+      clerkIds.map((id) => sql`${id}`),
+      sql`, `,
+    );
+    const rows = await this.db.execute<UserStatsRow & { clerk_id: string }>(sql`
+      select c.clerk_id, s.*
+        from unnest(array[${ids}]::text[]) as c(clerk_id),
+             lateral public.get_user_stats(c.clerk_id) s`);
+    return new Map(rows.map(({ clerk_id, ...stats }) => [clerk_id, stats]));
+  }
+
   /** The seed's `get_user_stats`; undefined when the user has no row. */
   async stats(clerkId: string): Promise<UserStatsRow | undefined> {
     const rows = await this.db.execute<UserStatsRow>(

@@ -1,11 +1,14 @@
 /**
- * Per-user limits, cluster-wide through Redis when there is one:
- * - message rate and connection attempts: rate-limiter-flexible, falling back to this node's
- *   memory while Redis is down;
+ * Limits against floods, cluster-wide through Redis when there is one:
+ * - connection attempts per client address (checked before the token is verified), message
+ *   rate and connection attempts per user: rate-limiter-flexible, falling back to this node's
+ *   memory while Redis is down; every entry expires with its window;
  * - open sockets: a Redis sorted set per user of leases (socket id → expiry), added atomically
  *   when under the cap, renewed by the node holding the socket, removed on disconnect. A
  *   crashed node's leases lapse after LEASE_MS. While Redis is down, each node counts only its
- *   own sockets.
+ *   own sockets;
+ * - commands per socket: a token bucket held by the socket itself (CommandBucket), so it needs
+ *   no shared state and goes away with the socket.
  */
 import type { Redis } from "ioredis";
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from "rate-limiter-flexible";
@@ -21,19 +24,92 @@ export interface RateLimitConfig {
   connectionsPerMinute: number;
   /** Sockets one user may hold open across all nodes. */
   maxSocketsPerUser: number;
+  /** Connection attempts one client address may make per window, across all nodes. */
+  connectionsPerAddressPerMinute: number;
+  /** Length of that window in seconds; default 60 (tests shorten it to watch entries expire). */
+  addressWindowSeconds?: number | undefined;
+  /** Commands one socket may send per second, on average. */
+  commandsPerSecond: number;
+  /** Commands one socket may send at once (the bucket's size). */
+  commandBurst: number;
 }
 
-function limiter(points: number, duration: number, keyPrefix: string, redis?: Redis) {
+function limiter(
+  points: number,
+  duration: number,
+  keyPrefix: string,
+  redis?: Redis,
+  options: { shieldRedis?: boolean } = {},
+) {
   const memory = new RateLimiterMemory({ points, duration, keyPrefix });
-  if (!redis) return memory;
-  return new RateLimiterRedis({
+  if (!redis) return { limiter: memory, memory };
+  const store = new RateLimiterRedis({
     storeClient: redis,
     points,
     duration,
     keyPrefix,
     rejectIfRedisNotReady: true,
     insuranceLimiter: memory,
+    // A key that used up its points is refused from memory until its window ends, so a flood
+    // does not become a flood of Redis round trips.
+    ...(options.shieldRedis ? { inMemoryBlockOnConsumed: points } : {}),
   });
+  return { limiter: store, memory };
+}
+
+/** What a limiter keeps in this node's memory (rate-limiter-flexible's storage map). */
+function memoryKeys(memory: RateLimiterMemory): number {
+  const storage = (memory as unknown as { _memoryStorage?: { _storage?: Map<string, unknown> } })
+    ._memoryStorage?._storage;
+  return storage?.size ?? 0;
+}
+
+/** The outcome of CommandBucket.take(). */
+export type CommandVerdict =
+  | { allowed: true }
+  | {
+      allowed: false;
+      /** Milliseconds until a command would be allowed again. */
+      retryAfterMs: number;
+      /** The socket went on sending a whole burst while refused: disconnect it. */
+      flooding: boolean;
+    };
+
+/**
+ * A token bucket for one socket's commands: `burst` at once, then `ratePerSecond`. A refused
+ * command still costs a token, so the balance goes negative: a client that honours
+ * `retryAfterMs` stays close to zero, while one that keeps sending another full burst while
+ * refused reaches `-burst` and is reported as flooding.
+ */
+export class CommandBucket {
+  private tokens: number;
+  private last = performance.now();
+
+  constructor(
+    private readonly ratePerSecond: number,
+    private readonly burst: number,
+  ) {
+    this.tokens = burst;
+  }
+
+  take(): CommandVerdict {
+    const now = performance.now();
+    this.tokens = Math.min(
+      this.burst,
+      this.tokens + ((now - this.last) / 1000) * this.ratePerSecond,
+    );
+    this.last = now;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return { allowed: true };
+    }
+    this.tokens = Math.max(-this.burst, this.tokens - 1);
+    return {
+      allowed: false,
+      retryAfterMs: Math.max(1, Math.ceil(((1 - this.tokens) / this.ratePerSecond) * 1000)),
+      flooding: this.tokens <= -this.burst,
+    };
+  }
 }
 
 /** How long a socket lease lives without renewal; renewed every third of it. */
@@ -50,6 +126,7 @@ return 1`;
 export class RateLimits {
   private readonly messages;
   private readonly connections;
+  private readonly addresses;
   /** This node's open sockets, by user. */
   private readonly open = new Map<string, Set<string>>();
   private readonly renewTimer: NodeJS.Timeout | undefined;
@@ -66,6 +143,13 @@ export class RateLimits {
       redis,
     );
     this.connections = limiter(config.connectionsPerMinute, 60, `${keyPrefix}:rl:conn`, redis);
+    this.addresses = limiter(
+      config.connectionsPerAddressPerMinute,
+      config.addressWindowSeconds ?? 60,
+      `${keyPrefix}:rl:ip`,
+      redis,
+      { shieldRedis: true },
+    );
     if (redis) {
       this.renewTimer = setInterval(() => void this.renewLeases(), LEASE_MS / 3);
       this.renewTimer.unref();
@@ -79,7 +163,7 @@ export class RateLimits {
   /** Counts one message; throws RATE_LIMITED (with retryAfterMs) past the limit. */
   async consumeMessage(userId: string): Promise<void> {
     try {
-      await this.messages.consume(userId);
+      await this.messages.limiter.consume(userId);
     } catch (e) {
       if (e instanceof RateLimiterRes) {
         throw new AppError(ErrorCode.RATE_LIMITED, "Too many messages; slow down", {
@@ -88,6 +172,40 @@ export class RateLimits {
       }
       throw e;
     }
+  }
+
+  /**
+   * Counts a connection attempt from a client address (see socket/client-address.ts). Returns
+   * the milliseconds to wait when refused, or 0 when allowed.
+   */
+  async consumeAddress(address: string): Promise<number> {
+    try {
+      await this.addresses.limiter.consume(address);
+      return 0;
+    } catch (e) {
+      if (e instanceof RateLimiterRes) return Math.max(1, Math.ceil(e.msBeforeNext));
+      throw e;
+    }
+  }
+
+  /** A fresh command bucket for one socket. */
+  commandBucket(): CommandBucket {
+    return new CommandBucket(this.config.commandsPerSecond, this.config.commandBurst);
+  }
+
+  /**
+   * What the limits hold in this node's memory, for tests and diagnostics: limiter entries
+   * (each expires with its window; with Redis they live there and these stay empty unless
+   * Redis is down) and users with open sockets (removed on their last disconnect).
+   */
+  memoryUse(): { limiterKeys: number; usersWithSockets: number } {
+    return {
+      limiterKeys:
+        memoryKeys(this.messages.memory) +
+        memoryKeys(this.connections.memory) +
+        memoryKeys(this.addresses.memory),
+      usersWithSockets: this.open.size,
+    };
   }
 
   /**
@@ -101,7 +219,7 @@ export class RateLimits {
     local.add(socketId); // reserved before the awaits, so concurrent attempts count
     this.open.set(userId, local);
     try {
-      await this.connections.consume(userId);
+      await this.connections.limiter.consume(userId);
     } catch (e) {
       this.release(userId, socketId);
       if (e instanceof RateLimiterRes) return Math.max(1, Math.ceil(e.msBeforeNext));

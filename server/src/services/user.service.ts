@@ -1,5 +1,5 @@
 import type { MessageBody, UserStats } from "../../../protocol/index.js";
-import type { UserRepository } from "../repositories/user.repository.js";
+import type { UserRepository, UserStatsRow } from "../repositories/user.repository.js";
 import type { Actor } from "./actor.js";
 import { AppError, ErrorCode, notFound } from "./errors.js";
 import { toMessageBody, toUserStats } from "./mappers.js";
@@ -19,6 +19,18 @@ export interface ChatHistoryEntry {
  * bigint, so the database itself could hold more.
  */
 export const MAX_TOKEN_USAGE = Number.MAX_SAFE_INTEGER;
+
+/** The stats of a user who has no row (never connected, or deleted). */
+const NO_STATS: UserStats = {
+  totalConversations: 0,
+  totalSearches: 0,
+  messageCount: 0,
+  tokenUsage: 0,
+  subscriptionTier: null,
+  subscriptionStatus: null,
+};
+
+const toStatsOrZero = (row: UserStatsRow | undefined) => (row ? toUserStats(row) : NO_STATS);
 
 /** Most users whose last_seen_at one statement writes. */
 const MAX_SEEN_PER_FLUSH = 5000;
@@ -121,17 +133,13 @@ export class UserService {
 
   async stats(clerkId: string): Promise<UserStats> {
     const row = await this.users.stats(clerkId);
-    if (!row) {
-      return {
-        totalConversations: 0,
-        totalSearches: 0,
-        messageCount: 0,
-        tokenUsage: 0,
-        subscriptionTier: null,
-        subscriptionStatus: null,
-      };
-    }
-    return toUserStats(row);
+    return toStatsOrZero(row);
+  }
+
+  /** Stats of many users in one query; a user without a row gets zeros, as in `stats`. */
+  async statsMany(clerkIds: string[]): Promise<Map<string, UserStats>> {
+    const rows = await this.users.statsMany(clerkIds);
+    return new Map(clerkIds.map((id) => [id, toStatsOrZero(rows.get(id))]));
   }
 
   /** The actor for a Clerk user id; NOT_FOUND when the user has no row (never connected, deleted). */

@@ -18,10 +18,35 @@ export function tokenFromHandshake(handshake: ChatSocket["handshake"]): string {
   return match?.[1] ?? "";
 }
 
-function refuse(code: ConnectErrorCode, message: string): ExtendedError {
+/** What a refused handshake's `connect_error` carries in `data`. */
+export interface RefusalData {
+  code: ConnectErrorCode;
+  /** For RATE_LIMITED: milliseconds until a new attempt may succeed. */
+  retryAfterMs?: number;
+}
+
+function refuse(data: RefusalData, message: string): ExtendedError {
   const err = new Error(message) as ExtendedError;
-  err.data = { code };
+  err.data = data;
   return err;
+}
+
+/**
+ * Refuses a handshake: the client gets `connect_error` with `data`, then the connection is
+ * closed. A well-behaved client closes it itself; a hostile one would otherwise keep the bare
+ * connection (and retry on it) until Socket.IO's connect timeout, 45 s later.
+ */
+export function refuseHandshake(
+  socket: ChatSocket,
+  next: (err?: ExtendedError) => void,
+  data: RefusalData,
+  message: string,
+): void {
+  next(refuse(data, message));
+  // The CONNECT_ERROR packet is written on the next tick; closing flushes it first.
+  setImmediate(() => {
+    if (!socket.connected) socket.conn.close();
+  });
 }
 
 /**
@@ -40,10 +65,10 @@ export function authMiddleware(deps: {
   const { verifier, users, rateLimits, revocations, metrics, logger } = deps;
   return async (socket: ChatSocket, next: (err?: ExtendedError) => void) => {
     let reserved: string | undefined;
-    const refuseWith = (code: ConnectErrorCode, message: string) => {
+    const refuseWith = (code: ConnectErrorCode, message: string, retryAfterMs?: number) => {
       if (reserved) rateLimits.release(reserved, socket.id);
       metrics.handshakes.inc({ outcome: code });
-      next(refuse(code, message));
+      refuseHandshake(socket, next, retryAfterMs ? { code, retryAfterMs } : { code }, message);
     };
     try {
       const token = tokenFromHandshake(socket.handshake);
@@ -59,10 +84,18 @@ export function authMiddleware(deps: {
         return refuseWith(
           ConnectErrorCode.RATE_LIMITED,
           `Too many connections for this user; retry in ${Math.ceil(waitMs / 1000)} s`,
+          waitMs,
         );
       }
       reserved = verified.userId; // released on disconnect (app.ts) or refusal below
       const dbUserId = await users.provision(verified.userId);
+      if (socket.conn.readyState !== "open") {
+        // The client left mid-handshake: Socket.IO drops this socket without a "disconnect",
+        // so the slot taken above would never be released.
+        rateLimits.release(verified.userId, socket.id);
+        metrics.handshakes.inc({ outcome: "abandoned" });
+        return next(refuse({ code: ConnectErrorCode.UNAVAILABLE }, "Connection closed"));
+      }
       socket.data = {
         userId: verified.userId,
         dbUserId,

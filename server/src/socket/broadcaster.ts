@@ -11,19 +11,26 @@ import type { Logger } from "../logger.js";
 import type { Notifier } from "../services/notifier.js";
 import { type ChatServer, rooms } from "./types.js";
 
-/** How long stats changes are coalesced before one fresh read is broadcast. */
-const STATS_DEBOUNCE_MS = 100;
+/**
+ * How long stats changes are coalesced: every user whose stats changed within this window gets
+ * one fresh read (one query for all of them) and one event. Stats are counters for a profile
+ * panel, not part of a chat, so a fifth of a second is not noticed; a query per message is.
+ */
+const STATS_DEBOUNCE_MS = 200;
+/** Most users read by one stats query. */
+const MAX_STATS_PER_QUERY = 1000;
 
 /**
  * The Notifier over Socket.IO rooms. With the Redis adapter, `io.to(room).emit` reaches the
  * room's sockets on every node.
  */
 export class SocketBroadcaster implements Notifier {
-  private readonly pendingStats = new Map<string, NodeJS.Timeout>();
+  private readonly pendingStats = new Set<string>();
+  private statsTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly io: ChatServer,
-    private readonly loadStats: (userId: string) => Promise<UserStats>,
+    private readonly loadStats: (userIds: string[]) => Promise<Map<string, UserStats>>,
     private readonly logger: Logger,
   ) {}
 
@@ -74,23 +81,33 @@ export class SocketBroadcaster implements Notifier {
     this.io.in(room).disconnectSockets(true);
   }
 
-  /** Coalesces bursts (a message and a chat in the same instant) into one read and one event. */
+  /** Coalesces the changes of every user over STATS_DEBOUNCE_MS into one read and one event each. */
   statsChanged(userId: string): void {
-    if (this.pendingStats.has(userId)) return;
-    const timer = setTimeout(() => {
-      this.pendingStats.delete(userId);
-      this.loadStats(userId).then(
-        (stats) => this.io.to(rooms.user(userId)).emit("stats:updated", { stats }),
-        (err) => this.logger.warn({ err, userId }, "could not load stats for broadcast"),
+    this.pendingStats.add(userId);
+    this.statsTimer ??= setTimeout(() => this.flushStats(), STATS_DEBOUNCE_MS).unref();
+  }
+
+  private flushStats(): void {
+    this.statsTimer = undefined;
+    const users = [...this.pendingStats];
+    this.pendingStats.clear();
+    for (let i = 0; i < users.length; i += MAX_STATS_PER_QUERY) {
+      const chunk = users.slice(i, i + MAX_STATS_PER_QUERY);
+      this.loadStats(chunk).then(
+        (stats) => {
+          for (const [userId, s] of stats)
+            this.io.to(rooms.user(userId)).emit("stats:updated", { stats: s });
+        },
+        (err) =>
+          this.logger.warn({ err, users: chunk.length }, "could not load stats for broadcast"),
       );
-    }, STATS_DEBOUNCE_MS);
-    timer.unref();
-    this.pendingStats.set(userId, timer);
+    }
   }
 
   /** Cancels pending stats broadcasts (shutdown). */
   close(): void {
-    for (const t of this.pendingStats.values()) clearTimeout(t);
+    clearTimeout(this.statsTimer);
+    this.statsTimer = undefined;
     this.pendingStats.clear();
   }
 }

@@ -5,6 +5,7 @@ import {
   type CommandPayload,
   type CommandResults,
   commandSchemas,
+  DisconnectReason,
   ErrorCode,
   type ProtocolError,
 } from "../../../protocol/index.js";
@@ -12,6 +13,7 @@ import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { AppError, withTimeout } from "../services/errors.js";
+import type { CommandBucket } from "../services/rate-limits.js";
 import type { Inflight } from "./inflight.js";
 import type { ChatSocket } from "./types.js";
 
@@ -121,11 +123,61 @@ export function toProtocolError(
   return { code: ErrorCode.INTERNAL, message: "Internal error" };
 }
 
+function isCommand(event: unknown): event is CommandName {
+  return typeof event === "string" && Object.hasOwn(commandSchemas, event);
+}
+
+/**
+ * Rate-limits every event the socket sends (commands, unknown events, events without an ack)
+ * with the socket's own bucket, before anything else runs. A refused event is answered
+ * RATE_LIMITED with `retryAfterMs` when it carries an ack, and goes no further. A socket that
+ * goes on flooding while refused gets `connection:closing` COMMAND_FLOOD and is disconnected.
+ * Registered before answerUnknownCommands and the commands (Socket.IO runs `socket.use` in order).
+ */
+export function limitCommands(
+  socket: ChatSocket,
+  bucket: CommandBucket,
+  ctx: CommandContext,
+): void {
+  socket.use((event, next) => {
+    const verdict = bucket.take();
+    if (verdict.allowed) return next();
+    const [name] = event;
+    // Unknown names are not used as labels: a client could make up any number of them.
+    ctx.metrics.commands.inc({
+      command: isCommand(name) ? name : "(unknown)",
+      outcome: ErrorCode.RATE_LIMITED,
+    });
+    const ack = event.at(-1);
+    if (typeof ack === "function") {
+      ack({
+        ok: false,
+        error: {
+          code: ErrorCode.RATE_LIMITED,
+          message: "Too many commands on this connection; slow down",
+          retryAfterMs: verdict.retryAfterMs,
+        },
+      } satisfies Ack<never>);
+    }
+    if (verdict.flooding && socket.connected) {
+      ctx.logger.warn({ userId: socket.data.userId }, "socket disconnected: command flood");
+      socket.emit("connection:closing", {
+        reason: DisconnectReason.COMMAND_FLOOD,
+        message: "Too many commands after being told to slow down",
+        reconnect: true,
+      });
+      socket.disconnect(true);
+    }
+  });
+}
+
 /** Answers events that are not commands, when they carry an ack, with UNKNOWN_COMMAND. */
 export function answerUnknownCommands(socket: ChatSocket): void {
-  socket.onAny((event: unknown, ...args: unknown[]) => {
-    if (typeof event === "string" && Object.hasOwn(commandSchemas, event)) return;
-    const ack = args.at(-1);
+  // A middleware, not onAny: Socket.IO calls onAny listeners before the middlewares, which
+  // would let unknown events past limitCommands.
+  socket.use((event, next) => {
+    if (isCommand(event[0])) return next();
+    const ack = event.at(-1);
     if (typeof ack === "function") {
       ack({
         ok: false,
