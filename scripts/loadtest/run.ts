@@ -1,7 +1,8 @@
 /**
  * `npm run loadtest -- [--preset smoke|small|medium|c10k|idle20k|cluster] [--users N]
  *   [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s] [--nodes N]
- *   [--workers N] [--idle N] [--url http://127.0.0.1:3000] [--skip-baselines] [--json file]`
+ *   [--workers N] [--idle N] [--url http://127.0.0.1:3000] [--skip-baselines] [--json file]
+ *   [--profile] [--private-key key.pem]`
  *
  * Drives real socket.io-client connections from worker processes against server nodes it starts
  * itself (or one given with --url), on loopback only, and prints each product figure beside its
@@ -11,13 +12,13 @@
  */
 import { type ChildProcess, fork, spawn } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { measureDatabaseCeiling } from "./db-baseline.js";
-import { ratio, round, summarize } from "./stats.js";
+import { nowMs, ratio, round, summarize } from "./stats.js";
 import type { WorkerCommand, WorkerInit } from "./worker.js";
 
 const presets = {
@@ -111,7 +112,15 @@ const { values: args } = parseArgs({
     "database-url": { type: "string" },
     "redis-url": { type: "string" },
     "skip-baselines": { type: "boolean", default: false },
+    /** Run the server nodes under V8's CPU profiler; profiles land in artifacts/profile-<time>. */
+    profile: { type: "boolean", default: false },
     json: { type: "string" },
+    /**
+     * With --url: the PKCS#8 PEM private key whose public half the target server has as
+     * CLERK_JWT_KEY (e.g. .data/dev-keys/private.pem of a development server). Default: a
+     * fresh key, which only the nodes this harness starts accept.
+     */
+    "private-key": { type: "string" },
   },
 });
 
@@ -185,8 +194,12 @@ async function waitReady(url: string, timeoutMs = 60_000): Promise<void> {
   throw new Error(`${url} did not become ready`);
 }
 
-function startProcess(script: string, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", script], {
+function startProcess(
+  script: string,
+  env: Record<string, string>,
+  nodeOptions: string[] = [],
+): ChildProcess {
+  const child = spawn(process.execPath, [...nodeOptions, "--import", "tsx", script], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "ignore", "inherit"],
   });
@@ -281,6 +294,8 @@ interface RunResult {
     ack: ReturnType<typeof summarize>;
     delivery: ReturnType<typeof summarize>;
     acked: number;
+    /** Server CPU during the offered phase, % of one core per node. */
+    cpuPercent: number;
   };
   completeness: { expected: number; delivered: number; duplicates: number };
   saturatedPerSecond: number;
@@ -339,10 +354,19 @@ async function drive(
     }
     await workers.all({ type: "prepare" }, "prepared", timeout);
     log(`  chats created and opened; offering ${p.rate} msg/s for ${p.duration} s`);
+    const beforeSend = await sample(urls);
+    const sendStarted = nowMs();
     await workers.all(
       { type: "send", ratePerSecond: p.rate / senderWorkers, durationMs: p.duration * 1000 },
       "sent",
       p.duration * 1000 + 60_000,
+    );
+    // Server CPU while the load was offered, as a share of one core per node: at 100% a node is
+    // CPU-bound (Node runs the app on one thread) and queueing sets the latency.
+    const offeredCpuPercent = round(
+      (((await sample(urls)).cpu - beforeSend.cpu) / ((nowMs() - sendStarted) / 1000)) *
+        (100 / urls.length),
+      0,
     );
     const reports = await workers.all({ type: "report" }, "report", 30_000);
     log(`  saturating for ${p.saturate} s (each sender waits for its ack)`);
@@ -373,6 +397,7 @@ async function drive(
         ack: summarize(flat("ackLatencies")),
         delivery: summarize(flat("deliveryLatencies")),
         acked: sum(reports, "acked"),
+        cpuPercent: offeredCpuPercent,
       },
       completeness: {
         expected: sum(reports, "expectedDeliveries"),
@@ -389,11 +414,14 @@ async function drive(
 }
 
 async function main() {
-  const keys = generateKeyPairSync("rsa", {
+  const generated = generateKeyPairSync("rsa", {
     modulusLength: 2048,
     publicKeyEncoding: { type: "spki", format: "pem" },
     privateKeyEncoding: { type: "pkcs8", format: "pem" },
   });
+  const keys = args["private-key"]
+    ? { ...generated, privateKey: await readFile(args["private-key"], "utf8") }
+    : generated;
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
   const dbName = `loadtest_${Date.now()}_${randomBytes(3).toString("hex")}`;
   const dbUrl = new URL(adminUrl);
@@ -411,28 +439,35 @@ async function main() {
       await admin.unsafe(`create database "${dbName}"`);
       await runMigrations(dbUrl.toString());
       const prefix = `lt-${randomBytes(3).toString("hex")}`;
+      const profileDir = `artifacts/profile-${Date.now()}`;
+      const nodeOptions = args.profile ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+      if (args.profile) log(`CPU profiles of the server nodes: ${profileDir}`);
       urls = [];
       for (let i = 0; i < p.nodes; i++) {
         const port = await freePort();
-        startProcess("server/src/main.ts", {
-          NODE_ENV: "production",
-          HOST: "127.0.0.1",
-          PORT: String(port),
-          DATABASE_URL: dbUrl.toString(),
-          DATABASE_POOL_SIZE: String(SERVER_POOL_SIZE),
-          CLERK_JWT_KEY: keys.publicKey,
-          CLERK_AUTHORIZED_PARTIES: AUTHORIZED_PARTY,
-          LOG_LEVEL: "warn",
-          MIGRATE_ON_START: "false",
-          RATE_LIMIT_MESSAGES: "1000000",
-          RATE_LIMIT_CONNECTIONS_PER_MINUTE: "1000000",
-          // Every simulated device connects from this one address and sends as fast as it can.
-          RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE: "1000000",
-          RATE_LIMIT_COMMANDS_PER_SECOND: "1000000",
-          RATE_LIMIT_COMMAND_BURST: "1000000",
-          MAX_SOCKETS_PER_USER: "1000",
-          ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix } : {}),
-        });
+        startProcess(
+          "server/src/main.ts",
+          {
+            NODE_ENV: "production",
+            HOST: "127.0.0.1",
+            PORT: String(port),
+            DATABASE_URL: dbUrl.toString(),
+            DATABASE_POOL_SIZE: String(SERVER_POOL_SIZE),
+            CLERK_JWT_KEY: keys.publicKey,
+            CLERK_AUTHORIZED_PARTIES: AUTHORIZED_PARTY,
+            LOG_LEVEL: "warn",
+            MIGRATE_ON_START: "false",
+            RATE_LIMIT_MESSAGES: "1000000",
+            RATE_LIMIT_CONNECTIONS_PER_MINUTE: "1000000",
+            // Every simulated device connects from this one address and sends as fast as it can.
+            RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE: "1000000",
+            RATE_LIMIT_COMMANDS_PER_SECOND: "1000000",
+            RATE_LIMIT_COMMAND_BURST: "1000000",
+            MAX_SOCKETS_PER_USER: "1000",
+            ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix } : {}),
+          },
+          nodeOptions,
+        );
         urls.push(`http://127.0.0.1:${port}`);
       }
       await Promise.all(urls.map((u) => waitReady(u)));
@@ -549,7 +584,18 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
         : "",
       "",
     ],
-    ["server CPU seconds", String(product.cpuSeconds), bare ? String(bare.cpuSeconds) : "", ""],
+    [
+      "server CPU at offered rate, % of a core",
+      String(product.offered.cpuPercent),
+      bare ? String(bare.offered.cpuPercent) : "",
+      bare ? ratio(product.offered.cpuPercent, bare.offered.cpuPercent) : "",
+    ],
+    [
+      "server CPU seconds (whole run)",
+      String(product.cpuSeconds),
+      bare ? String(bare.cpuSeconds) : "",
+      "",
+    ],
     ["errors", JSON.stringify(product.errors), bare ? JSON.stringify(bare.errors) : "", ""],
   ];
   const w = [38, 26, 26, 8];

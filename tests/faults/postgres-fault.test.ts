@@ -261,8 +261,8 @@ describe("Postgres unreachable (connections cut and refused)", () => {
       });
       expect((await fetch(`${node.url}/healthz`)).status).toBe(200);
 
-      // A new connection cannot be authenticated (users row): refused as UNAVAILABLE.
-      const fresh = node.socket({ token: await tokenFor("user_pg_cut") });
+      // A first connection needs the users row: a user never seen is refused as UNAVAILABLE.
+      const fresh = node.socket({ token: await tokenFor("user_pg_cut_new") });
       const refusal = await new Promise<unknown>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error("no connect_error")), STALL_BOUND_MS);
         fresh.once("connect", () => reject(new Error("connected while the database was down")));
@@ -273,6 +273,15 @@ describe("Postgres unreachable (connections cut and refused)", () => {
       });
       expect(refusal).toMatchObject({ code: "UNAVAILABLE" });
       fresh.close();
+
+      // A user this node knows reconnects without the database (no provisioning round trip);
+      // its commands then fail fast as UNAVAILABLE like every other.
+      const again = await node.connectAs("user_pg_cut");
+      const askedAt = Date.now();
+      const listAgain = await again.timeout(STALL_BOUND_MS).emitWithAck("chat:list", {});
+      expect(Date.now() - askedAt).toBeLessThan(FAIL_FAST_MS);
+      expect(listAgain).toMatchObject({ ok: false, error: { code: "UNAVAILABLE" } });
+      again.close();
 
       // The existing socket stays connected through the outage.
       expect(device.connected).toBe(true);

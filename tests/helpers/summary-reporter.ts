@@ -1,14 +1,19 @@
 /**
- * Prints one plain closing line, `Tests: N passed, N failed, N skipped`, after vitest's own
- * summary: a form any CI log reader understands.
+ * Prints one plain closing line, `Tests: N passed, N failed, N skipped; files: N, N failed`,
+ * after vitest's own summary: a form any CI log reader understands. A file that failed to load
+ * or whose hooks threw has no failed test of its own, so files are counted too.
  */
-import type { Reporter, TestModule } from "vitest/node";
+import type { Reporter, SerializedError, TestModule } from "vitest/node";
 
 export default class SummaryReporter implements Reporter {
-  onTestRunEnd(testModules: ReadonlyArray<TestModule>): void {
+  onTestRunEnd(
+    testModules: ReadonlyArray<TestModule>,
+    unhandledErrors: ReadonlyArray<SerializedError> = [],
+  ): void {
     let passed = 0;
     let failed = 0;
     let skipped = 0;
+    const failedFiles = testModules.filter((m) => m.state() === "failed").length;
     for (const module of testModules) {
       for (const test of module.children.allTests()) {
         const state = test.result().state;
@@ -17,6 +22,9 @@ export default class SummaryReporter implements Reporter {
         else skipped++;
       }
     }
-    process.stdout.write(`\nTests: ${passed} passed, ${failed} failed, ${skipped} skipped\n`);
+    const errors = unhandledErrors.length ? `; ${unhandledErrors.length} unhandled errors` : "";
+    process.stdout.write(
+      `\nTests: ${passed} passed, ${failed} failed, ${skipped} skipped; files: ${testModules.length}, ${failedFiles} failed${errors}\n`,
+    );
   }
 }

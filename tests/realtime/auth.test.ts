@@ -155,11 +155,13 @@ describe("handshake", () => {
     const id = userId("expired");
     const now = Math.floor(Date.now() / 1000);
     const token = await tokenFor(id, { claims: { exp: now - 120, nbf: now - 180 } });
-    for (const s of [
-      server.socket({ token }),
-      server.socket(undefined, { extraHeaders: { Authorization: `Bearer ${token}` } }),
+    // Each socket is made just before its refusal is awaited, so the listener is in place
+    // before its connect_error can arrive.
+    for (const make of [
+      () => server.socket({ token }),
+      () => server.socket(undefined, { extraHeaders: { Authorization: `Bearer ${token}` } }),
     ]) {
-      const err = await refusal(s);
+      const err = await refusal(make());
       expect(err.data).toEqual({ code: ConnectErrorCode.TOKEN_EXPIRED });
       expect(err.message).toBe("Token has expired");
     }
