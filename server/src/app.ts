@@ -35,10 +35,10 @@ import { UserService } from "./services/user.service.js";
 import { addressLimitMiddleware } from "./socket/address-limit.middleware.js";
 import { authMiddleware } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
-import { answerUnknownCommands, type CommandContext, limitCommands } from "./socket/command.js";
-import { registerChatHandlers } from "./socket/handlers/chat.handlers.js";
-import { registerMessageHandlers } from "./socket/handlers/message.handlers.js";
-import { registerUserHandlers } from "./socket/handlers/user.handlers.js";
+import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
+import { chatHandlers } from "./socket/handlers/chat.handlers.js";
+import { messageHandlers } from "./socket/handlers/message.handlers.js";
+import { userHandlers } from "./socket/handlers/user.handlers.js";
 import { Inflight } from "./socket/inflight.js";
 import { type OriginPolicy, originChecker } from "./socket/origins.js";
 import { TokenExpiry } from "./socket/token-expiry.js";
@@ -222,11 +222,16 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       logger,
     }),
   );
+  const handlers: CommandHandlers = {
+    ...chatHandlers(chats),
+    ...messageHandlers(messages),
+    ...userHandlers({ users, verifier, expiry, revocations }),
+  };
+
   io.use(authMiddleware({ verifier, users, rateLimits, revocations, metrics, logger }));
   io.on("connection", (socket) => {
     metrics.socketsConnected.inc();
-    const actor = { userId: socket.data.userId, dbUserId: socket.data.dbUserId };
-    socket.join(rooms.user(actor.userId));
+    socket.join(rooms.user(socket.data.userId));
     if (socket.data.sessionId) socket.join(rooms.clerkSession(socket.data.sessionId));
     expiry.schedule(socket);
     socket.on("disconnect", () => {
@@ -235,11 +240,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       metrics.socketsConnected.dec();
     });
 
-    limitCommands(socket, rateLimits.commandBucket(), ctx);
-    answerUnknownCommands(socket);
-    registerChatHandlers(socket, actor, chats, ctx);
-    registerMessageHandlers(socket, actor, messages, ctx);
-    registerUserHandlers(socket, actor, { users, verifier, expiry, revocations }, ctx);
+    serveCommands(socket, handlers, rateLimits.commandBucket(), ctx);
   });
 
   return {

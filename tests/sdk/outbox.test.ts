@@ -99,8 +99,9 @@ describe("outbox", () => {
     );
     expect(sockets).toHaveLength(2);
     for (const s of sockets) {
-      s.on("message:send", () => {
-        if (dropped++ === 0) s.disconnect(true);
+      // onAny runs as the packet arrives; the server still handles (stores) the send after it.
+      s.onAny((event: string) => {
+        if (event === "message:send" && dropped++ === 0) s.disconnect(true);
       });
     }
 

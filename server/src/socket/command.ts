@@ -19,10 +19,17 @@ import type { ChatSocket } from "./types.js";
 
 const MAX_DETAILS = 20;
 
-/** What a command handler gets: the validated payload. It returns the ack's data. */
+/**
+ * A command's handler: the socket that sent it (its user is `socket.data`, which is an Actor)
+ * and the validated payload. It returns the ack's data.
+ */
 export type CommandHandler<C extends CommandName> = (
+  socket: ChatSocket,
   payload: CommandPayload<C>,
 ) => Promise<CommandResults[C]>;
+
+/** Every command's handler. Built once per node and shared by all its sockets. */
+export type CommandHandlers = { [C in CommandName]: CommandHandler<C> };
 
 export interface CommandContext {
   logger: Logger;
@@ -36,37 +43,52 @@ export interface CommandContext {
 }
 
 /**
- * Registers one command on a socket: (payload, ack). Validates the payload with the protocol's
- * zod schema, runs the handler, and acks `{ ok: true, data }` or `{ ok: false, error }`.
- * An event without an ack callback is dropped: there is nobody to answer.
+ * Serves the node's commands on a socket, as a single middleware (Socket.IO runs `socket.use`
+ * for every incoming event, before any listener): no listener and no closure per command per
+ * socket, which is most of what an idle socket would otherwise cost. For every event, in order:
+ * 1. the socket's rate limit (`admit`), which applies to every event, known or not;
+ * 2. an unknown event is answered UNKNOWN_COMMAND when it carries an ack;
+ * 3. a command (payload, ack) is validated with the protocol's zod schema, run, and acked
+ *    `{ ok: true, data }` or `{ ok: false, error }`. One without an ack callback is dropped:
+ *    there is nobody to answer.
  */
-export function registerCommand<C extends CommandName>(
+export function serveCommands(
   socket: ChatSocket,
-  name: C,
-  handler: CommandHandler<C>,
+  handlers: CommandHandlers,
+  bucket: CommandBucket,
   ctx: CommandContext,
 ): void {
-  // Arguments come from the network: typed as unknown and checked here.
-  (socket as unknown as { on(e: string, l: (...args: unknown[]) => void): void }).on(
-    name,
-    (...args: unknown[]) => {
-      const ack = args.at(-1);
-      if (typeof ack !== "function") {
-        ctx.logger.debug(
-          { command: name, userId: socket.data.userId },
-          "command without ack dropped",
-        );
-        return;
+  socket.use((event) => {
+    if (!admit(socket, event, bucket, ctx)) return;
+    // Arguments come from the network: typed as unknown and checked here.
+    const [name, ...args] = event as unknown[];
+    const ack = args.at(-1);
+    if (!isCommand(name)) {
+      if (typeof ack === "function") {
+        ack({
+          ok: false,
+          error: { code: ErrorCode.UNKNOWN_COMMAND, message: "Unknown command" },
+        } satisfies Ack<never>);
       }
-      const raw = args.length >= 2 ? args[0] : {};
-      const end = ctx.metrics.commandDuration.startTimer({ command: name });
-      void run(socket, name, raw, handler, ctx).then((result) => {
+      return;
+    }
+    if (typeof ack !== "function") {
+      ctx.logger.debug(
+        { command: name, userId: socket.data.userId },
+        "command without ack dropped",
+      );
+      return;
+    }
+    const raw = args.length >= 2 ? args[0] : {};
+    const end = ctx.metrics.commandDuration.startTimer({ command: name });
+    void run(socket, name, raw, handlers[name] as CommandHandler<typeof name>, ctx).then(
+      (result) => {
         ack(result);
         end();
         ctx.metrics.commands.inc({ command: name, outcome: result.ok ? "ok" : result.error.code });
-      });
-    },
-  );
+      },
+    );
+  });
 }
 
 async function run<C extends CommandName>(
@@ -85,7 +107,7 @@ async function run<C extends CommandName>(
     }
     if (name !== "auth:refresh") ctx.guard?.(socket, name);
     const payload = commandSchemas[name].parse(raw) as CommandPayload<C>;
-    const work = ctx.inflight.track(handler(payload));
+    const work = ctx.inflight.track(handler(socket, payload));
     return { ok: true, data: await withTimeout(work, ctx.timeoutMs) };
   } catch (err) {
     return {
@@ -130,59 +152,43 @@ function isCommand(event: unknown): event is CommandName {
 /**
  * Rate-limits every event the socket sends (commands, unknown events, events without an ack)
  * with the socket's own bucket, before anything else runs. A refused event is answered
- * RATE_LIMITED with `retryAfterMs` when it carries an ack, and goes no further. A socket that
- * goes on flooding while refused gets `connection:closing` COMMAND_FLOOD and is disconnected.
- * Registered before answerUnknownCommands and the commands (Socket.IO runs `socket.use` in order).
+ * RATE_LIMITED with `retryAfterMs` when it carries an ack, and goes no further (false). A
+ * socket that goes on flooding while refused gets `connection:closing` COMMAND_FLOOD and is
+ * disconnected.
  */
-export function limitCommands(
+function admit(
   socket: ChatSocket,
+  event: unknown[],
   bucket: CommandBucket,
   ctx: CommandContext,
-): void {
-  socket.use((event, next) => {
-    const verdict = bucket.take();
-    if (verdict.allowed) return next();
-    const [name] = event;
-    // Unknown names are not used as labels: a client could make up any number of them.
-    ctx.metrics.commands.inc({
-      command: isCommand(name) ? name : "(unknown)",
-      outcome: ErrorCode.RATE_LIMITED,
+): boolean {
+  const verdict = bucket.take();
+  if (verdict.allowed) return true;
+  const [name] = event;
+  // Unknown names are not used as labels: a client could make up any number of them.
+  ctx.metrics.commands.inc({
+    command: isCommand(name) ? name : "(unknown)",
+    outcome: ErrorCode.RATE_LIMITED,
+  });
+  const ack = event.at(-1);
+  if (typeof ack === "function") {
+    ack({
+      ok: false,
+      error: {
+        code: ErrorCode.RATE_LIMITED,
+        message: "Too many commands on this connection; slow down",
+        retryAfterMs: verdict.retryAfterMs,
+      },
+    } satisfies Ack<never>);
+  }
+  if (verdict.flooding && socket.connected) {
+    ctx.logger.warn({ userId: socket.data.userId }, "socket disconnected: command flood");
+    socket.emit("connection:closing", {
+      reason: DisconnectReason.COMMAND_FLOOD,
+      message: "Too many commands after being told to slow down",
+      reconnect: true,
     });
-    const ack = event.at(-1);
-    if (typeof ack === "function") {
-      ack({
-        ok: false,
-        error: {
-          code: ErrorCode.RATE_LIMITED,
-          message: "Too many commands on this connection; slow down",
-          retryAfterMs: verdict.retryAfterMs,
-        },
-      } satisfies Ack<never>);
-    }
-    if (verdict.flooding && socket.connected) {
-      ctx.logger.warn({ userId: socket.data.userId }, "socket disconnected: command flood");
-      socket.emit("connection:closing", {
-        reason: DisconnectReason.COMMAND_FLOOD,
-        message: "Too many commands after being told to slow down",
-        reconnect: true,
-      });
-      socket.disconnect(true);
-    }
-  });
-}
-
-/** Answers events that are not commands, when they carry an ack, with UNKNOWN_COMMAND. */
-export function answerUnknownCommands(socket: ChatSocket): void {
-  // A middleware, not onAny: Socket.IO calls onAny listeners before the middlewares, which
-  // would let unknown events past limitCommands.
-  socket.use((event, next) => {
-    if (isCommand(event[0])) return next();
-    const ack = event.at(-1);
-    if (typeof ack === "function") {
-      ack({
-        ok: false,
-        error: { code: ErrorCode.UNKNOWN_COMMAND, message: "Unknown command" },
-      } satisfies Ack<never>);
-    }
-  });
+    socket.disconnect(true);
+  }
+  return false;
 }

@@ -1,41 +1,23 @@
-import type { Actor } from "../../services/actor.js";
 import type { ChatService } from "../../services/chat.service.js";
-import { type CommandContext, registerCommand } from "../command.js";
-import { type ChatSocket, rooms } from "../types.js";
+import type { CommandHandlers } from "../command.js";
+import { rooms } from "../types.js";
 
-export function registerChatHandlers(
-  socket: ChatSocket,
-  actor: Actor,
-  chats: ChatService,
-  ctx: CommandContext,
-): void {
-  registerCommand(socket, "chat:list", (p) => chats.list(actor, p), ctx);
-  registerCommand(
-    socket,
-    "chat:create",
-    async (p) => ({ chat: await chats.create(actor, p) }),
-    ctx,
-  );
-  registerCommand(
-    socket,
-    "chat:rename",
-    async (p) => ({ chat: await chats.rename(actor, p) }),
-    ctx,
-  );
-  registerCommand(socket, "chat:delete", (p) => chats.delete(actor, p), ctx);
-  registerCommand(
-    socket,
-    "chat:open",
-    (p) => chats.open(actor, p, () => socket.join(rooms.chat(p.chatId))),
-    ctx,
-  );
-  registerCommand(
-    socket,
-    "chat:close",
-    async (p) => {
+type ChatCommands = Pick<
+  CommandHandlers,
+  "chat:list" | "chat:create" | "chat:rename" | "chat:delete" | "chat:open" | "chat:close"
+>;
+
+/** The chat commands. The socket's user (`socket.data`) is the actor. */
+export function chatHandlers(chats: ChatService): ChatCommands {
+  return {
+    "chat:list": (socket, p) => chats.list(socket.data, p),
+    "chat:create": async (socket, p) => ({ chat: await chats.create(socket.data, p) }),
+    "chat:rename": async (socket, p) => ({ chat: await chats.rename(socket.data, p) }),
+    "chat:delete": (socket, p) => chats.delete(socket.data, p),
+    "chat:open": (socket, p) => chats.open(socket.data, p, () => socket.join(rooms.chat(p.chatId))),
+    "chat:close": async (socket, p) => {
       socket.leave(rooms.chat(p.chatId));
       return { chatId: p.chatId };
     },
-    ctx,
-  );
+  };
 }

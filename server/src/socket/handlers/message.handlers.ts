@@ -1,15 +1,13 @@
-import type { Actor } from "../../services/actor.js";
 import type { MessageService } from "../../services/message.service.js";
-import { type CommandContext, registerCommand } from "../command.js";
-import type { ChatSocket } from "../types.js";
+import type { CommandHandlers } from "../command.js";
 
-export function registerMessageHandlers(
-  socket: ChatSocket,
-  actor: Actor,
-  messages: MessageService,
-  ctx: CommandContext,
-): void {
-  registerCommand(socket, "message:send", (p) => messages.send(actor, p), ctx);
-  registerCommand(socket, "message:history", (p) => messages.history(actor, p), ctx);
-  registerCommand(socket, "message:sync", (p) => messages.sync(actor, p), ctx);
+type MessageCommands = Pick<CommandHandlers, "message:send" | "message:history" | "message:sync">;
+
+/** The message commands. The socket's user (`socket.data`) is the actor. */
+export function messageHandlers(messages: MessageService): MessageCommands {
+  return {
+    "message:send": (socket, p) => messages.send(socket.data, p),
+    "message:history": (socket, p) => messages.history(socket.data, p),
+    "message:sync": (socket, p) => messages.sync(socket.data, p),
+  };
 }

@@ -1,36 +1,24 @@
 import { ErrorCode } from "../../../../protocol/constants.js";
 import { TokenError, type TokenVerifier } from "../../auth/token-verifier.js";
-import type { Actor } from "../../services/actor.js";
 import { AppError } from "../../services/errors.js";
 import type { Revocations } from "../../services/revocations.js";
 import type { UserService } from "../../services/user.service.js";
-import { type CommandContext, registerCommand } from "../command.js";
+import type { CommandHandlers } from "../command.js";
 import type { TokenExpiry } from "../token-expiry.js";
-import { type ChatSocket, rooms } from "../types.js";
+import { rooms } from "../types.js";
 
-export function registerUserHandlers(
-  socket: ChatSocket,
-  actor: Actor,
-  deps: {
-    users: UserService;
-    verifier: TokenVerifier;
-    expiry: TokenExpiry;
-    revocations: Revocations;
-  },
-  ctx: CommandContext,
-): void {
-  registerCommand(
-    socket,
-    "user:stats",
-    async () => ({ stats: await deps.users.stats(actor.userId) }),
-    ctx,
-  );
+/** `user:stats`, and the in-band token refresh. */
+export function userHandlers(deps: {
+  users: UserService;
+  verifier: TokenVerifier;
+  expiry: TokenExpiry;
+  revocations: Revocations;
+}): Pick<CommandHandlers, "user:stats" | "auth:refresh"> {
+  return {
+    "user:stats": async (socket) => ({ stats: await deps.users.stats(socket.data.userId) }),
 
-  // In-band refresh: a new token for the same user extends the socket's life.
-  registerCommand(
-    socket,
-    "auth:refresh",
-    async ({ token }) => {
+    // A new token for the same user extends the socket's life.
+    "auth:refresh": async (socket, { token }) => {
       let verified: Awaited<ReturnType<TokenVerifier["verify"]>>;
       try {
         verified = await deps.verifier.verify(token);
@@ -39,7 +27,7 @@ export function registerUserHandlers(
         const code = e.code === "TOKEN_EXPIRED" ? ErrorCode.TOKEN_EXPIRED : ErrorCode.UNAUTHORIZED;
         throw new AppError(code, e.message);
       }
-      if (verified.userId !== actor.userId) {
+      if (verified.userId !== socket.data.userId) {
         throw new AppError(ErrorCode.FORBIDDEN, "The new token belongs to another user");
       }
       if (await deps.revocations.isRevoked(verified.userId, verified.sessionId)) {
@@ -54,6 +42,5 @@ export function registerUserHandlers(
       deps.expiry.schedule(socket);
       return { userId: verified.userId, expiresAt: new Date(verified.expiresAt).toISOString() };
     },
-    ctx,
-  );
+  };
 }
