@@ -25,7 +25,9 @@ function groupOf(url: string, fn: string): string {
     const rest = url.slice(modules + "node_modules/".length).split("/");
     return rest[0]?.startsWith("@") ? `${rest[0]}/${rest[1]}` : (rest[0] ?? url);
   }
-  if (url.startsWith("node:")) return `node:${url.slice(5).split("/")[0]}`;
+  // node:internal/… keeps its module: "node:internal" alone says nothing.
+  if (url.startsWith("node:"))
+    return url.startsWith("node:internal/") ? url : `node:${url.slice(5).split("/")[0]}`;
   const project = url.indexOf("/server/src/");
   if (project >= 0) return `server/src/${url.slice(project + 12).split("/")[0]}`;
   if (url.includes("/protocol/")) return "protocol";

@@ -46,10 +46,54 @@ const reasonToCode: Record<string, ConnectErrorCode> = {
 const MAX_TOKEN_LENGTH = 16_384;
 
 /**
+ * Tokens remembered as verified. A Clerk token is reused by its client until shortly before it
+ * expires (Clerk's `getToken` caches it), so every reconnect in that time (a network blip, a
+ * node draining for a deploy) presents a token this node has verified already; remembering the
+ * result spares the RSA work, which is most of a handshake's CPU. Bounded: about 10 MB at most.
+ */
+const MAX_REMEMBERED_TOKENS = 10_000;
+
+/**
+ * The results of `verify` for tokens that passed, until their `exp`. A token is a signed,
+ * immutable string: the same string verifies to the same claims, and nothing about it can
+ * change but the clock. So a hit is only used before `exp`; past it the token goes through
+ * `verifyToken` again (which applies Clerk's clock skew). Refusals are never remembered, and
+ * revocation is checked by the callers on every use.
+ */
+export class VerifiedTokenCache {
+  private readonly entries = new Map<string, VerifiedToken>();
+
+  constructor(private readonly max = MAX_REMEMBERED_TOKENS) {}
+
+  get(token: string, now = Date.now()): VerifiedToken | undefined {
+    const hit = this.entries.get(token);
+    if (hit && hit.expiresAt <= now) this.entries.delete(token);
+    return hit && hit.expiresAt > now ? hit : undefined;
+  }
+
+  set(token: string, verified: VerifiedToken): void {
+    this.entries.delete(token);
+    this.entries.set(token, verified);
+    if (this.entries.size > this.max) {
+      // Map order is insertion order: the oldest entry goes first.
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+/**
  * Verifies Clerk session tokens with @clerk/backend's `verifyToken`. Development mode uses the
  * same function with a locally generated key (see dev-keys.ts), so both paths are one path.
  */
-export function createClerkVerifier(options: ClerkVerifierOptions): TokenVerifier {
+export function createClerkVerifier(
+  options: ClerkVerifierOptions,
+  cache = new VerifiedTokenCache(),
+): TokenVerifier {
   if (!options.jwtKey && !options.secretKey) {
     throw new Error("createClerkVerifier needs jwtKey or secretKey");
   }
@@ -59,6 +103,8 @@ export function createClerkVerifier(options: ClerkVerifierOptions): TokenVerifie
       if (token.length > MAX_TOKEN_LENGTH) {
         throw new TokenError(ConnectErrorCode.TOKEN_INVALID, "Token is too long");
       }
+      const remembered = cache.get(token);
+      if (remembered) return remembered;
       let payload: Awaited<ReturnType<typeof verifyToken>>;
       try {
         payload = await verifyToken(token, {
@@ -89,7 +135,9 @@ export function createClerkVerifier(options: ClerkVerifierOptions): TokenVerifie
         throw new TokenError(ConnectErrorCode.TOKEN_INVALID, "Token expiry is out of range");
       }
       const sid = typeof payload.sid === "string" ? payload.sid : null;
-      return { userId: sub, sessionId: sid, expiresAt };
+      const verified = Object.freeze({ userId: sub, sessionId: sid, expiresAt });
+      cache.set(token, verified);
+      return verified;
     },
   };
 }
