@@ -289,6 +289,9 @@ interface RunResult {
   handshakesPerSecond: number;
   /** Idle sockets closed and opened again: users the server already knows. */
   reconnectsPerSecond: number | undefined;
+  /** Server CPU per first handshake and per reconnect (close + handshake), microseconds. */
+  handshakeCpuUs: number;
+  reconnectCpuUs: number | undefined;
   idleBytesPerSocket: { rss: number; heap: number };
   offered: {
     ack: ReturnType<typeof summarize>;
@@ -345,11 +348,16 @@ async function drive(
     log(`  ${sockets} sockets connected in ${round(connectMs)} ms`);
     await new Promise((r) => setTimeout(r, 1000)); // let allocations settle before sampling
     const idle = await sample(urls);
+    // Server CPU per handshake: what bounds the rate once a node's core is busy.
+    const handshakeCpuUs = round(((idle.cpu - before.cpu) / Math.max(1, sockets)) * 1e6, 0);
     let reconnectsPerSecond: number | undefined;
+    let reconnectCpuUs: number | undefined;
     if (p.idle > 0) {
       const again = await workers.all({ type: "reconnect" }, "reconnected", timeout);
       const n = again.reduce((k, r) => k + Number(r.sockets), 0);
       reconnectsPerSecond = round((n / Math.max(...again.map((r) => Number(r.ms)))) * 1000);
+      // Includes closing the old socket: a reconnect is both, for the server.
+      reconnectCpuUs = round((((await sample(urls)).cpu - idle.cpu) / Math.max(1, n)) * 1e6, 0);
       log(`  ${n} idle sockets reconnected (known users) at ${reconnectsPerSecond}/s`);
     }
     await workers.all({ type: "prepare" }, "prepared", timeout);
@@ -389,6 +397,8 @@ async function drive(
       sockets,
       handshakesPerSecond: round((sockets / connectMs) * 1000),
       reconnectsPerSecond,
+      handshakeCpuUs,
+      reconnectCpuUs,
       idleBytesPerSocket: {
         rss: round((idle.rss - before.rss) / Math.max(1, sockets), 0),
         heap: round((idle.heap - before.heap) / Math.max(1, sockets), 0),
@@ -532,6 +542,20 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
       bare?.reconnectsPerSecond ? String(bare.reconnectsPerSecond) : "",
       bare?.reconnectsPerSecond && product.reconnectsPerSecond
         ? ratio(product.reconnectsPerSecond, bare.reconnectsPerSecond)
+        : "",
+    ],
+    [
+      "server CPU µs per first handshake",
+      String(product.handshakeCpuUs),
+      bare ? String(bare.handshakeCpuUs) : "",
+      bare ? ratio(product.handshakeCpuUs, bare.handshakeCpuUs) : "",
+    ],
+    [
+      "server CPU µs per reconnect",
+      String(product.reconnectCpuUs ?? ""),
+      bare?.reconnectCpuUs ? String(bare.reconnectCpuUs) : "",
+      bare?.reconnectCpuUs && product.reconnectCpuUs
+        ? ratio(product.reconnectCpuUs, bare.reconnectCpuUs)
         : "",
     ],
     [

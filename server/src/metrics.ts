@@ -43,6 +43,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly dbDeadlocks = new Counter({
+    name: "chat_db_deadlocks_total",
+    help: "Message batches chosen as a deadlock's victim and retried (two nodes writing for one user)",
+    registers: [this.registry],
+  });
+
   readonly adapterErrors = new Counter({
     name: "chat_adapter_errors_total",
     help: "Redis adapter and client errors (connection errors, failed publishes)",

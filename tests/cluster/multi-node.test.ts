@@ -122,4 +122,42 @@ describe("a user with devices on three nodes", () => {
     });
     expect(bystander.connected).toBe(true);
   });
+
+  test("writing from three nodes at once into five chats stores every send once, in one order per chat", async () => {
+    const devices = await devicesOnEveryNode("user_multi_writer");
+    const chats: ChatSummary[] = [];
+    for (let c = 0; c < 5; c++) {
+      const ack = await devices[0]!.emitWithAck("chat:create", { title: `writer ${c}` });
+      if (!ack.ok) throw new Error("chat:create failed");
+      chats.push(ack.data.chat);
+    }
+    // Every node batches this user's sends across chats, and the batches of different nodes
+    // lock the same users row and chats: they must queue (or retry a deadlock), never fail.
+    const PER_DEVICE_AND_CHAT = 8;
+    const sends = devices.flatMap((device, d) =>
+      chats.flatMap((chat) =>
+        Array.from({ length: PER_DEVICE_AND_CHAT }, (_, k) =>
+          device.emitWithAck("message:send", {
+            chatId: chat.id,
+            clientId: `w-${d}-${chat.id}-${k}`,
+            content: `node ${d} #${k}`,
+          }),
+        ),
+      ),
+    );
+    const acks = await Promise.all(sends);
+    for (const ack of acks) {
+      if (!ack.ok) throw new Error(`a send failed: ${JSON.stringify(ack.error)}`);
+      expect(ack.data.duplicate).toBe(false);
+    }
+    const expected = devices.length * PER_DEVICE_AND_CHAT;
+    for (const chat of chats) {
+      const rows = await sql<{ seq: number }[]>`
+        select seq::int as seq from chat_memory where session_id = ${chat.id} order by seq`;
+      expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: expected }, (_, i) => i + 1));
+    }
+    const [user] = await sql<{ message_count: number }[]>`
+      select message_count from users where clerk_id = 'user_multi_writer'`;
+    expect(user?.message_count).toBe(expected * chats.length);
+  });
 });

@@ -67,6 +67,45 @@ describe("repositories scope every user query by owner", () => {
     ]);
     expect(stored).toBeUndefined();
     expect(await chatState()).toEqual(before);
-    expect(before).toEqual({ chat: { title: "Owner's secret chat", last_seq: 3 }, n: 3 });
+    expect(before).toMatchObject({ chat: { title: "Owner's secret chat" } });
+    expect(before.chat?.last_seq).toBe(before.n);
+  });
+
+  test("in a batch across chats, a group naming another user's chat gets nothing, and takes nothing", async () => {
+    const mine = await makeChat(fdb.sql, intruder, "Intruder's own chat");
+    const [existing] = await fdb.sql<{ client_id: string }[]>`
+      select client_id from chat_memory where session_id = ${chatId} order by seq limit 1`;
+    const before = await chatState();
+    const [ownerPart, intruderPart, intruderOwn] = await messages.insertMany([
+      {
+        userId: owner,
+        chatId,
+        items: [{ clientId: "owner-4", message: { role: "user", content: "four" } }],
+      },
+      {
+        userId: intruder,
+        chatId,
+        items: [
+          // The owner's stored clientId: must not come back as a "duplicate" of the owner's row.
+          { clientId: existing?.client_id ?? "", message: { role: "user", content: "secret 1" } },
+          { clientId: "intruder-2", message: { role: "user", content: "injected" } },
+        ],
+      },
+      {
+        userId: intruder,
+        chatId: mine,
+        items: [{ clientId: "own-1", message: { role: "user", content: "hello" } }],
+      },
+    ]);
+    expect(intruderPart).toBeUndefined();
+    expect([...(ownerPart?.messages.values() ?? [])].map((m) => [m.row.seq, m.duplicate])).toEqual([
+      [before.n + 1, false],
+    ]);
+    expect([...(intruderOwn?.messages.values() ?? [])].map((m) => m.row.seq)).toEqual([1]);
+    const after = await chatState();
+    expect(after.n).toBe(before.n + 1);
+    const contents = await fdb.sql<{ content: string }[]>`
+      select message->>'content' as content from chat_memory where session_id = ${chatId}`;
+    expect(contents.map((c) => c.content)).not.toContain("injected");
   });
 });

@@ -364,6 +364,62 @@ describe("concurrent writers", () => {
   });
 });
 
+describe("group commit across chats", () => {
+  test("sends to 40 chats of 8 users at once: fewer statements than messages, every chat exact", async () => {
+    const USERS = 8;
+    const CHATS = 5;
+    const PER_CHAT = 6;
+    const users = await Promise.all(
+      Array.from({ length: USERS }, async (_, u) => {
+        const s = await server.connectAs(userId(`gc${u}`));
+        const chats: ChatSummary[] = [];
+        for (let c = 0; c < CHATS; c++) chats.push((await ok(s, "chat:create", {})).chat);
+        return { s, chats };
+      }),
+    );
+    const inserts = async () =>
+      (await server.app.metrics.dbDuration.get()).values.find(
+        (v) => v.metricName?.endsWith("_count") && v.labels.operation === "message_insert",
+      )?.value ?? 0;
+    const statementsBefore = await inserts();
+
+    // Everything at once, interleaved across users and chats.
+    const sends = [];
+    for (let k = 0; k < PER_CHAT; k++)
+      for (const [u, { s, chats }] of users.entries())
+        for (const chat of chats)
+          sends.push(
+            command(s, "message:send", {
+              chatId: chat.id,
+              clientId: `gc-${u}-${chat.id}-${k}`,
+              content: `user ${u} chat ${chat.id} #${k}`,
+            }).then((ack) => ({ ack, chatId: chat.id, k })),
+          );
+    const results = await Promise.all(sends);
+    const total = USERS * CHATS * PER_CHAT;
+    expect(results).toHaveLength(total);
+    const statements = (await inserts()) - statementsBefore;
+    expect(statements).toBeGreaterThan(0);
+    expect(statements).toBeLessThan(total);
+
+    // Per chat: seqs 1..PER_CHAT in the order the sends were made, each ack the stored row.
+    for (const { ack, chatId, k } of results) {
+      if (!ack.ok) throw new Error(`a send failed: ${JSON.stringify(ack.error)}`);
+      expect(ack.data.duplicate).toBe(false);
+      expect(ack.data.message).toMatchObject({ chatId, seq: k + 1 });
+    }
+    for (const { s, chats } of users) {
+      for (const chat of chats) {
+        const history = await walkHistory(s, chat.id);
+        expect(history.map((m) => m.seq)).toEqual(
+          Array.from({ length: PER_CHAT }, (_, i) => i + 1),
+        );
+        expect(await chatState(sql, chat.id)).toMatchObject({ last_seq: PER_CHAT });
+      }
+    }
+  });
+});
+
 describe("idempotent chat creation", () => {
   test("chat:create with a client-chosen id twice returns the same chat and stores one row", async () => {
     const id = userId("createid");

@@ -36,6 +36,8 @@ import {
   fuzzSettings,
   fuzzTestTimeout,
   hugeText,
+  type Model,
+  modelPayloads,
   mutate,
   mutation,
   nastyText,
@@ -256,8 +258,6 @@ const consecutiveChunks = fc
   .tuple(fc.nat({ max: 6 }), fc.array(validContent, { minLength: 1, maxLength: 4 }))
   .map(([first, deltas]) => ({ chunks: deltas.map((delta, i) => ({ index: first + i, delta })) }));
 
-type Model = Record<string, fc.Arbitrary<unknown>>;
-
 /**
  * A service route: method, path, and its body as valid models (one chosen) and hostile fields.
  * `reads` routes may name the victim (their answers are then the victim's own data).
@@ -463,21 +463,12 @@ const rawBody: fc.Arbitrary<Body> = fc.oneof(
 );
 
 function bodyFor(spec: RouteSpec): fc.Arbitrary<Body> {
-  const valid = spec.valid ?? [{}];
   const hostile = spec.hostile ?? {};
-  const required = spec.required ?? [];
-  const validRecord = fc.oneof(
-    ...valid.map((model) => fc.record(model, { requiredKeys: required.filter((k) => k in model) })),
-  ) as fc.Arbitrary<Record<string, unknown>>;
-  const keys = Object.keys(hostile);
-  const oneHostile =
-    keys.length === 0
-      ? validRecord
-      : fc
-          .tuple(validRecord, fc.constantFrom(...keys))
-          .chain(([record, key]) =>
-            (hostile[key] as fc.Arbitrary<unknown>).map((v) => ({ ...record, [key]: v })),
-          );
+  const { valid: validRecord, oneHostile } = modelPayloads({
+    valid: spec.valid ?? [{}],
+    hostile,
+    required: spec.required ?? [],
+  });
   const allHostile = fc
     .tuple(fc.record(hostile, { requiredKeys: [] }), mutation, fc.nat())
     .map(([p, m, pick]) => mutate(compact(p as Record<string, unknown>), m, pick));
@@ -494,7 +485,7 @@ function bodyFor(spec: RouteSpec): fc.Arbitrary<Body> {
       arbitrary: fc
         .tuple(
           validRecord,
-          fc.constantFrom(...keys, "extra"),
+          fc.constantFrom(...Object.keys(hostile), "extra"),
           fc.oneof(fc.integer({ min: 10, max: 2000 }), fc.integer({ min: 2000, max: 200_000 })),
         )
         .map(([base, field, depth]): Body => ({ kind: "deep", field, depth, base: compact(base) })),

@@ -45,6 +45,8 @@ import {
   fuzzSettings,
   fuzzTestTimeout,
   hugeText,
+  type Model,
+  modelPayloads,
   mutate,
   mutation,
   nastyText,
@@ -336,8 +338,6 @@ const tokenField = fc.oneof(
   { weight: 1, arbitrary: wrongType },
 );
 
-type Model = Record<string, fc.Arbitrary<unknown>>;
-
 /**
  * Each command's payload: valid fields, hostile fields (valid sometimes), and the required ones.
  * `message:history` takes either `before` or `after`; the valid model gives one of them.
@@ -409,19 +409,8 @@ const models: Record<CommandName, { valid: Model[]; hostile: Model; required: st
  * object at all.
  */
 function payloadFor(name: CommandName): fc.Arbitrary<unknown> {
-  const { valid, hostile, required } = models[name];
-  const validRecord = fc.oneof(
-    ...valid.map((model) => fc.record(model, { requiredKeys: required.filter((k) => k in model) })),
-  ) as fc.Arbitrary<Record<string, unknown>>;
-  const keys = Object.keys(hostile);
-  const oneHostile =
-    keys.length === 0
-      ? validRecord
-      : fc
-          .tuple(validRecord, fc.constantFrom(...keys))
-          .chain(([record, key]) =>
-            (hostile[key] as fc.Arbitrary<unknown>).map((v) => ({ ...record, [key]: v })),
-          );
+  const { hostile, required } = models[name];
+  const { valid: validRecord, oneHostile } = modelPayloads(models[name]);
   const allHostile = fc
     .tuple(
       fc.oneof(

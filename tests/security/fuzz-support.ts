@@ -409,6 +409,40 @@ export function compact(record: Record<string, unknown>): Record<string, unknown
   return out;
 }
 
+/** A payload's shape for fuzzing: an arbitrary per field. */
+export type Model = Record<string, fc.Arbitrary<unknown>>;
+
+/**
+ * Payloads of a command or route from its models: `valid` (one of the valid models, its
+ * required keys present) and `oneHostile` (a valid one with one field replaced by a hostile
+ * value), the two mixes both fuzz files build on.
+ */
+export function modelPayloads(models: {
+  valid: readonly Model[];
+  hostile: Model;
+  required: readonly string[];
+}): {
+  valid: fc.Arbitrary<Record<string, unknown>>;
+  oneHostile: fc.Arbitrary<Record<string, unknown>>;
+} {
+  const { hostile, required } = models;
+  const valid = fc.oneof(
+    ...models.valid.map((model) =>
+      fc.record(model, { requiredKeys: required.filter((k) => k in model) }),
+    ),
+  ) as fc.Arbitrary<Record<string, unknown>>;
+  const keys = Object.keys(hostile);
+  const oneHostile =
+    keys.length === 0
+      ? valid
+      : fc
+          .tuple(valid, fc.constantFrom(...keys))
+          .chain(([record, key]) =>
+            (hostile[key] as fc.Arbitrary<unknown>).map((v) => ({ ...record, [key]: v })),
+          );
+  return { valid, oneHostile };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Answer checks
 

@@ -22,8 +22,46 @@ export interface StoredBatch {
   updatedAt: string | undefined;
 }
 
+/** The messages of one chat for insertMany. */
+export interface InsertGroup {
+  /** The owner's `users.id`: the chat is only written if it is theirs. */
+  userId: string;
+  chatId: string;
+  items: { clientId: string; message: MessageJson }[];
+}
+
+const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** One chat's rows of a batch as a StoredBatch; undefined when there are none (not the user's). */
+function toStoredBatch(rows: BatchRow[] | undefined): StoredBatch | undefined {
+  const first = rows?.[0];
+  if (!rows || !first) return undefined;
+  const messages = new Map<string, StoredMessage>();
+  let lastInsertedUs: string | undefined;
+  for (const r of rows) {
+    messages.set(r.client_id, {
+      row: {
+        id: r.id,
+        sessionId: r.session_id,
+        seq: Number(r.seq),
+        clientId: r.client_id,
+        message: r.message,
+        createdAt: new Date(r.created_at),
+      },
+      duplicate: r.duplicate,
+    });
+    if (!r.duplicate) lastInsertedUs = r.created_us;
+  }
+  return {
+    messages,
+    chat: { title: first.title, createdAt: new Date(first.chat_created_at) },
+    updatedAt: lastInsertedUs === undefined ? undefined : isoFromMicros(lastInsertedUs),
+  };
+}
+
 type BatchRow = {
   id: string;
+  user_id: string;
   session_id: string;
   seq: string;
   client_id: string;
@@ -36,6 +74,8 @@ type BatchRow = {
 };
 
 const UNIQUE_VIOLATION = "23505";
+const DEADLOCK_DETECTED = "40P01";
+const MAX_DEADLOCK_ATTEMPTS = 5;
 const FOREIGN_KEY_VIOLATION = "23503";
 
 export class MessageRepository {
@@ -50,84 +90,131 @@ export class MessageRepository {
   }
 
   /**
-   * Stores a batch of messages in a chat owned by `userId`, in one statement: one round trip,
-   * one transaction, one commit (group commit). Rows are inserted in the batch's order, so
-   * the BEFORE INSERT trigger gives them consecutive seqs in that order; the triggers update
-   * last_message/updated_at and message_count in the same transaction. A clientId already
-   * stored in the chat is not inserted again: its row comes back with `duplicate: true`.
-   * The caller passes distinct clientIds.
-   *
-   * Returns undefined when the chat does not exist or is not the user's.
+   * Stores a batch of messages in a chat owned by `userId` (see insertMany). Returns undefined
+   * when the chat does not exist or is not the user's.
    */
   async insertBatch(
     userId: string,
     chatId: string,
     items: { clientId: string; message: MessageJson }[],
   ): Promise<StoredBatch | undefined> {
-    const clientIds = items.map((i) => i.clientId);
-    const bodies = items.map((i) => JSON.stringify(i.message));
+    return (await this.insertMany([{ userId, chatId, items }]))[0];
+  }
+
+  /**
+   * Stores the messages of many chats, each owned by its group's `userId`, in one statement:
+   * one round trip, one transaction, one commit (group commit across chats). Within a chat,
+   * rows are inserted in the group's order, so the BEFORE INSERT trigger gives them consecutive
+   * seqs in that order; the triggers update last_message/updated_at and message_count in the
+   * same transaction. A clientId already stored in its chat is not inserted again: its row
+   * comes back with `duplicate: true`. Each group passes distinct clientIds and its own chat.
+   *
+   * Rows go in sorted by (owner, chat), so that every batch, on every node, takes the row locks
+   * of its chats and users in one global order: concurrent batches wait for each other but
+   * never deadlock.
+   *
+   * Returns, per group (same index), what was stored, or undefined when its chat does not exist
+   * or is not the user's. If another statement gets in the way (a chat deleted while the batch
+   * ran, a clientId raced in from another node), each chat is stored on its own instead.
+   */
+  async insertMany(groups: InsertGroup[]): Promise<(StoredBatch | undefined)[]> {
+    const order = groups
+      .map((g, index) => ({ g, index }))
+      .sort((a, b) => compare(a.g.userId, b.g.userId) || compare(a.g.chatId, b.g.chatId));
+    const userIds: string[] = [];
+    const chatIds: string[] = [];
+    const clientIds: string[] = [];
+    const bodies: string[] = [];
+    for (const { g } of order) {
+      for (const item of g.items) {
+        userIds.push(g.userId);
+        chatIds.push(g.chatId);
+        clientIds.push(item.clientId);
+        bodies.push(JSON.stringify(item.message));
+      }
+    }
     const run = () => this.sql<BatchRow[]>`
       with input as (
-        select * from unnest(${this.sql.array(clientIds)}::text[], ${this.sql.array(bodies)}::text[])
-          with ordinality as t(client_id, message, ord)
+        select * from unnest(${this.sql.array(userIds)}::uuid[], ${this.sql.array(chatIds)}::uuid[],
+                             ${this.sql.array(clientIds)}::text[], ${this.sql.array(bodies)}::text[])
+          with ordinality as t(user_id, session_id, client_id, message, ord)
       ), chat as (
-        select id, title, created_at from public.chat_sessions
-         where id = ${chatId} and user_id = ${userId}
+        -- Only the chats each group's user owns: every join below matches chat and user both.
+        select c.id, c.user_id, c.title, c.created_at from public.chat_sessions c
+         where (c.id, c.user_id) in (select distinct session_id, user_id from input)
+      ), mine as (
+        select i.* from input i
+          join chat on chat.id = i.session_id and chat.user_id = i.user_id
       ), existing as (
-        select m.* from public.chat_memory m, chat
-         where m.session_id = chat.id and m.client_id in (select client_id from input)
+        select m.* from public.chat_memory m
+          join mine i on i.session_id = m.session_id and i.client_id = m.client_id
       ), inserted as (
         insert into public.chat_memory (session_id, client_id, message)
-        select chat.id, i.client_id, i.message::jsonb from input i, chat
-         where not exists (select 1 from existing e where e.client_id = i.client_id)
+        select i.session_id, i.client_id, i.message::jsonb from mine i
+         where not exists (select 1 from existing e
+                            where e.session_id = i.session_id and e.client_id = i.client_id)
          order by i.ord
         returning *
       )
       select r.id, r.session_id, r.seq, r.client_id, r.message, r.created_at,
              (extract(epoch from r.created_at) * 1000000)::bigint::text as created_us,
-             r.duplicate, c.title, c.created_at as chat_created_at
+             r.duplicate, c.user_id, c.title, c.created_at as chat_created_at
         from (select *, false as duplicate from inserted
               union all
-              select *, true from existing) r, chat c`;
-    // The chat deleted while the statement ran (the trigger locks its row only after the delete
-    // committed, and the foreign key then refuses the message): nothing was stored, and the chat
-    // is not found, exactly as if the delete had come first.
-    const insert = () =>
-      this.timed("message_insert", run).catch((e: unknown) => {
-        if (errorCode(e) === FOREIGN_KEY_VIOLATION) return undefined;
-        throw e;
-      });
-    let rows: BatchRow[] | undefined;
+              select *, true from existing) r
+        join chat c on c.id = r.session_id`;
+    let rows: BatchRow[];
     try {
-      rows = await insert();
+      rows = await this.retryDeadlocks(run);
     } catch (e) {
+      const code = errorCode(e);
+      if (code !== UNIQUE_VIOLATION && code !== FOREIGN_KEY_VIOLATION) throw e;
+      if (groups.length > 1) {
+        // Split: one chat's trouble must not fail the others.
+        const each: (StoredBatch | undefined)[] = [];
+        for (const g of groups) each.push(await this.insertBatch(g.userId, g.chatId, g.items));
+        return each;
+      }
+      // The chat deleted while the statement ran (the trigger locks its row only after the
+      // delete committed, and the foreign key then refuses the message): nothing was stored,
+      // and the chat is not found, exactly as if the delete had come first.
+      if (code === FOREIGN_KEY_VIOLATION) return [undefined];
       // A clientId raced in from another node and won: the retry finds it in `existing`.
-      if (errorCode(e) !== UNIQUE_VIOLATION) throw e;
-      rows = await insert();
-    }
-    const first = rows?.[0];
-    if (!rows || !first) return undefined;
-    const messages = new Map<string, StoredMessage>();
-    let lastInsertedUs: string | undefined;
-    for (const r of rows) {
-      messages.set(r.client_id, {
-        row: {
-          id: r.id,
-          sessionId: r.session_id,
-          seq: Number(r.seq),
-          clientId: r.client_id,
-          message: r.message,
-          createdAt: new Date(r.created_at),
-        },
-        duplicate: r.duplicate,
+      rows = await this.retryDeadlocks(run).catch((again: unknown) => {
+        if (errorCode(again) === FOREIGN_KEY_VIOLATION) return [];
+        throw again;
       });
-      if (!r.duplicate) lastInsertedUs = r.created_us;
     }
-    return {
-      messages,
-      chat: { title: first.title, createdAt: new Date(first.chat_created_at) },
-      updatedAt: lastInsertedUs === undefined ? undefined : isoFromMicros(lastInsertedUs),
-    };
+    // A chat has one owner, so its rows are that owner's group's; another user's group naming
+    // the same chat gets nothing.
+    const byChat = new Map<string, BatchRow[]>();
+    for (const r of rows) {
+      const list = byChat.get(r.session_id);
+      if (list) list.push(r);
+      else byChat.set(r.session_id, [r]);
+    }
+    return groups.map((g) => {
+      const mine = byChat.get(g.chatId);
+      return mine?.[0]?.user_id === g.userId ? toStoredBatch(mine) : undefined;
+    });
+  }
+
+  /**
+   * Runs the insert, again if Postgres chose it as a deadlock's victim. Batches of one node
+   * never contend (MessageService keeps a user in one batch at a time), but two nodes writing
+   * for the same user can: updating a users row twice in a transaction re-checks its foreign
+   * key to the user's last chat, which the other batch may hold. The victim was rolled back
+   * whole, so running it again is safe, and clientIds keep it idempotent.
+   */
+  private async retryDeadlocks(run: () => Promise<BatchRow[]>): Promise<BatchRow[]> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.timed("message_insert", run);
+      } catch (e) {
+        if (errorCode(e) !== DEADLOCK_DETECTED || attempt >= MAX_DEADLOCK_ATTEMPTS) throw e;
+        this.metrics?.dbDeadlocks.inc();
+      }
+    }
   }
 
   /**

@@ -6,7 +6,7 @@ import {
   Limits,
   type MessageBody,
 } from "../../../protocol/index.js";
-import type { MessageRepository } from "../repositories/message.repository.js";
+import type { MessageRepository, StoredBatch } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";
 import { AppError, notFound } from "./errors.js";
@@ -18,18 +18,35 @@ type PostInput = { chatId: string; clientId: string; body: MessageBody };
 type PostResult = CommandResults["message:send"];
 
 interface Pending {
+  actor: Actor;
   input: PostInput;
   resolve(result: PostResult): void;
   reject(err: unknown): void;
 }
 
 /** Most messages stored in one statement. */
-const MAX_BATCH = 100;
+const MAX_BATCH = 200;
+/**
+ * Batches a node writes at once. Few, so that under load sends queue up and go together
+ * (fewer commits); more than one, so that a batch waiting on a lock (a chat being deleted)
+ * does not hold up every chat of the node.
+ */
+const MAX_CONCURRENT_BATCHES = 4;
+
+const chatKey = (p: Pending) => `${p.actor.dbUserId}:${p.input.chatId}`;
+const userKey = (p: Pending) => p.actor.dbUserId;
 
 /** Messages: storing them exactly once, and reading them in their one order. */
 export class MessageService {
-  /** Sends waiting to be stored, per (user, chat). */
-  private readonly queues = new Map<string, Pending[]>();
+  /** Sends waiting to be stored, in arrival order. */
+  private queue: Pending[] = [];
+  /**
+   * Users with a batch being written: their next sends wait for it. Per user, not per chat:
+   * a batch locks its users' rows (message_count) and chats, so two batches of this node
+   * never contend for a row, and a chat's batches never overlap.
+   */
+  private readonly busyUsers = new Set<string>();
+  private batchesInFlight = 0;
 
   constructor(
     private readonly messages: MessageRepository,
@@ -44,57 +61,84 @@ export class MessageService {
    * stored clientId returns the stored row and broadcasts nothing. Used by socket sends
    * (role `user`) and by the service API (any role).
    *
-   * Group commit: a node stores one chat's messages one batch at a time. Sends that arrive
-   * while a batch is being written wait and go together in the next batch: one statement and
-   * one commit for all of them. An ack still means committed, and because batches of a chat
-   * never overlap, its broadcasts leave this node in `seq` order.
+   * Group commit across chats: a node writes at most MAX_CONCURRENT_BATCHES batches at once;
+   * sends that arrive meanwhile wait and go together, whatever their chat, in one statement
+   * and one commit. An ack still means committed. A user (so each of their chats) is in at
+   * most one batch at a time, so a chat's batches never overlap and its broadcasts leave this
+   * node in `seq` order.
    */
   post(actor: Actor, input: PostInput): Promise<PostResult> {
-    const key = `${actor.dbUserId}:${input.chatId}`;
     return new Promise((resolve, reject) => {
-      const queue = this.queues.get(key);
-      if (queue) {
-        queue.push({ input, resolve, reject });
-        return;
-      }
-      this.queues.set(key, [{ input, resolve, reject }]);
-      void this.drain(key, actor, input.chatId);
+      this.queue.push({ actor, input, resolve, reject });
+      this.pump();
     });
   }
 
-  private async drain(key: string, actor: Actor, chatId: string): Promise<void> {
-    for (;;) {
-      const queue = this.queues.get(key) ?? [];
-      if (queue.length === 0) {
-        this.queues.delete(key);
-        return;
+  /** Starts batches while there is room: each takes waiting sends of chats not being written. */
+  private pump(): void {
+    while (this.batchesInFlight < MAX_CONCURRENT_BATCHES && this.queue.length > 0) {
+      const batch: Pending[] = [];
+      const rest: Pending[] = [];
+      const taken = new Set<string>();
+      for (const p of this.queue) {
+        const key = userKey(p);
+        if (batch.length < MAX_BATCH && !this.busyUsers.has(key)) {
+          batch.push(p);
+          taken.add(key);
+        } else {
+          rest.push(p);
+        }
       }
-      const batch = queue.splice(0, MAX_BATCH);
-      try {
-        this.settle(actor, chatId, batch, await this.storeBatch(actor, chatId, batch));
-      } catch (err) {
-        for (const p of batch) p.reject(err);
-      }
+      if (batch.length === 0) return; // every waiting user has a batch in flight
+      this.queue = rest;
+      for (const key of taken) this.busyUsers.add(key);
+      this.batchesInFlight++;
+      void this.write(batch).finally(() => {
+        for (const key of taken) this.busyUsers.delete(key);
+        this.batchesInFlight--;
+        this.pump();
+      });
     }
   }
 
-  private storeBatch(actor: Actor, chatId: string, batch: Pending[]) {
-    // The first send of a clientId is the one stored; later ones in the batch are retries.
-    const unique = new Map<string, MessageBody>();
-    for (const p of batch)
-      if (!unique.has(p.input.clientId)) unique.set(p.input.clientId, p.input.body);
-    return this.messages.insertBatch(
-      actor.dbUserId,
-      chatId,
-      [...unique].map(([clientId, message]) => ({ clientId, message })),
-    );
+  /** Writes one batch (one statement) and settles its sends, chat by chat. */
+  private async write(batch: Pending[]): Promise<void> {
+    const groups = new Map<string, Pending[]>();
+    for (const p of batch) {
+      const list = groups.get(chatKey(p));
+      if (list) list.push(p);
+      else groups.set(chatKey(p), [p]);
+    }
+    const chats = [...groups.values()];
+    try {
+      const stored = await this.messages.insertMany(
+        chats.map((sends) => {
+          const first = sends[0] as Pending;
+          // The first send of a clientId is the one stored; later ones in the batch are retries.
+          const unique = new Map<string, MessageBody>();
+          for (const p of sends)
+            if (!unique.has(p.input.clientId)) unique.set(p.input.clientId, p.input.body);
+          return {
+            userId: first.actor.dbUserId,
+            chatId: first.input.chatId,
+            items: [...unique].map(([clientId, message]) => ({ clientId, message })),
+          };
+        }),
+      );
+      chats.forEach((sends, i) => {
+        const first = sends[0] as Pending;
+        this.settle(first.actor, first.input.chatId, sends, stored[i]);
+      });
+    } catch (err) {
+      for (const p of batch) p.reject(err);
+    }
   }
 
   private settle(
     actor: Actor,
     chatId: string,
     batch: Pending[],
-    stored: Awaited<ReturnType<MessageService["storeBatch"]>>,
+    stored: StoredBatch | undefined,
   ): void {
     if (!stored) {
       for (const p of batch) p.reject(notFound());
