@@ -213,6 +213,28 @@ interface ServerSample {
   cpu: number;
 }
 
+/** Busy and total CPU time of the whole machine so far (Linux /proc/stat), or undefined. */
+async function machineCpu(): Promise<{ busy: number; total: number } | undefined> {
+  try {
+    const line = (await readFile("/proc/stat", "utf8")).split("\n")[0] ?? "";
+    const [, ...fields] = line.trim().split(/\s+/);
+    const n = fields.map(Number);
+    const total = n.reduce((a, b) => a + b, 0);
+    const idle = (n[3] ?? 0) + (n[4] ?? 0); // idle + iowait
+    return { busy: total - idle, total };
+  } catch {
+    return undefined;
+  }
+}
+
+function machineBusy(
+  a: { busy: number; total: number } | undefined,
+  b: { busy: number; total: number } | undefined,
+): number {
+  if (!a || !b || b.total === a.total) return Number.NaN;
+  return round(((b.busy - a.busy) / (b.total - a.total)) * 100, 0);
+}
+
 async function sample(urls: string[]): Promise<ServerSample> {
   const total: ServerSample = { rss: 0, heap: 0, cpu: 0 };
   for (const url of urls) {
@@ -299,6 +321,11 @@ interface RunResult {
     acked: number;
     /** Server CPU during the offered phase, % of one core per node. */
     cpuPercent: number;
+    /**
+     * The whole machine's CPU during the offered phase (load generator, Postgres and Redis
+     * included), % busy of all cores: near 100, every process waits for a core.
+     */
+    machineBusyPercent: number;
   };
   completeness: { expected: number; delivered: number; duplicates: number };
   saturatedPerSecond: number;
@@ -363,6 +390,7 @@ async function drive(
     await workers.all({ type: "prepare" }, "prepared", timeout);
     log(`  chats created and opened; offering ${p.rate} msg/s for ${p.duration} s`);
     const beforeSend = await sample(urls);
+    const machineBefore = await machineCpu();
     const sendStarted = nowMs();
     await workers.all(
       { type: "send", ratePerSecond: p.rate / senderWorkers, durationMs: p.duration * 1000 },
@@ -376,6 +404,7 @@ async function drive(
         (100 / urls.length),
       0,
     );
+    const machineBusyPercent = machineBusy(machineBefore, await machineCpu());
     const reports = await workers.all({ type: "report" }, "report", 30_000);
     log(`  saturating for ${p.saturate} s (each sender waits for its ack)`);
     const saturated = await workers.all(
@@ -408,6 +437,7 @@ async function drive(
         delivery: summarize(flat("deliveryLatencies")),
         acked: sum(reports, "acked"),
         cpuPercent: offeredCpuPercent,
+        machineBusyPercent,
       },
       completeness: {
         expected: sum(reports, "expectedDeliveries"),
@@ -613,6 +643,12 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
       String(product.offered.cpuPercent),
       bare ? String(bare.offered.cpuPercent) : "",
       bare ? ratio(product.offered.cpuPercent, bare.offered.cpuPercent) : "",
+    ],
+    [
+      "machine CPU busy at offered rate, %",
+      String(product.offered.machineBusyPercent),
+      bare ? String(bare.offered.machineBusyPercent) : "",
+      "",
     ],
     [
       "server CPU seconds (whole run)",

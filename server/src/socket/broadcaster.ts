@@ -14,9 +14,12 @@ import { type ChatServer, rooms } from "./types.js";
 /**
  * How long stats changes are coalesced: every user whose stats changed within this window gets
  * one fresh read (one query for all of them) and one event. Stats are counters for a profile
- * panel, not part of a chat, so a fifth of a second is not noticed; a query per message is.
+ * panel, not part of a chat: a second is not noticed, while an event per message would cost
+ * the user's devices as many packets as the messages themselves.
  */
-const STATS_DEBOUNCE_MS = 200;
+const STATS_DEBOUNCE_MS = 1000;
+/** Users whose stats events are written per turn of the event loop, so sends are not held up. */
+const STATS_EMIT_CHUNK = 100;
 /** Most users read by one stats query. */
 const MAX_STATS_PER_QUERY = 1000;
 
@@ -94,14 +97,19 @@ export class SocketBroadcaster implements Notifier {
     for (let i = 0; i < users.length; i += MAX_STATS_PER_QUERY) {
       const chunk = users.slice(i, i + MAX_STATS_PER_QUERY);
       this.loadStats(chunk).then(
-        (stats) => {
-          for (const [userId, s] of stats)
-            this.io.to(rooms.user(userId)).emit("stats:updated", { stats: s });
-        },
+        (stats) => this.emitStats([...stats]),
         (err) =>
           this.logger.warn({ err, users: chunk.length }, "could not load stats for broadcast"),
       );
     }
+  }
+
+  /** Writes the events a chunk per turn of the event loop: a thousand users at once would stall it. */
+  private emitStats(entries: [string, UserStats][]): void {
+    for (const [userId, stats] of entries.slice(0, STATS_EMIT_CHUNK))
+      this.io.to(rooms.user(userId)).emit("stats:updated", { stats });
+    if (entries.length > STATS_EMIT_CHUNK)
+      setImmediate(() => this.emitStats(entries.slice(STATS_EMIT_CHUNK)));
   }
 
   /** Cancels pending stats broadcasts (shutdown). */
