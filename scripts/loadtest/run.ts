@@ -558,105 +558,67 @@ async function main() {
 }
 
 function print(product: RunResult, bare?: RunResult, db?: { perSecond: number }) {
-  const rows: [string, string, string, string][] = [
-    ["sockets", String(product.sockets), bare ? String(bare.sockets) : "", ""],
-    [
-      "first handshakes/s (new users)",
-      String(product.handshakesPerSecond),
-      bare ? String(bare.handshakesPerSecond) : "",
-      bare ? ratio(product.handshakesPerSecond, bare.handshakesPerSecond) : "",
-    ],
-    [
-      "reconnects/s (known users)",
-      String(product.reconnectsPerSecond ?? ""),
-      bare?.reconnectsPerSecond ? String(bare.reconnectsPerSecond) : "",
-      bare?.reconnectsPerSecond && product.reconnectsPerSecond
-        ? ratio(product.reconnectsPerSecond, bare.reconnectsPerSecond)
-        : "",
-    ],
-    [
-      "server CPU µs per first handshake",
-      String(product.handshakeCpuUs),
-      bare ? String(bare.handshakeCpuUs) : "",
-      bare ? ratio(product.handshakeCpuUs, bare.handshakeCpuUs) : "",
-    ],
-    [
-      "server CPU µs per reconnect",
-      String(product.reconnectCpuUs ?? ""),
-      bare?.reconnectCpuUs ? String(bare.reconnectCpuUs) : "",
-      bare?.reconnectCpuUs && product.reconnectCpuUs
-        ? ratio(product.reconnectCpuUs, bare.reconnectCpuUs)
-        : "",
-    ],
-    [
-      "idle RSS bytes/socket",
-      String(product.idleBytesPerSocket.rss),
-      bare ? String(bare.idleBytesPerSocket.rss) : "",
-      bare ? ratio(product.idleBytesPerSocket.rss, bare.idleBytesPerSocket.rss) : "",
-    ],
-    [
-      "idle heap bytes/socket",
-      String(product.idleBytesPerSocket.heap),
-      bare ? String(bare.idleBytesPerSocket.heap) : "",
-      bare ? ratio(product.idleBytesPerSocket.heap, bare.idleBytesPerSocket.heap) : "",
-    ],
-    [
+  type Row = [string, string, string, string];
+  /** A figure of both runs; `ratioOf` picks the number to divide, when a ratio means something. */
+  const both = <T>(
+    label: string,
+    pick: (r: RunResult) => T,
+    show: (v: T) => string = String,
+    ratioOf?: (v: T) => number | undefined,
+  ): Row => {
+    const p = pick(product);
+    const b = bare ? pick(bare) : undefined;
+    const pr = ratioOf?.(p);
+    const br = b === undefined ? undefined : ratioOf?.(b);
+    return [
+      label,
+      p === undefined ? "" : show(p),
+      b === undefined ? "" : show(b),
+      pr !== undefined && br !== undefined ? ratio(pr, br) : "",
+    ];
+  };
+  const num = (v: number | undefined) => v;
+  const rows: Row[] = [
+    both("sockets", (r) => r.sockets),
+    both("first handshakes/s (new users)", (r) => r.handshakesPerSecond, String, num),
+    both("reconnects/s (known users)", (r) => r.reconnectsPerSecond, String, num),
+    both("server CPU µs per first handshake", (r) => r.handshakeCpuUs, String, num),
+    both("server CPU µs per reconnect", (r) => r.reconnectCpuUs, String, num),
+    both("idle RSS bytes/socket", (r) => r.idleBytesPerSocket.rss, String, num),
+    both("idle heap bytes/socket", (r) => r.idleBytesPerSocket.heap, String, num),
+    both(
       "send→ack p50/p95/p99 ms",
-      fmt(product.offered.ack),
-      bare ? fmt(bare.offered.ack) : "",
-      bare ? ratio(product.offered.ack.p99, bare.offered.ack.p99) : "",
-    ],
-    [
+      (r) => r.offered.ack,
+      fmt,
+      (s) => s.p99,
+    ),
+    both(
       "send→other device p50/p95/p99 ms",
-      fmt(product.offered.delivery),
-      bare ? fmt(bare.offered.delivery) : "",
-      bare ? ratio(product.offered.delivery.p99, bare.offered.delivery.p99) : "",
-    ],
-    [
-      "messages acked at offered rate",
-      String(product.offered.acked),
-      bare ? String(bare.offered.acked) : "",
-      "",
-    ],
-    [
-      "stored+broadcast msgs/s (closed loop)",
-      String(product.saturatedPerSecond),
-      bare ? String(bare.saturatedPerSecond) : "",
-      bare ? ratio(product.saturatedPerSecond, bare.saturatedPerSecond) : "",
-    ],
+      (r) => r.offered.delivery,
+      fmt,
+      (s) => s.p99,
+    ),
+    both("messages acked at offered rate", (r) => r.offered.acked),
+    both("stored+broadcast msgs/s (closed loop)", (r) => r.saturatedPerSecond, String, num),
     [
       "  vs database ceiling msgs/s",
       String(product.saturatedPerSecond),
       db ? String(round(db.perSecond)) : "",
       db ? ratio(product.saturatedPerSecond, db.perSecond) : "",
     ],
-    [
+    both(
       "deliveries expected/got/dups",
-      `${product.completeness.expected}/${product.completeness.delivered}/${product.completeness.duplicates}`,
-      bare
-        ? `${bare.completeness.expected}/${bare.completeness.delivered}/${bare.completeness.duplicates}`
-        : "",
-      "",
-    ],
-    [
-      "server CPU at offered rate, % of a core",
-      String(product.offered.cpuPercent),
-      bare ? String(bare.offered.cpuPercent) : "",
-      bare ? ratio(product.offered.cpuPercent, bare.offered.cpuPercent) : "",
-    ],
-    [
-      "machine CPU busy at offered rate, %",
-      String(product.offered.machineBusyPercent),
-      bare ? String(bare.offered.machineBusyPercent) : "",
-      "",
-    ],
-    [
-      "server CPU seconds (whole run)",
-      String(product.cpuSeconds),
-      bare ? String(bare.cpuSeconds) : "",
-      "",
-    ],
-    ["errors", JSON.stringify(product.errors), bare ? JSON.stringify(bare.errors) : "", ""],
+      (r) => r.completeness,
+      (c) => `${c.expected}/${c.delivered}/${c.duplicates}`,
+    ),
+    both("server CPU at offered rate, % of a core", (r) => r.offered.cpuPercent, String, num),
+    both("machine CPU busy at offered rate, %", (r) => r.offered.machineBusyPercent),
+    both("server CPU seconds (whole run)", (r) => r.cpuSeconds),
+    both(
+      "errors",
+      (r) => r.errors,
+      (e) => JSON.stringify(e),
+    ),
   ];
   const w = [38, 26, 26, 8];
   const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i] ?? 10)).join(" ");

@@ -74,7 +74,7 @@ export class MessageService {
     });
   }
 
-  /** Starts batches while there is room: each takes waiting sends of chats not being written. */
+  /** Starts batches while there is room: each takes the waiting sends of users not being written. */
   private pump(): void {
     while (this.batchesInFlight < MAX_CONCURRENT_BATCHES && this.queue.length > 0) {
       const batch: Pending[] = [];
