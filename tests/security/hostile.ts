@@ -4,7 +4,7 @@
  * the test tells it to, and latency figures for a well-behaved user measured during a flood.
  */
 import { randomBytes } from "node:crypto";
-import { request } from "node:http";
+import { type IncomingMessage, request } from "node:http";
 import v8 from "node:v8";
 import vm from "node:vm";
 import { WebSocket } from "ws";
@@ -17,20 +17,26 @@ export interface RawResponse {
 }
 
 /** One plain HTTP request to the server (a long-polling request, a preflight). */
+/** Status, headers and the whole body (UTF-8) of a response. */
+function readResponse(res: IncomingMessage): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    let body = "";
+    res.setEncoding("utf8");
+    res.on("data", (chunk) => {
+      body += chunk;
+    });
+    res.on("error", reject);
+    res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+  });
+}
+
 export function httpRequest(
   url: string,
   options: { method?: string; headers?: Record<string, string> } = {},
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const req = request(url, { method: options.method ?? "GET", headers: options.headers });
-    req.on("response", (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (chunk) => {
-        body += chunk;
-      });
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-    });
+    req.on("response", (res) => readResponse(res).then(resolve, reject));
     req.on("error", reject);
     req.end();
   });
@@ -55,14 +61,7 @@ export function upgradeRequest(url: string, headers: Record<string, string> = {}
       socket.destroy();
       resolve({ status: res.statusCode ?? 101, headers: res.headers, body: "" });
     });
-    req.on("response", (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (chunk) => {
-        body += chunk;
-      });
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-    });
+    req.on("response", (res) => readResponse(res).then(resolve, reject));
     req.on("error", reject);
     req.end();
   });
