@@ -17,8 +17,13 @@ export * from "./constants.js";
 // ---------------------------------------------------------------------------------------------
 // Building blocks
 
-/** Rejects text Postgres cannot store (NUL) and broken UTF-16 (lone surrogates). */
-const storableText = (max: number) =>
+/** False for text Postgres cannot store (NUL) and broken UTF-16 (lone surrogates). */
+export function isStorableText(s: string): boolean {
+  return !s.includes("\u0000") && s.isWellFormed();
+}
+
+/** A string of at most `max` characters that Postgres can store (see isStorableText). */
+export const storableText = (max: number) =>
   z
     .string()
     .max(max)

@@ -1,5 +1,6 @@
 import { verifyToken } from "@clerk/backend";
 import { ConnectErrorCode } from "../../../protocol/constants.js";
+import { isStorableText } from "../../../protocol/index.js";
 
 /** What the server keeps of a verified Clerk session token. */
 export interface VerifiedToken {
@@ -120,13 +121,7 @@ export function createClerkVerifier(
       const sub = payload.sub;
       // The subject becomes users.clerk_id: text Postgres cannot store (NUL, lone surrogates)
       // would fail the handshake as if the database were down.
-      if (
-        typeof sub !== "string" ||
-        sub.length === 0 ||
-        sub.length > 200 ||
-        sub.includes("\u0000") ||
-        !sub.isWellFormed()
-      ) {
+      if (typeof sub !== "string" || sub.length === 0 || sub.length > 200 || !isStorableText(sub)) {
         throw new TokenError(ConnectErrorCode.TOKEN_INVALID, "Token has no subject");
       }
       // An `exp` beyond what a Date can hold (year 275760) breaks every use of the expiry.

@@ -11,7 +11,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { verifyWebhook } from "@clerk/backend/webhooks";
 import { z } from "zod";
-import { ErrorCode } from "../../../protocol/index.js";
+import { ErrorCode, isStorableText } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
 import type { ClerkEvent, ClerkWebhookService } from "../services/clerk-webhook.service.js";
 import type { Inflight } from "../socket/inflight.js";
@@ -39,9 +39,7 @@ export interface ClerkWebhookDeps {
 }
 
 /** Text Postgres can store: no NUL, no lone surrogate (a 500 from the database otherwise). */
-const storable = z
-  .string()
-  .refine((s) => !s.includes("\u0000") && s.isWellFormed(), "must be storable text");
+const storable = z.string().refine(isStorableText, "must be storable text");
 /** A Clerk user id, as stored in the indexed `users.clerk_id` (a btree entry must stay small). */
 const clerkUserId = z.string().min(1).max(191).pipe(storable);
 

@@ -8,7 +8,14 @@
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { z } from "zod";
-import { clientIdSchema, contentSchema, ErrorCode, Limits } from "../../../protocol/index.js";
+import {
+  clientIdSchema,
+  contentSchema,
+  ErrorCode,
+  isStorableText,
+  Limits,
+  storableText,
+} from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { ServiceRoleService } from "../services/service-role.service.js";
@@ -51,13 +58,7 @@ const userIdSchema = z
 const chatIdSchema = z.uuid({ message: "must be a UUID" });
 const replyRole = z.enum(["assistant", "system"]);
 
-const storable = (max: number) =>
-  z
-    .string()
-    .min(1)
-    .max(max)
-    .refine((s) => !s.includes("\u0000"), "must not contain NUL characters")
-    .refine((s) => s.isWellFormed(), "must be well-formed Unicode");
+const storable = (max: number) => storableText(max).min(1);
 
 const chunk = z.strictObject({
   index: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
@@ -77,15 +78,15 @@ export const MAX_JSON_DEPTH = 64;
  * string (key or value) with NUL or a lone surrogate, which jsonb refuses. Iterative: any depth.
  */
 function unstorableJson(value: unknown, maxDepth: number): string | undefined {
-  const badText = (s: string) => s.includes("\u0000") || !s.isWellFormed();
   const stack: [unknown, number][] = [[value, 1]];
   for (let next = stack.pop(); next; next = stack.pop()) {
     const [v, depth] = next;
-    if (typeof v === "string" && badText(v)) return "must not contain NUL or lone surrogates";
+    if (typeof v === "string" && !isStorableText(v))
+      return "must not contain NUL or lone surrogates";
     if (typeof v !== "object" || v === null) continue;
     if (depth > maxDepth) return `must not nest deeper than ${maxDepth} levels`;
     for (const [key, child] of Object.entries(v)) {
-      if (badText(key)) return "must not contain NUL or lone surrogates";
+      if (!isStorableText(key)) return "must not contain NUL or lone surrogates";
       stack.push([child, depth + 1]);
     }
   }
