@@ -68,7 +68,11 @@ describe("verified-token cache", () => {
     const verifier = createClerkVerifier(options, cache);
     // A remembered result that has expired, for a string that would not verify: if the cache
     // served it, verify would succeed.
-    cache.set("not.a.token", { userId: "user_ghost", sessionId: null, expiresAt: Date.now() - 1 });
+    cache.remember("not.a.token", {
+      userId: "user_ghost",
+      sessionId: null,
+      expiresAt: Date.now() - 1,
+    });
     expect(await refusal(verifier.verify("not.a.token"))).toBe("TOKEN_INVALID");
     expect(cache.get("not.a.token")).toBeUndefined();
     expect(cache.size).toBe(0);
@@ -77,7 +81,8 @@ describe("verified-token cache", () => {
   test("it is bounded: past the cap the oldest entry goes first", () => {
     const cache = new VerifiedTokenCache(2);
     const later = Date.now() + 60_000;
-    for (const t of ["a", "b", "c"]) cache.set(t, { userId: t, sessionId: null, expiresAt: later });
+    for (const t of ["a", "b", "c"])
+      cache.remember(t, { userId: t, sessionId: null, expiresAt: later });
     expect(cache.size).toBe(2);
     expect(cache.get("a")).toBeUndefined();
     expect(cache.get("b")?.userId).toBe("b");

@@ -1,6 +1,7 @@
 import { verifyToken } from "@clerk/backend";
 import { ConnectErrorCode } from "../../../protocol/constants.js";
 import { isStorableText } from "../../../protocol/index.js";
+import { ExpiringMap } from "../expiring-map.js";
 
 /** What the server keeps of a verified Clerk session token. */
 export interface VerifiedToken {
@@ -61,29 +62,14 @@ const MAX_REMEMBERED_TOKENS = 10_000;
  * `verifyToken` again (which applies Clerk's clock skew). Refusals are never remembered, and
  * revocation is checked by the callers on every use.
  */
-export class VerifiedTokenCache {
-  private readonly entries = new Map<string, VerifiedToken>();
-
-  constructor(private readonly max = MAX_REMEMBERED_TOKENS) {}
-
-  get(token: string, now = Date.now()): VerifiedToken | undefined {
-    const hit = this.entries.get(token);
-    if (hit && hit.expiresAt <= now) this.entries.delete(token);
-    return hit && hit.expiresAt > now ? hit : undefined;
+export class VerifiedTokenCache extends ExpiringMap<string, VerifiedToken> {
+  constructor(max = MAX_REMEMBERED_TOKENS) {
+    super(max);
   }
 
-  set(token: string, verified: VerifiedToken): void {
-    this.entries.delete(token);
-    this.entries.set(token, verified);
-    if (this.entries.size > this.max) {
-      // Map order is insertion order: the oldest entry goes first.
-      const oldest = this.entries.keys().next().value;
-      if (oldest !== undefined) this.entries.delete(oldest);
-    }
-  }
-
-  get size(): number {
-    return this.entries.size;
+  /** Remembers a verified token until its `exp`. */
+  remember(token: string, verified: VerifiedToken): void {
+    this.set(token, verified, verified.expiresAt);
   }
 }
 
@@ -131,7 +117,7 @@ export function createClerkVerifier(
       }
       const sid = typeof payload.sid === "string" ? payload.sid : null;
       const verified = Object.freeze({ userId: sub, sessionId: sid, expiresAt });
-      cache.set(token, verified);
+      cache.remember(token, verified);
       return verified;
     },
   };

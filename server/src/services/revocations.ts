@@ -5,12 +5,15 @@
  * memory always holds what it learned itself.
  */
 import type { Redis } from "ioredis";
+import { ExpiringMap } from "../expiring-map.js";
 
 /** Longer than a Clerk session token's life (60 s) plus clock skew and the refresh grace. */
 const REMEMBER_SECONDS = 600;
+/** Most revocations one node remembers itself (Redis holds them all). */
+const MAX_REMEMBERED = 100_000;
 
 export class Revocations {
-  private readonly memory = new Map<string, number>();
+  private readonly memory = new ExpiringMap<string, true>(MAX_REMEMBERED);
 
   constructor(
     private readonly redis?: Redis,
@@ -23,7 +26,7 @@ export class Revocations {
 
   async revoke(kind: "user" | "session", id: string): Promise<void> {
     const key = this.key(kind, id);
-    this.memory.set(key, Date.now() + REMEMBER_SECONDS * 1000);
+    this.memory.set(key, true, Date.now() + REMEMBER_SECONDS * 1000);
     if (this.redis?.status === "ready") {
       await this.redis.set(key, "1", "EX", REMEMBER_SECONDS).catch(() => {});
     }
@@ -33,14 +36,7 @@ export class Revocations {
   async isRevoked(userId: string, sessionId: string | null): Promise<boolean> {
     const keys = [this.key("user", userId)];
     if (sessionId) keys.push(this.key("session", sessionId));
-    const now = Date.now();
-    for (const k of keys) {
-      const until = this.memory.get(k);
-      if (until !== undefined) {
-        if (until > now) return true;
-        this.memory.delete(k);
-      }
-    }
+    if (keys.some((k) => this.memory.get(k))) return true;
     if (this.redis?.status !== "ready") return false;
     try {
       const found = await this.redis.mget(...keys);

@@ -1,4 +1,5 @@
 import type { MessageBody, UserStats } from "../../../protocol/index.js";
+import { ExpiringMap } from "../expiring-map.js";
 import type { UserRepository, UserStatsRow } from "../repositories/user.repository.js";
 import type { Actor } from "./actor.js";
 import { AppError, ErrorCode, notFound } from "./errors.js";
@@ -50,14 +51,13 @@ export interface ProvisionOptions {
 }
 
 export class UserService {
-  /** Clerk id → row id and until when it is trusted; Map order is insertion order (oldest first). */
-  private readonly known = new Map<string, { dbUserId: string; until: number }>();
+  /** Clerk id → row id, trusted for knownTtlMs. */
+  private readonly known: ExpiringMap<string, string>;
   /** Known users seen since the last flush. */
   private readonly seen = new Set<string>();
   private flushTimer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
   private readonly knownTtlMs: number;
-  private readonly maxKnown: number;
   private readonly seenFlushMs: number;
 
   constructor(
@@ -65,7 +65,7 @@ export class UserService {
     options: ProvisionOptions = {},
   ) {
     this.knownTtlMs = options.knownTtlMs ?? 5 * 60_000;
-    this.maxKnown = options.maxKnown ?? 100_000;
+    this.known = new ExpiringMap(options.maxKnown ?? 100_000);
     this.seenFlushMs = options.seenFlushMs ?? 1000;
   }
 
@@ -77,20 +77,14 @@ export class UserService {
    * their next connection provisions again.
    */
   async provision(clerkId: string): Promise<string> {
-    const now = Date.now();
-    const entry = this.known.get(clerkId);
-    if (entry && entry.until > now) {
+    const known = this.known.get(clerkId);
+    if (known) {
       this.seen.add(clerkId);
       this.scheduleFlush();
-      return entry.dbUserId;
+      return known;
     }
     const dbUserId = await this.users.upsertSeen(clerkId);
-    this.known.delete(clerkId);
-    this.known.set(clerkId, { dbUserId, until: now + this.knownTtlMs });
-    if (this.known.size > this.maxKnown) {
-      const oldest = this.known.keys().next().value;
-      if (oldest !== undefined) this.known.delete(oldest);
-    }
+    this.known.set(clerkId, dbUserId, Date.now() + this.knownTtlMs);
     return dbUserId;
   }
 
