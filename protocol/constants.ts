@@ -31,6 +31,11 @@ export const ErrorCode = {
   UNAVAILABLE: "UNAVAILABLE",
   /** An unexpected server error. Logged on the server; retry with backoff. */
   INTERNAL: "INTERNAL",
+  /**
+   * The streamed reply was stopped by the user (`message:stop`): stop generating it. Answered
+   * to the app's backend for chunks and finish after a stop. Do not retry.
+   */
+  STREAM_STOPPED: "STREAM_STOPPED",
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

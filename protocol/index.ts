@@ -79,6 +79,11 @@ export const commandSchemas = {
   "message:sync": z.strictObject({ chatId, afterSeq: seq, limit }),
   /** The user's lifetime counters and plan (`get_user_stats`). */
   "user:stats": z.strictObject({}),
+  /**
+   * Stop a streamed reply in progress in one of the user's chats. The text streamed so far is
+   * stored once as the final message, marked `stopped`; the app's backend is told.
+   */
+  "message:stop": z.strictObject({ chatId, streamId: clientIdSchema }),
 } as const;
 
 export type CommandName = keyof typeof commandSchemas;
@@ -106,6 +111,15 @@ export interface ChatMessage {
   content: string;
   /** ISO 8601. */
   createdAt: string;
+  /** Present (true) only on a streamed reply that was stopped before it finished (`message:stop`). */
+  stopped?: true;
+}
+
+/** A reply being generated in a chat: which stream, and since when. */
+export interface GeneratingState {
+  streamId: string;
+  /** ISO 8601. */
+  startedAt: string;
 }
 
 /** A sidebar entry. Sort by `updatedAt` descending, then `id` descending. */
@@ -122,6 +136,29 @@ export interface ChatSummary {
    * value the server orders by. Compare as strings.
    */
   updatedAt: string;
+  /**
+   * The reply being generated in this chat (the latest active stream), or null. Always present
+   * in `chat:list`, `chat:open`, `chat:create` and `chat:created`; `chat:updated` MAY omit it
+   * (absent means unchanged). Live changes arrive as `chat:generating`.
+   */
+  generating?: GeneratingState | null;
+}
+
+/**
+ * A streamed reply in progress, as `chat:open` returns it: everything streamed so far, so that a
+ * device that opens the chat mid-reply (or after a reload or reconnect) shows it whole, then
+ * applies the live `message:delta`s from `offset === content.length` on.
+ */
+export interface StreamSnapshot {
+  streamId: string;
+  chatId: string;
+  role: "assistant" | "system";
+  /** ISO 8601. */
+  startedAt: string;
+  /** The reply's text so far. */
+  content: string;
+  /** The index the next chunk from the app's backend will have. */
+  nextIndex: number;
 }
 
 /** The user's counters (`get_user_stats`). Counters are lifetime: deleting chats does not lower them. */
@@ -147,12 +184,25 @@ export interface CommandResults {
   "chat:create": { chat: ChatSummary };
   "chat:rename": { chat: ChatSummary };
   "chat:delete": { chatId: string };
-  "chat:open": { chat: ChatSummary } & MessagePage;
+  "chat:open": { chat: ChatSummary } & MessagePage & {
+      /** Replies streaming in this chat right now, oldest first (usually none or one). */
+      streams: StreamSnapshot[];
+    };
   "chat:close": { chatId: string };
   "message:send": { message: ChatMessage; duplicate: boolean };
   "message:history": MessagePage;
   "message:sync": MessagePage & { lastSeq: number };
   "user:stats": { stats: UserStats };
+  "message:stop": {
+    streamId: string;
+    /**
+     * What became of the stream: `stopped` by this command; `finished` (it was stored a moment
+     * earlier: `message` is the stored reply); `failed` (it failed or was abandoned earlier).
+     */
+    status: "stopped" | "finished" | "failed";
+    /** The stored reply (with `stopped: true` when stopped), or null when nothing was stored. */
+    message: ChatMessage | null;
+  };
 }
 
 /** An error as carried by an ack. */
@@ -201,14 +251,45 @@ export interface MessageStreaming {
 }
 
 /**
- * A piece of a streamed reply. `index` is 0, 1, 2, … per stream: order the deltas by it and drop
- * an index already seen (events from several server nodes may arrive out of order).
+ * A piece of a streamed reply. The server coalesces the backend's chunks, so one delta may carry
+ * several of them. Place the text by `offset`: append the part of `delta` beyond the text you
+ * already have; drop a delta that ends at or before it (a duplicate, or one already contained in
+ * a `StreamSnapshot`). A delta whose `offset` is beyond your text means text was missed: get a
+ * fresh snapshot (`chat:open`).
  */
 export interface MessageDelta {
   streamId: string;
   chatId: string;
+  /** Index of the first backend chunk in this delta (0, 1, 2, … per stream). */
   index: number;
+  /** Characters (UTF-16 code units) of the reply before this delta. */
+  offset: number;
   delta: string;
+}
+
+/**
+ * A streamed reply was stopped (`message:stop`, from any device). Show it as stopped at once; the
+ * stored reply (with `stopped: true`) follows as `message:created` when there was any text.
+ */
+export interface MessageStopped {
+  streamId: string;
+  chatId: string;
+  /** ISO 8601. */
+  stoppedAt: string;
+}
+
+/**
+ * Whether a reply is being generated in a chat, to every device of the user (the sidebar's
+ * spinner). `active: true` when a stream starts, `active: false` when it ends (stored, stopped,
+ * failed or abandoned). Apply by `streamId`: an end clears the chat's state only if it names the
+ * stream shown; a start for a stream already seen ending is stale and ignored.
+ */
+export interface ChatGenerating {
+  chatId: string;
+  streamId: string;
+  active: boolean;
+  /** ISO 8601: when the stream started. */
+  startedAt: string;
 }
 
 /** A streamed reply ended without being stored: drop (or mark failed) what was shown. */
@@ -239,6 +320,10 @@ export interface ServerToClientEvents {
   "message:delta": (event: MessageDelta) => void;
   /** A streamed reply failed or was abandoned; nothing was stored. */
   "message:failed": (event: MessageStreamFailed) => void;
+  /** A streamed reply was stopped; the stored partial reply follows as `message:created`. */
+  "message:stopped": (event: MessageStopped) => void;
+  /** A reply started or stopped being generated in one of the user's chats (every device). */
+  "chat:generating": (event: ChatGenerating) => void;
 }
 
 /** Events between server nodes (none beyond the adapter's own). */

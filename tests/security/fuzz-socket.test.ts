@@ -102,6 +102,7 @@ const allowedCodes: Record<CommandName, readonly string[]> = {
   "message:history": [ErrorCode.INVALID_PAYLOAD, ErrorCode.NOT_FOUND],
   "message:sync": [ErrorCode.INVALID_PAYLOAD, ErrorCode.NOT_FOUND],
   "user:stats": [ErrorCode.INVALID_PAYLOAD],
+  "message:stop": [ErrorCode.INVALID_PAYLOAD, ErrorCode.NOT_FOUND],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -401,6 +402,11 @@ const models: Record<CommandName, { valid: Model[]; hostile: Model; required: st
     required: ["chatId", "afterSeq"],
   },
   "user:stats": { valid: [{}], hostile: {}, required: [] },
+  "message:stop": {
+    valid: [{ chatId: validChatId, streamId: validClientId }],
+    hostile: { chatId: chatIdField, streamId: clientIdField },
+    required: ["chatId", "streamId"],
+  },
 };
 
 /**

@@ -302,10 +302,10 @@ describe("streaming a reply", () => {
     expect(unordered.status).toBe(400);
 
     const expectedDeltas: MessageDelta[] = [
-      { streamId, chatId, index: 0, delta: "Hel" },
-      { streamId, chatId, index: 1, delta: "lo" },
-      { streamId, chatId, index: 2, delta: ", wor" },
-      { streamId, chatId, index: 3, delta: "ld" },
+      { streamId, chatId, index: 0, offset: 0, delta: "Hel" },
+      { streamId, chatId, index: 1, offset: 3, delta: "lo" },
+      { streamId, chatId, index: 2, offset: 5, delta: ", wor" },
+      { streamId, chatId, index: 3, offset: 10, delta: "ld" },
     ];
     await eventually(() => {
       for (const rec of [recA, recB]) {

@@ -21,6 +21,7 @@ export const statusOf: Record<ErrorCode, number> = {
   [ErrorCode.CONFLICT]: 409,
   [ErrorCode.UNAVAILABLE]: 503,
   [ErrorCode.INTERNAL]: 500,
+  [ErrorCode.STREAM_STOPPED]: 409,
 };
 
 export function sendError(

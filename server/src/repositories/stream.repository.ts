@@ -40,7 +40,7 @@ export interface StreamRecord {
 }
 
 export type AppendOutcome =
-  | { kind: "ok"; applied: number; nextIndex: number; chatId: string }
+  | { kind: "ok"; applied: number; nextIndex: number; chatId: string; length: number }
   | { kind: "missing" }
   | { kind: "status"; status: StreamStatus }
   | { kind: "gap"; nextIndex: number }
@@ -145,7 +145,13 @@ export class MemoryStreamStore implements StreamStore {
     r.nextIndex += fresh.length;
     r.deadline = options.deadline;
     this.put(r, options.ttlMs);
-    return { kind: "ok", applied: fresh.length, nextIndex: r.nextIndex, chatId: r.chatId };
+    return {
+      kind: "ok",
+      applied: fresh.length,
+      nextIndex: r.nextIndex,
+      chatId: r.chatId,
+      length: r.length,
+    };
   }
 
   async transition(
@@ -238,7 +244,7 @@ end
 redis.call('HSET', KEYS[1], 'deadline', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-return {'ok', applied, nextIndex + applied, st[4]}`;
+return {'ok', applied, nextIndex + applied, st[4], length + added}`;
 
 // ARGV: id, from, to, ttl, deadline|'', hasContent, content, contentLength, reason|'', message
 const TRANSITION = `
@@ -391,6 +397,7 @@ export class RedisStreamStore implements StreamStore {
           applied: Number(reply[1]),
           nextIndex: Number(reply[2]),
           chatId: String(reply[3]),
+          length: Number(reply[4]),
         };
       case "status":
         return { kind: "status", status: reply[1] as StreamStatus };

@@ -82,7 +82,8 @@ export class ChatService {
     );
     // Re-read the chat after the page so `lastSeq` is at least the page's last seq.
     const chat = await this.requireOwned(actor, input.chatId);
-    return { chat, messages: rows.map(toChatMessage), hasMore };
+    // TODO(assistant loop): the replies streaming in this chat (StreamSnapshot).
+    return { chat, messages: rows.map(toChatMessage), hasMore, streams: [] };
   }
 
   /** The chat, if it is the actor's; NOT_FOUND otherwise (another user's chat is not revealed). */

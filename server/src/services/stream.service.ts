@@ -173,8 +173,16 @@ export class StreamService {
     }
     const first = outcome.nextIndex - outcome.applied;
     const fresh = deltas.slice(deltas.length - outcome.applied);
+    let offset = outcome.length - fresh.reduce((n, d) => n + d.length, 0);
     fresh.forEach((delta, i) => {
-      this.notifier.messageDelta({ streamId, chatId: outcome.chatId, index: first + i, delta });
+      this.notifier.messageDelta({
+        streamId,
+        chatId: outcome.chatId,
+        index: first + i,
+        offset,
+        delta,
+      });
+      offset += delta.length;
     });
     return { streamId, nextIndex: outcome.nextIndex, applied: outcome.applied };
   }

@@ -1,7 +1,11 @@
+import { notFound } from "../../services/errors.js";
 import type { MessageService } from "../../services/message.service.js";
 import type { CommandHandlers } from "../command.js";
 
-type MessageCommands = Pick<CommandHandlers, "message:send" | "message:history" | "message:sync">;
+type MessageCommands = Pick<
+  CommandHandlers,
+  "message:send" | "message:history" | "message:sync" | "message:stop"
+>;
 
 /** The message commands. The socket's user (`socket.data`) is the actor. */
 export function messageHandlers(messages: MessageService): MessageCommands {
@@ -9,5 +13,9 @@ export function messageHandlers(messages: MessageService): MessageCommands {
     "message:send": (socket, p) => messages.send(socket.data, p),
     "message:history": (socket, p) => messages.history(socket.data, p),
     "message:sync": (socket, p) => messages.sync(socket.data, p),
+    // TODO(assistant loop): StreamService.stop. Until then no stream can be found.
+    "message:stop": async () => {
+      throw notFound("Stream");
+    },
   };
 }

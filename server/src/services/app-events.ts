@@ -1,0 +1,26 @@
+/**
+ * Events for the app's own backend that the services raise outside a database transaction of
+ * their own. They are stored durably (the transactional outbox, docs/service-api.md "Webhooks to
+ * your backend") and delivered as signed webhooks, at least once and in order per chat.
+ *
+ * `message.created` (a user's message) and `chat.deleted` are enqueued by the database itself, in
+ * the transaction that stores the message or deletes the chat, so they need no method here.
+ */
+export interface AppEvents {
+  /**
+   * A device asked to stop a streamed reply (`message:stop`): the backend should stop generating
+   * it. Resolves once the event is stored (it is then delivered even if this node dies).
+   */
+  stopRequested(event: {
+    userId: string;
+    chatId: string;
+    streamId: string;
+    /** ISO 8601. */
+    requestedAt: string;
+  }): Promise<void>;
+}
+
+/** No backend to tell (webhooks not configured). */
+export const noAppEvents: AppEvents = {
+  async stopRequested() {},
+};
