@@ -172,6 +172,46 @@ function originList(values: string[], variable: string): string[] {
   });
 }
 
+/** What `npm run db:migrate` needs: a database, nothing about auth or the network. */
+export interface MigrateConfig {
+  env: Env["NODE_ENV"];
+  /** Undefined: migrate the embedded development database (never in production). */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  embeddedPgPort: number;
+}
+
+const migrateEnvSchema = envSchema.pick({
+  NODE_ENV: true,
+  DATABASE_URL: true,
+  DATA_DIR: true,
+  EMBEDDED_PG_PORT: true,
+});
+
+/**
+ * The configuration of `npm run db:migrate`. Only the variables it uses are read, so migrating
+ * a production database needs `DATABASE_URL` and nothing else (no Clerk keys).
+ */
+export function loadMigrateConfig(source: NodeJS.ProcessEnv = process.env): MigrateConfig {
+  const parsed = migrateEnvSchema.safeParse(source);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`);
+    throw new ConfigError(`Invalid environment:\n${lines.join("\n")}`);
+  }
+  const e = parsed.data;
+  if (e.NODE_ENV === "production" && !e.DATABASE_URL) {
+    throw new ConfigError(
+      "NODE_ENV=production requires DATABASE_URL: the embedded Postgres is for development only.",
+    );
+  }
+  return {
+    env: e.NODE_ENV,
+    databaseUrl: e.DATABASE_URL,
+    dataDir: e.DATA_DIR,
+    embeddedPgPort: e.EMBEDDED_PG_PORT,
+  };
+}
+
 export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   const parsed = envSchema.safeParse(source);
   if (!parsed.success) {

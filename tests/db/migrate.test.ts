@@ -2,14 +2,21 @@
  * `runMigrations` (what `npm run db:migrate` calls): a second run changes nothing, and a run
  * on an empty database builds the whole schema.
  */
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { runMigrations } from "../../server/src/db/migrate.js";
+import { migrationsFolder, runMigrations } from "../../server/src/db/migrate.js";
 import { adminSql, databaseUrl } from "../helpers/db.js";
 import { type FileDb, makeChat, makeUser, openFileDb } from "./fixtures.js";
 
-const MIGRATIONS = 5;
+/** Every migration the journal lists. */
+const MIGRATIONS = (
+  JSON.parse(readFileSync(`${migrationsFolder}/meta/_journal.json`, "utf8")) as {
+    entries: unknown[];
+  }
+).entries.length;
 
 /** A fingerprint of everything the migrations create, to compare before and after a re-run. */
 async function schemaFingerprint(sql: postgres.Sql) {
@@ -52,6 +59,51 @@ describe("re-running on a migrated database", () => {
     const [row] = await fdb.sql`
       select total_conversations, last_session_id from users where id = ${u.id}`;
     expect(row).toEqual({ total_conversations: 1, last_session_id: chat });
+  });
+});
+
+describe("npm run db:migrate", () => {
+  const name = `t_${Math.floor(Date.now() / 1000)}_${randomBytes(6).toString("hex")}`;
+  afterAll(async () => {
+    const admin = adminSql();
+    try {
+      await admin.unsafe(`drop database if exists "${name}" with (force)`);
+    } finally {
+      await admin.end();
+    }
+  });
+
+  const migrate = (env: Record<string, string>) =>
+    spawnSync(process.execPath, ["--import", "tsx", "server/src/db/migrate-cli.ts"], {
+      // Only what an operator would set: no Clerk keys, nothing else from this environment.
+      env: { PATH: process.env.PATH ?? "", ...env },
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+
+  test("in production needs DATABASE_URL and nothing else", async () => {
+    const admin = adminSql();
+    try {
+      await admin.unsafe(`create database "${name}"`);
+    } finally {
+      await admin.end();
+    }
+    const r = migrate({ NODE_ENV: "production", DATABASE_URL: databaseUrl(name) });
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/migrations applied/);
+    const sql = postgres(databaseUrl(name), { max: 1, onnotice: () => {} });
+    try {
+      expect((await schemaFingerprint(sql))?.migrations).toBe(MIGRATIONS);
+    } finally {
+      await sql.end({ timeout: 5 });
+    }
+  });
+
+  test("in production without DATABASE_URL stops with a message naming it", () => {
+    const r = migrate({ NODE_ENV: "production" });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/Configuration error: .*DATABASE_URL/);
   });
 });
 
