@@ -172,7 +172,7 @@ export const forgedUserMessages: { name: string; body: unknown; content?: string
   { name: "content null", body: { role: "user", content: null } },
   { name: "an array", body: [{ role: "user", content: "x" }] },
   { name: "a string", body: "hello" },
-  { name: "JSON null", body: null },
+  { name: "JSON null (not SQL NULL)", body: null },
   ...[
     ["empty content", ""],
     ["blank content", " \t\n\r\u000b\u000c "],

@@ -331,7 +331,7 @@ describe("authenticated: only what message:send accepts (issue #11, item 2)", ()
         A,
         (tx) => tx`
         insert into chat_memory (session_id, message)
-        values (${alice.chat}, ${tx.json(body as postgres.JSONValue)})`,
+        values (${alice.chat}, ${JSON.stringify(body)}::jsonb)`,
       );
       expect(code).toBe("42501");
       expect(await chatState(sql, alice.chat)).toEqual(before);

@@ -368,7 +368,7 @@ describe("the attacks of issue #11 are refused", () => {
             sql,
             A,
             (tx) =>
-              tx`insert into chat_memory (session_id, message) values (${attacker.chat}, ${tx.json(body as postgres.JSONValue)})`,
+              tx`insert into chat_memory (session_id, message) values (${attacker.chat}, ${JSON.stringify(body)}::jsonb)`,
           ),
         ),
       ).toBe("42501");
