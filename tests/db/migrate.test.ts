@@ -3,13 +3,20 @@
  * on an empty database builds the whole schema.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { runMigrations } from "../../server/src/db/migrate.js";
+import { migrationsFolder, runMigrations } from "../../server/src/db/migrate.js";
 import { adminSql, databaseUrl } from "../helpers/db.js";
 import { type FileDb, makeChat, makeUser, openFileDb } from "./fixtures.js";
 
-const MIGRATIONS = 6;
+/** Every migration in the journal (drizzle-kit appends one entry per migration file). */
+const MIGRATIONS = (
+  JSON.parse(readFileSync(join(migrationsFolder, "meta", "_journal.json"), "utf8")) as {
+    entries: unknown[];
+  }
+).entries.length;
 
 /** A fingerprint of everything the migrations create, to compare before and after a re-run. */
 async function schemaFingerprint(sql: postgres.Sql) {
