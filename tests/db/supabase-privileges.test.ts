@@ -216,15 +216,55 @@ describe("exact privileges", () => {
     expect(left?.n).toBe(0);
   });
 
-  test("every other table in public (later migrations) is closed to anon and PUBLIC and to TRUNCATE/REFERENCES/TRIGGER", async () => {
-    const rows = await sql<{ relname: string; role: string; privilege: string }[]>`
-      select c.relname::text, r.role, p as privilege
-        from pg_class c, unnest(${["anon", "authenticated", "service_role", "public"]}::text[]) r(role),
-             unnest(${TABLE_PRIVILEGES}::text[]) p
-       where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p', 'v', 'm', 'f')
-         and has_table_privilege(r.role, c.oid, p)
-         and (r.role in ('anon', 'public') or p in ('TRUNCATE', 'REFERENCES', 'TRIGGER'))`;
-    expect(rows).toEqual([]);
+  /**
+   * What is open that must not be, on any table or sequence in public, including those of later
+   * migrations: anything for anon or PUBLIC, TRUNCATE/REFERENCES/TRIGGER for any API role.
+   */
+  const openObjects = (db: postgres.Sql | postgres.TransactionSql) => db<
+    { relname: string; role: string; privilege: string }[]
+  >`
+    select c.relname::text, r.role, p as privilege
+      from pg_class c, unnest(${["anon", "authenticated", "service_role", "public"]}::text[]) r(role),
+           unnest(${TABLE_PRIVILEGES}::text[]) p
+     where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p', 'v', 'm', 'f')
+       and has_table_privilege(r.role, c.oid, p)
+       and (r.role in ('anon', 'public') or p in ('TRUNCATE', 'REFERENCES', 'TRIGGER'))
+    union all
+    select c.relname::text, r.role, p
+      from pg_class c, unnest(${["anon", "public"]}::text[]) r(role),
+           unnest(${["USAGE", "SELECT", "UPDATE"]}::text[]) p
+     where c.relnamespace = 'public'::regnamespace and c.relkind = 'S'
+       and has_sequence_privilege(r.role, c.oid, p)
+     order by 1, 2, 3`;
+
+  test("no table or sequence in public, including later migrations', is open to anon, PUBLIC or TRUNCATE", async () => {
+    expect(await openObjects(sql)).toEqual([]);
+  });
+
+  test("that check sees a table and a sequence that the default privileges opened", async () => {
+    // As the owner, the way a migration that forgot to revoke would create them; rolled back.
+    const rollback = Symbol("rollback");
+    let seen: { relname: string; role: string; privilege: string }[] = [];
+    await owner
+      .begin(async (tx) => {
+        await tx`create table public.forgot_to_revoke (id bigserial primary key)`;
+        seen = await openObjects(tx);
+        throw rollback;
+      })
+      .catch((e) => {
+        if (e !== rollback) throw e;
+      });
+    const summary = new Set(seen.map((r) => `${r.relname} ${r.role}`));
+    expect(summary).toEqual(
+      new Set([
+        "forgot_to_revoke anon",
+        "forgot_to_revoke authenticated",
+        "forgot_to_revoke public",
+        "forgot_to_revoke service_role",
+        "forgot_to_revoke_id_seq anon",
+        "forgot_to_revoke_id_seq public",
+      ]),
+    );
   });
 });
 
