@@ -9,6 +9,7 @@ import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { z } from "zod";
 import {
+  chatIdSchema,
   clientIdSchema,
   contentSchema,
   ErrorCode,
@@ -55,7 +56,6 @@ const userIdSchema = z
   .min(1)
   .max(191)
   .regex(/^[A-Za-z0-9._:@|-]+$/, "must be a Clerk user id");
-const chatIdSchema = z.uuid({ message: "must be a UUID" });
 const replyRole = z.enum(["assistant", "system"]);
 
 const storable = (max: number) => storableText(max).min(1);
