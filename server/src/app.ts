@@ -32,7 +32,7 @@ import { Revocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
-import { addressLimitMiddleware } from "./socket/address-limit.middleware.js";
+import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
 import { authMiddleware } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
 import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
@@ -52,8 +52,16 @@ export interface AppComponents {
   tokenGraceSeconds: number;
   /** Flood limits: per address, per user (message rate, connections) and per socket (commands). */
   rateLimits: RateLimits;
-  /** Browser origins allowed to connect; requests without an Origin header are always allowed. */
+  /**
+   * Browser origins allowed to connect; requests without an Origin header, and those whose
+   * Origin is the server's own (its host equals the Host header), are always allowed.
+   */
   origins: OriginPolicy;
+  /**
+   * Milliseconds a connection may take from its WebSocket handshake to a completed
+   * authentication (Socket.IO `connectTimeout`) before it is closed; default 10 s.
+   */
+  connectTimeoutMs?: number | undefined;
   /** Reverse proxies whose X-Forwarded-For entries are trusted for the client address; default 0. */
   trustProxy?: number | undefined;
   /** Prometheus metrics; default a fresh registry. */
@@ -122,6 +130,13 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   );
 
   const originAllowed = originChecker(components.origins);
+  const admission = {
+    rateLimits,
+    originAllowed,
+    trustProxy: components.trustProxy ?? 0,
+    metrics,
+    logger,
+  };
   const io: ChatServer = new Server(httpServer, {
     // Deliberate: the largest message (64k characters) fits with room to spare, and no frame
     // can make the server buffer more than this per packet (a larger WebSocket frame is
@@ -133,13 +148,16 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // (SDK, demo) uses WebSocket. With nothing to upgrade from, upgrades are off too.
     transports: ["websocket"],
     allowUpgrades: false,
-    // Every connection starts with this handshake (see the middleware below for the rest):
-    // a draining node takes no new connections, and a browser page from another origin none.
+    // Every connection starts with this handshake: a draining node takes no new connections;
+    // every other one is counted against its address and its Origin checked, and the verdict
+    // is given by the first middleware as a connect_error with a code (socket/admission.ts).
     allowRequest: (req, callback) => {
       if (inflight.draining) return callback("shutting down", false);
-      if (!originAllowed(req.headers.origin)) return callback("Origin not allowed", false);
-      callback(null, true);
+      void judgeHandshake(req, admission).then(() => callback(null, true));
     },
+    // A connection that has not completed authentication by then is closed (Socket.IO's
+    // default, 45 s, let idle unauthenticated WebSockets pile up).
+    connectTimeout: components.connectTimeoutMs ?? 10_000,
     // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
     // credentials: clients authenticate with a token, never with cookies.
     cors: {
@@ -151,6 +169,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   // allowRequest sees only requests that open a session. One that names an existing session
   // (`sid`) is how polling continues or upgrades; with WebSocket only no client sends one, so
   // it is refused rather than let past the checks above.
+  closeIdleRefused(io);
   io.engine.use((req: IncomingMessage, _res: unknown, next: (err?: Error) => void) => {
     const sid = new URL(req.url ?? "/", "http://localhost").searchParams.has("sid");
     next(sid ? new Error("Session ids are not accepted (WebSocket only)") : undefined);
@@ -213,15 +232,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
   };
 
-  // Cheapest first: the address limit refuses a flood before any token is verified.
-  io.use(
-    addressLimitMiddleware({
-      rateLimits,
-      trustProxy: components.trustProxy ?? 0,
-      metrics,
-      logger,
-    }),
-  );
+  // First: the handshake's verdict (origin, address limit), before any token is verified.
+  io.use(admissionMiddleware(admission));
   const handlers: CommandHandlers = {
     ...chatHandlers(chats),
     ...messageHandlers(messages),

@@ -61,6 +61,8 @@ export interface TestServerOptions {
   /** Trusted reverse proxies (X-Forwarded-For hops) for the client address; default 0. */
   trustProxy?: number;
   commandTimeoutMs?: number;
+  /** Milliseconds from the WebSocket handshake to completed authentication (default 10 s). */
+  connectTimeoutMs?: number;
   /** Enables the service-role HTTP API with this key. */
   serviceApiKey?: string;
   /** Enables `POST /webhooks/clerk` with this signing secret (`whsec_…`). */
@@ -124,6 +126,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     metrics,
     rateLimits,
     commandTimeoutMs: options.commandTimeoutMs,
+    connectTimeoutMs: options.connectTimeoutMs,
     database,
     verifier: createClerkVerifier({
       jwtKey: testKeys.publicKeyPem,
