@@ -62,6 +62,11 @@ export interface AppComponents {
    * authentication (Socket.IO `connectTimeout`) before it is closed; default 10 s.
    */
   connectTimeoutMs?: number | undefined;
+  /**
+   * Milliseconds a request body to the service API or the webhooks may take to arrive before
+   * it is answered 408 and its connection closed; default 10 s (http/http-json.ts).
+   */
+  httpBodyTimeoutMs?: number | undefined;
   /** Reverse proxies whose X-Forwarded-For entries are trusted for the client address; default 0. */
   trustProxy?: number | undefined;
   /** Prometheus metrics; default a fresh registry. */
@@ -206,6 +211,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         logger,
         inflight,
         timeoutMs: commandTimeoutMs,
+        bodyTimeoutMs: components.httpBodyTimeoutMs,
       }),
     );
   }
@@ -216,6 +222,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         service: new ClerkWebhookService(users, broadcaster, logger, revocations),
         logger,
         inflight,
+        bodyTimeoutMs: components.httpBodyTimeoutMs,
       }),
     );
   }

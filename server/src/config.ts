@@ -3,6 +3,7 @@
  * a bad value stops the process with a message that names the variable.
  */
 import { z } from "zod";
+import type { HttpTimeouts } from "./http/server-options.js";
 import type { RateLimitConfig } from "./services/rate-limits.js";
 import { normalizeOrigin, type OriginPolicy } from "./socket/origins.js";
 
@@ -66,6 +67,25 @@ const envSchema = z.object({
     .transform((v) => v === "true" || v === "1"),
   /** Milliseconds a command may take before it is answered UNAVAILABLE (slow or cut database). */
   COMMAND_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5000),
+  /**
+   * Milliseconds a connection may take from its WebSocket handshake to completed authentication
+   * (Socket.IO's connectTimeout) before it is closed. Default 10 s (Socket.IO's own, 45 s, let
+   * idle unauthenticated WebSockets pile up); a connection refused at the handshake (origin,
+   * address limit) that never sends its CONNECT is closed after 2 s.
+   */
+  CONNECT_TIMEOUT_MS: z.coerce.number().int().min(1000).max(60_000).default(10_000),
+  /**
+   * Milliseconds a client may take to send a request's headers (Node's headersTimeout; its
+   * default is 60 s). Default 10 s.
+   */
+  HTTP_HEADERS_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
+  /**
+   * Milliseconds a request body to the service API or the Clerk webhook may take to arrive;
+   * past it the request is answered 408 and its connection closed. Default 10 s (Node's own
+   * bound, requestTimeout, is 300 s, and the webhook reads up to 256 KiB before it can check
+   * the signature).
+   */
+  HTTP_BODY_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
   RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
   /** The message rate window, in seconds. */
@@ -130,6 +150,10 @@ export interface Config {
   auth: AuthConfig;
   tokenGraceSeconds: number;
   commandTimeoutMs: number;
+  /** Milliseconds from the WebSocket handshake to completed authentication. */
+  connectTimeoutMs: number;
+  /** How long a client may take to send a request's headers and body. */
+  http: HttpTimeouts;
   rateLimits: RateLimitConfig;
   /** Which browser origins may connect. */
   origins: OriginPolicy;
@@ -241,6 +265,8 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       : { mode: "development" },
     tokenGraceSeconds: e.TOKEN_GRACE_SECONDS,
     commandTimeoutMs: e.COMMAND_TIMEOUT_MS,
+    connectTimeoutMs: e.CONNECT_TIMEOUT_MS,
+    http: { headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.HTTP_BODY_TIMEOUT_MS },
     rateLimits: {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
       messageWindowSeconds: e.RATE_LIMIT_MESSAGE_WINDOW_SECONDS,
