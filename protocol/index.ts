@@ -256,6 +256,8 @@ export interface SocketData {
   userId: string;
   /** Primary key of the user's `users` row. */
   dbUserId: string;
+  /** `users.subscription_tier` when the socket connected: picks the per-user write limits. */
+  subscriptionTier: string | null;
   /** Clerk session id (`sid`), when the token has one. */
   sessionId: string | null;
   /** Expiry of the current token, epoch milliseconds. */

@@ -184,7 +184,12 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
   const messageRepo = new MessageRepository(database.db, database.sql, metrics);
-  const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
+  const chats = new ChatService(
+    new ChatRepository(database.db),
+    messageRepo,
+    broadcaster,
+    rateLimits,
+  );
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 

@@ -88,6 +88,37 @@ const envSchema = z.object({
   HTTP_BODY_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
   RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
+  /**
+   * Per-user write limits by subscription tier (`users.subscription_tier`), as JSON:
+   * `{"<tier>": {"messages": n, "chatCreates": n, "chatEdits": n}}`, every field optional.
+   * Defaults: free = RATE_LIMIT_MESSAGES messages per window, 20 chat creates and 60 chat
+   * renames/deletes per minute; pro = 4 × free; enterprise = 10 × free. A tier named here
+   * overrides those fields (a new name adds a tier, starting from free's limits); a user whose
+   * tier is unknown or unset has the free limits. The tier is read when a socket connects.
+   */
+  RATE_LIMIT_TIERS: optionalString.pipe(
+    z
+      .string()
+      .transform((text, ctx) => {
+        try {
+          return JSON.parse(text) as unknown;
+        } catch {
+          ctx.addIssue({ code: "custom", message: "must be JSON" });
+          return z.NEVER;
+        }
+      })
+      .pipe(
+        z.record(
+          z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "tier names are 1-64 letters, digits, _ . -"),
+          z.strictObject({
+            messages: z.number().int().min(1).optional(),
+            chatCreates: z.number().int().min(1).optional(),
+            chatEdits: z.number().int().min(1).optional(),
+          }),
+        ),
+      )
+      .optional(),
+  ),
   /** The message rate window, in seconds. */
   RATE_LIMIT_MESSAGE_WINDOW_SECONDS: z.coerce.number().int().min(1).default(10),
   /** Connection attempts one user may make per minute, across nodes. */
@@ -269,6 +300,10 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     http: { headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.HTTP_BODY_TIMEOUT_MS },
     rateLimits: {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
+      // Free tier defaults; RATE_LIMIT_TIERS may override them (resolveTiers in rate-limits.ts).
+      chatCreatesPerMinute: 20,
+      chatEditsPerMinute: 60,
+      tiers: e.RATE_LIMIT_TIERS,
       messageWindowSeconds: e.RATE_LIMIT_MESSAGE_WINDOW_SECONDS,
       connectionsPerMinute: e.RATE_LIMIT_CONNECTIONS_PER_MINUTE,
       maxSocketsPerUser: e.MAX_SOCKETS_PER_USER,

@@ -117,6 +117,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   const rateLimits = new RateLimits(
     {
       messagesPerWindow: 100_000,
+      chatCreatesPerMinute: 100_000,
+      chatEditsPerMinute: 100_000,
       messageWindowSeconds: 10,
       connectionsPerMinute: 10_000,
       maxSocketsPerUser: 1000,

@@ -88,7 +88,7 @@ export function authMiddleware(deps: {
         );
       }
       reserved = verified.userId; // released on disconnect (app.ts) or refusal below
-      const dbUserId = await users.provision(verified.userId);
+      const { dbUserId, subscriptionTier } = await users.provisionUser(verified.userId);
       if (socket.conn.readyState !== "open") {
         // The client left mid-handshake: Socket.IO drops this socket without a "disconnect",
         // so the slot taken above would never be released.
@@ -99,6 +99,7 @@ export function authMiddleware(deps: {
       socket.data = {
         userId: verified.userId,
         dbUserId,
+        subscriptionTier,
         sessionId: verified.sessionId,
         tokenExpiresAt: verified.expiresAt,
       };
