@@ -158,7 +158,13 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // is given by the first middleware as a connect_error with a code (socket/admission.ts).
     allowRequest: (req, callback) => {
       if (inflight.draining) return callback("shutting down", false);
-      void judgeHandshake(req, admission).then(() => callback(null, true));
+      judgeHandshake(req, admission).then(
+        () => callback(null, true),
+        (err: unknown) => {
+          logger.error({ err }, "handshake admission failed");
+          callback("Internal error", false);
+        },
+      );
     },
     // A connection that has not completed authentication by then is closed (Socket.IO's
     // default, 45 s, let idle unauthenticated WebSockets pile up).

@@ -34,7 +34,7 @@ function refuse(data: RefusalData, message: string): ExtendedError {
 /**
  * Refuses a handshake: the client gets `connect_error` with `data`, then the connection is
  * closed. A well-behaved client closes it itself; a hostile one would otherwise keep the bare
- * connection (and retry on it) until Socket.IO's connect timeout, 45 s later.
+ * connection (and retry on it) until the connect timeout (CONNECT_TIMEOUT_MS, 10 s) ends it.
  */
 export function refuseHandshake(
   socket: ChatSocket,
