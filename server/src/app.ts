@@ -50,7 +50,10 @@ export interface AppComponents {
   logger: Logger;
   /** Seconds a socket may outlive its token without refreshing. */
   tokenGraceSeconds: number;
-  /** Flood limits: per address, per user (message rate, connections) and per socket (commands). */
+  /**
+   * Flood limits: per address, per user (connections; writes by subscription tier) and per
+   * socket (commands).
+   */
   rateLimits: RateLimits;
   /**
    * Browser origins allowed to connect; requests without an Origin header, and those whose
@@ -177,10 +180,11 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
+  // A connection refused at the handshake that never sends its CONNECT is closed after 2 s.
+  closeIdleRefused(io);
   // allowRequest sees only requests that open a session. One that names an existing session
   // (`sid`) is how polling continues or upgrades; with WebSocket only no client sends one, so
   // it is refused rather than let past the checks above.
-  closeIdleRefused(io);
   io.engine.use((req: IncomingMessage, _res: unknown, next: (err?: Error) => void) => {
     const sid = new URL(req.url ?? "/", "http://localhost").searchParams.has("sid");
     next(sid ? new Error("Session ids are not accepted (WebSocket only)") : undefined);

@@ -147,8 +147,10 @@ const envSchema = z.object({
    * Comma-separated browser origins allowed to connect (the `Origin` header of the WebSocket
    * handshake), e.g. `https://app.example.com`. Unset: CLERK_AUTHORIZED_PARTIES (the app's own
    * origins, required in production), plus any loopback origin outside production. Requests
-   * without an Origin header (native apps, servers) are not browsers and are always allowed:
-   * they authenticate with a token, which a foreign page cannot obtain.
+   * without an Origin header (native apps, servers), and those whose Origin is the server's own
+   * (host and port equal to the Host header, as python-socketio sends), are always allowed:
+   * they are not foreign pages, and they authenticate with a token, which a foreign page cannot
+   * obtain. Any other origin is refused with connect_error ORIGIN_NOT_ALLOWED.
    */
   CORS_ORIGINS: optionalString.pipe(csv.optional()),
   /**
