@@ -60,6 +60,11 @@ export const ConnectErrorCode = {
   TOKEN_INVALID: "TOKEN_INVALID",
   /** The token's `azp` is not one of the server's authorized parties. */
   TOKEN_WRONG_PARTY: "TOKEN_WRONG_PARTY",
+  /**
+   * The handshake's `Origin` is not allowed: a browser page of another site. Configuration or
+   * an attack: do not retry. (Non-browser clients send no Origin or the server's own.)
+   */
+  ORIGIN_NOT_ALLOWED: "ORIGIN_NOT_ALLOWED",
   /** Too many connections for this user or address. Retry later. */
   RATE_LIMITED: "RATE_LIMITED",
   /** The server could not complete the handshake (e.g. database unavailable). Retry later. */

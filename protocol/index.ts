@@ -30,7 +30,13 @@ export const storableText = (max: number) =>
     .refine((s) => !s.includes("\u0000"), "must not contain NUL characters")
     .refine((s) => s.isWellFormed(), "must be well-formed Unicode");
 
-const chatId = z.uuid({ message: "must be a UUID" });
+/**
+ * A chat id: a UUID in any letter case, normalised to lower case, the form Postgres returns and
+ * the one room names are built from. Without it, a device that opened a chat by its upper-case
+ * id would sit in another room and miss the chat's broadcasts.
+ */
+export const chatIdSchema = z.uuid({ message: "must be a UUID" }).transform((s) => s.toLowerCase());
+const chatId = chatIdSchema;
 const title = storableText(Limits.MAX_TITLE_CHARS)
   .transform((s) => s.trim())
   .pipe(z.string().min(1, "must not be blank"));
@@ -335,6 +341,8 @@ export interface SocketData {
   userId: string;
   /** Primary key of the user's `users` row. */
   dbUserId: string;
+  /** `users.subscription_tier` when the socket connected: picks the per-user write limits. */
+  subscriptionTier: string | null;
   /** Clerk session id (`sid`), when the token has one. */
   sessionId: string | null;
   /** Expiry of the current token, epoch milliseconds. */

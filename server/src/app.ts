@@ -32,7 +32,7 @@ import { Revocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
-import { addressLimitMiddleware } from "./socket/address-limit.middleware.js";
+import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
 import { authMiddleware } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
 import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
@@ -50,10 +50,26 @@ export interface AppComponents {
   logger: Logger;
   /** Seconds a socket may outlive its token without refreshing. */
   tokenGraceSeconds: number;
-  /** Flood limits: per address, per user (message rate, connections) and per socket (commands). */
+  /**
+   * Flood limits: per address, per user (connections; writes by subscription tier) and per
+   * socket (commands).
+   */
   rateLimits: RateLimits;
-  /** Browser origins allowed to connect; requests without an Origin header are always allowed. */
+  /**
+   * Browser origins allowed to connect; requests without an Origin header, and those whose
+   * Origin is the server's own (its host equals the Host header), are always allowed.
+   */
   origins: OriginPolicy;
+  /**
+   * Milliseconds a connection may take from its WebSocket handshake to a completed
+   * authentication (Socket.IO `connectTimeout`) before it is closed; default 10 s.
+   */
+  connectTimeoutMs?: number | undefined;
+  /**
+   * Milliseconds a request body to the service API or the webhooks may take to arrive before
+   * it is answered 408 and its connection closed; default 10 s (http/http-json.ts).
+   */
+  httpBodyTimeoutMs?: number | undefined;
   /** Reverse proxies whose X-Forwarded-For entries are trusted for the client address; default 0. */
   trustProxy?: number | undefined;
   /** Prometheus metrics; default a fresh registry. */
@@ -122,6 +138,13 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   );
 
   const originAllowed = originChecker(components.origins);
+  const admission = {
+    rateLimits,
+    originAllowed,
+    trustProxy: components.trustProxy ?? 0,
+    metrics,
+    logger,
+  };
   const io: ChatServer = new Server(httpServer, {
     // Deliberate: the largest message (64k characters) fits with room to spare, and no frame
     // can make the server buffer more than this per packet (a larger WebSocket frame is
@@ -133,13 +156,22 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // (SDK, demo) uses WebSocket. With nothing to upgrade from, upgrades are off too.
     transports: ["websocket"],
     allowUpgrades: false,
-    // Every connection starts with this handshake (see the middleware below for the rest):
-    // a draining node takes no new connections, and a browser page from another origin none.
+    // Every connection starts with this handshake: a draining node takes no new connections;
+    // every other one is counted against its address and its Origin checked, and the verdict
+    // is given by the first middleware as a connect_error with a code (socket/admission.ts).
     allowRequest: (req, callback) => {
       if (inflight.draining) return callback("shutting down", false);
-      if (!originAllowed(req.headers.origin)) return callback("Origin not allowed", false);
-      callback(null, true);
+      judgeHandshake(req, admission).then(
+        () => callback(null, true),
+        (err: unknown) => {
+          logger.error({ err }, "handshake admission failed");
+          callback("Internal error", false);
+        },
+      );
     },
+    // A connection that has not completed authentication by then is closed (Socket.IO's
+    // default, 45 s, let idle unauthenticated WebSockets pile up).
+    connectTimeout: components.connectTimeoutMs ?? 10_000,
     // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
     // credentials: clients authenticate with a token, never with cookies.
     cors: {
@@ -148,6 +180,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
+  // A connection refused at the handshake that never sends its CONNECT is closed after 2 s.
+  closeIdleRefused(io);
   // allowRequest sees only requests that open a session. One that names an existing session
   // (`sid`) is how polling continues or upgrades; with WebSocket only no client sends one, so
   // it is refused rather than let past the checks above.
@@ -160,7 +194,12 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
   const messageRepo = new MessageRepository(database.db, database.sql, metrics);
-  const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
+  const chats = new ChatService(
+    new ChatRepository(database.db),
+    messageRepo,
+    broadcaster,
+    rateLimits,
+  );
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
@@ -187,6 +226,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         logger,
         inflight,
         timeoutMs: commandTimeoutMs,
+        bodyTimeoutMs: components.httpBodyTimeoutMs,
       }),
     );
   }
@@ -197,6 +237,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         service: new ClerkWebhookService(users, broadcaster, logger, revocations),
         logger,
         inflight,
+        bodyTimeoutMs: components.httpBodyTimeoutMs,
       }),
     );
   }
@@ -213,15 +254,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
   };
 
-  // Cheapest first: the address limit refuses a flood before any token is verified.
-  io.use(
-    addressLimitMiddleware({
-      rateLimits,
-      trustProxy: components.trustProxy ?? 0,
-      metrics,
-      logger,
-    }),
-  );
+  // First: the handshake's verdict (origin, address limit), before any token is verified.
+  io.use(admissionMiddleware(admission));
   const handlers: CommandHandlers = {
     ...chatHandlers(chats),
     ...messageHandlers(messages),

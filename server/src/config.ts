@@ -3,6 +3,7 @@
  * a bad value stops the process with a message that names the variable.
  */
 import { z } from "zod";
+import type { HttpTimeouts } from "./http/server-options.js";
 import type { RateLimitConfig } from "./services/rate-limits.js";
 import { normalizeOrigin, type OriginPolicy } from "./socket/origins.js";
 
@@ -66,8 +67,58 @@ const envSchema = z.object({
     .transform((v) => v === "true" || v === "1"),
   /** Milliseconds a command may take before it is answered UNAVAILABLE (slow or cut database). */
   COMMAND_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5000),
+  /**
+   * Milliseconds a connection may take from its WebSocket handshake to completed authentication
+   * (Socket.IO's connectTimeout) before it is closed. Default 10 s (Socket.IO's own, 45 s, let
+   * idle unauthenticated WebSockets pile up); a connection refused at the handshake (origin,
+   * address limit) that never sends its CONNECT is closed after 2 s.
+   */
+  CONNECT_TIMEOUT_MS: z.coerce.number().int().min(1000).max(60_000).default(10_000),
+  /**
+   * Milliseconds a client may take to send a request's headers (Node's headersTimeout; its
+   * default is 60 s). Default 10 s.
+   */
+  HTTP_HEADERS_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
+  /**
+   * Milliseconds a request body to the service API or the Clerk webhook may take to arrive;
+   * past it the request is answered 408 and its connection closed. Default 10 s (Node's own
+   * bound, requestTimeout, is 300 s, and the webhook reads up to 256 KiB before it can check
+   * the signature).
+   */
+  HTTP_BODY_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
   RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
+  /**
+   * Per-user write limits by subscription tier (`users.subscription_tier`), as JSON:
+   * `{"<tier>": {"messages": n, "chatCreates": n, "chatEdits": n}}`, every field optional.
+   * Defaults: free = RATE_LIMIT_MESSAGES messages per window, 20 chat creates and 60 chat
+   * renames/deletes per minute; pro = 4 × free; enterprise = 10 × free. A tier named here
+   * overrides those fields (a new name adds a tier, starting from free's limits); a user whose
+   * tier is unknown or unset has the free limits. The tier is read when a socket connects.
+   */
+  RATE_LIMIT_TIERS: optionalString.pipe(
+    z
+      .string()
+      .transform((text, ctx) => {
+        try {
+          return JSON.parse(text) as unknown;
+        } catch {
+          ctx.addIssue({ code: "custom", message: "must be JSON" });
+          return z.NEVER;
+        }
+      })
+      .pipe(
+        z.record(
+          z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "tier names are 1-64 letters, digits, _ . -"),
+          z.strictObject({
+            messages: z.number().int().min(1).optional(),
+            chatCreates: z.number().int().min(1).optional(),
+            chatEdits: z.number().int().min(1).optional(),
+          }),
+        ),
+      )
+      .optional(),
+  ),
   /** The message rate window, in seconds. */
   RATE_LIMIT_MESSAGE_WINDOW_SECONDS: z.coerce.number().int().min(1).default(10),
   /** Connection attempts one user may make per minute, across nodes. */
@@ -96,8 +147,10 @@ const envSchema = z.object({
    * Comma-separated browser origins allowed to connect (the `Origin` header of the WebSocket
    * handshake), e.g. `https://app.example.com`. Unset: CLERK_AUTHORIZED_PARTIES (the app's own
    * origins, required in production), plus any loopback origin outside production. Requests
-   * without an Origin header (native apps, servers) are not browsers and are always allowed:
-   * they authenticate with a token, which a foreign page cannot obtain.
+   * without an Origin header (native apps, servers), and those whose Origin is the server's own
+   * (host and port equal to the Host header, as python-socketio sends), are always allowed:
+   * they are not foreign pages, and they authenticate with a token, which a foreign page cannot
+   * obtain. Any other origin is refused with connect_error ORIGIN_NOT_ALLOWED.
    */
   CORS_ORIGINS: optionalString.pipe(csv.optional()),
   /**
@@ -130,6 +183,10 @@ export interface Config {
   auth: AuthConfig;
   tokenGraceSeconds: number;
   commandTimeoutMs: number;
+  /** Milliseconds from the WebSocket handshake to completed authentication. */
+  connectTimeoutMs: number;
+  /** How long a client may take to send a request's headers and body. */
+  http: HttpTimeouts;
   rateLimits: RateLimitConfig;
   /** Which browser origins may connect. */
   origins: OriginPolicy;
@@ -281,8 +338,14 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       : { mode: "development" },
     tokenGraceSeconds: e.TOKEN_GRACE_SECONDS,
     commandTimeoutMs: e.COMMAND_TIMEOUT_MS,
+    connectTimeoutMs: e.CONNECT_TIMEOUT_MS,
+    http: { headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.HTTP_BODY_TIMEOUT_MS },
     rateLimits: {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
+      // Free tier defaults; RATE_LIMIT_TIERS may override them (resolveTiers in rate-limits.ts).
+      chatCreatesPerMinute: 20,
+      chatEditsPerMinute: 60,
+      tiers: e.RATE_LIMIT_TIERS,
       messageWindowSeconds: e.RATE_LIMIT_MESSAGE_WINDOW_SECONDS,
       connectionsPerMinute: e.RATE_LIMIT_CONNECTIONS_PER_MINUTE,
       maxSocketsPerUser: e.MAX_SOCKETS_PER_USER,

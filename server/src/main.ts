@@ -12,6 +12,7 @@ import { createDatabase } from "./db/client.js";
 import { type EmbeddedDatabase, startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { runMigrations } from "./db/migrate.js";
 import { createDemoHandler } from "./http/demo.js";
+import { httpServerOptions } from "./http/server-options.js";
 import { createLogger } from "./logger.js";
 import { Metrics } from "./metrics.js";
 import { createRedisAdapter } from "./redis-adapter.js";
@@ -63,13 +64,15 @@ async function main(): Promise<void> {
     : undefined;
   const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);
 
-  const httpServer = createServer();
+  const httpServer = createServer(httpServerOptions(config.http));
   const app = createApplication(httpServer, {
     database,
     verifier,
     logger,
     tokenGraceSeconds: config.tokenGraceSeconds,
     commandTimeoutMs: config.commandTimeoutMs,
+    connectTimeoutMs: config.connectTimeoutMs,
+    httpBodyTimeoutMs: config.http.bodyTimeoutMs,
     rateLimits,
     origins: config.origins,
     trustProxy: config.trustProxy,

@@ -13,6 +13,11 @@ import { type Application, createApplication } from "../../server/src/app.js";
 import { type MintOptions, mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { createClerkVerifier } from "../../server/src/auth/token-verifier.js";
 import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
+import {
+  DEFAULT_HTTP_TIMEOUTS,
+  type HttpTimeouts,
+  httpServerOptions,
+} from "../../server/src/http/server-options.js";
 import { createLogger } from "../../server/src/logger.js";
 import { Metrics } from "../../server/src/metrics.js";
 import { createRedisAdapter } from "../../server/src/redis-adapter.js";
@@ -61,6 +66,10 @@ export interface TestServerOptions {
   /** Trusted reverse proxies (X-Forwarded-For hops) for the client address; default 0. */
   trustProxy?: number;
   commandTimeoutMs?: number;
+  /** Milliseconds from the WebSocket handshake to completed authentication (default 10 s). */
+  connectTimeoutMs?: number;
+  /** How long a client may take to send headers and bodies (default as in production). */
+  httpTimeouts?: Partial<HttpTimeouts>;
   /** Enables the service-role HTTP API with this key. */
   serviceApiKey?: string;
   /** Enables `POST /webhooks/clerk` with this signing secret (`whsec_…`). */
@@ -108,6 +117,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   const rateLimits = new RateLimits(
     {
       messagesPerWindow: 100_000,
+      chatCreatesPerMinute: 100_000,
+      chatEditsPerMinute: 100_000,
       messageWindowSeconds: 10,
       connectionsPerMinute: 10_000,
       maxSocketsPerUser: 1000,
@@ -119,11 +130,14 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     redis?.client,
     options.redisKeyPrefix ?? "test",
   );
-  const httpServer = createServer();
+  const httpTimeouts = { ...DEFAULT_HTTP_TIMEOUTS, ...options.httpTimeouts };
+  const httpServer = createServer(httpServerOptions(httpTimeouts));
   const app = createApplication(httpServer, {
     metrics,
     rateLimits,
     commandTimeoutMs: options.commandTimeoutMs,
+    connectTimeoutMs: options.connectTimeoutMs,
+    httpBodyTimeoutMs: httpTimeouts.bodyTimeoutMs,
     database,
     verifier: createClerkVerifier({
       jwtKey: testKeys.publicKeyPem,

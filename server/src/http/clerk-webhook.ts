@@ -6,7 +6,7 @@
  *
  * Answers: 200 when handled or deliberately ignored (so Svix stops retrying), 400 for missing
  * headers, a body that is not JSON or a malformed event, 401 for a bad signature or a stale timestamp (a replay), 413
- * for an oversized body, 503 when the database is unavailable (Svix retries later).
+ * for an oversized body, 408 for a body that does not arrive within HTTP_BODY_TIMEOUT_MS, 503 when the database is unavailable (Svix retries later).
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { verifyWebhook } from "@clerk/backend/webhooks";
@@ -18,8 +18,8 @@ import type { Inflight } from "../socket/inflight.js";
 import {
   invalidJson,
   parseJson,
-  payloadTooLarge,
   readBody,
+  sendBodyFailure,
   sendError,
   sendFailure,
 } from "./http-json.js";
@@ -36,6 +36,8 @@ export interface ClerkWebhookDeps {
   service: ClerkWebhookService;
   logger: Logger;
   inflight: Inflight;
+  /** Milliseconds the body may take to arrive (408 past it); default DEFAULT_BODY_TIMEOUT_MS. */
+  bodyTimeoutMs?: number | undefined;
 }
 
 /** Text Postgres can store: no NUL, no lone surrogate (a 500 from the database otherwise). */
@@ -111,9 +113,9 @@ export function createClerkWebhookRoute(deps: ClerkWebhookDeps): HttpRoute {
         sendError(res, { code: ErrorCode.UNAVAILABLE, message: "Shutting down; retry" });
         return true;
       }
-      const read = await readBody(req, res, WEBHOOK_MAX_BODY_BYTES);
+      const read = await readBody(req, res, WEBHOOK_MAX_BODY_BYTES, deps.bodyTimeoutMs);
       if (!read.ok) {
-        sendError(res, payloadTooLarge(WEBHOOK_MAX_BODY_BYTES), 413);
+        sendBodyFailure(res, read, WEBHOOK_MAX_BODY_BYTES, deps.bodyTimeoutMs);
         return true;
       }
 

@@ -9,6 +9,7 @@ import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { z } from "zod";
 import {
+  chatIdSchema,
   clientIdSchema,
   contentSchema,
   ErrorCode,
@@ -24,8 +25,8 @@ import type { Inflight } from "../socket/inflight.js";
 import {
   invalidJson,
   parseJson,
-  payloadTooLarge,
   readBody,
+  sendBodyFailure,
   sendError,
   sendFailure,
 } from "./http-json.js";
@@ -44,6 +45,8 @@ export interface ServiceApiDeps {
   /** A request not done by then is answered 503 UNAVAILABLE (the work itself goes on). */
   timeoutMs: number;
   maxBodyBytes?: number;
+  /** Milliseconds the body may take to arrive (408 past it); default DEFAULT_BODY_TIMEOUT_MS. */
+  bodyTimeoutMs?: number | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -55,7 +58,6 @@ const userIdSchema = z
   .min(1)
   .max(191)
   .regex(/^[A-Za-z0-9._:@|-]+$/, "must be a Clerk user id");
-const chatIdSchema = z.uuid({ message: "must be a UUID" });
 const replyRole = z.enum(["assistant", "system"]);
 
 const storable = (max: number) => storableText(max).min(1);
@@ -354,9 +356,9 @@ export function createServiceApi(deps: ServiceApiDeps): HttpRoute {
       }
       let body: unknown;
       if (req.method === "POST") {
-        const read = await readBody(req, res, maxBodyBytes);
+        const read = await readBody(req, res, maxBodyBytes, deps.bodyTimeoutMs);
         if (!read.ok) {
-          sendError(res, payloadTooLarge(maxBodyBytes), 413);
+          sendBodyFailure(res, read, maxBodyBytes, deps.bodyTimeoutMs);
           return true;
         }
         const parsed = parseJson(read.text);

@@ -30,15 +30,18 @@ export type TokenUsageResult =
 export class UserRepository {
   constructor(private readonly db: Database) {}
 
-  /** Creates the user's row on first sight; otherwise records that they were seen. Returns the row id. */
-  async upsertSeen(clerkId: string): Promise<string> {
+  /**
+   * Creates the user's row on first sight; otherwise records that they were seen. Returns the
+   * row id and the subscription tier (which picks the user's rate limits).
+   */
+  async upsertSeen(clerkId: string): Promise<{ id: string; subscriptionTier: string | null }> {
     const [row] = await this.db
       .insert(users)
       .values({ clerkId })
       .onConflictDoUpdate({ target: users.clerkId, set: { lastSeenAt: sql`now()` } })
-      .returning({ id: users.id });
+      .returning({ id: users.id, subscriptionTier: users.subscriptionTier });
     if (!row) throw new Error("upsert returned no row");
-    return row.id;
+    return row;
   }
 
   /**

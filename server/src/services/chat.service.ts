@@ -11,13 +11,18 @@ import type { Actor } from "./actor.js";
 import { AppError, notFound } from "./errors.js";
 import { toChatMessage, toChatSummary } from "./mappers.js";
 import type { Notifier } from "./notifier.js";
+import type { RateLimits } from "./rate-limits.js";
 
-/** Chats: the sidebar, and opening a chat. Every operation is scoped to the actor's own chats. */
+/**
+ * Chats: the sidebar, and opening a chat. Every operation is scoped to the actor's own chats,
+ * and every write (create, rename, delete) is rate-limited per user, by tier.
+ */
 export class ChatService {
   constructor(
     private readonly chats: ChatRepository,
     private readonly messages: MessageRepository,
     private readonly notifier: Notifier,
+    private readonly rateLimits: RateLimits,
   ) {}
 
   async list(
@@ -36,6 +41,7 @@ export class ChatService {
   }
 
   async create(actor: Actor, input: CommandPayload<"chat:create">): Promise<ChatSummary> {
+    await this.rateLimits.consumeWrite(actor, "chatCreate");
     const inserted = await this.chats.insert(actor.dbUserId, input);
     if (!inserted) {
       // A retried create with the same client-chosen id: return the chat if it is the actor's.
@@ -50,6 +56,7 @@ export class ChatService {
   }
 
   async rename(actor: Actor, input: CommandPayload<"chat:rename">): Promise<ChatSummary> {
+    await this.rateLimits.consumeWrite(actor, "chatEdit");
     const row = await this.chats.rename(actor.dbUserId, input.chatId, input.title);
     if (!row) throw notFound();
     const chat = toChatSummary(row);
@@ -58,6 +65,7 @@ export class ChatService {
   }
 
   async delete(actor: Actor, input: CommandPayload<"chat:delete">): Promise<{ chatId: string }> {
+    await this.rateLimits.consumeWrite(actor, "chatEdit");
     if (!(await this.chats.delete(actor.dbUserId, input.chatId))) throw notFound();
     this.notifier.chatDeleted(actor.userId, input.chatId);
     return { chatId: input.chatId };

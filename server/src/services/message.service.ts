@@ -185,9 +185,9 @@ export class MessageService {
     this.notifier.statsChanged(actor.userId);
   }
 
-  /** A user's own send: rate-limited per user across devices and nodes. */
+  /** A user's own send: rate-limited per user across devices and nodes, by tier. */
   async send(actor: Actor, input: CommandPayload<"message:send">) {
-    await this.rateLimits.consumeMessage(actor.userId);
+    await this.rateLimits.consumeWrite(actor, "message");
     return this.post(actor, {
       chatId: input.chatId,
       clientId: input.clientId,

@@ -50,9 +50,15 @@ export interface ProvisionOptions {
   seenFlushMs?: number;
 }
 
+/** What provisioning returns: the user's row id and subscription tier. */
+export interface ProvisionedUser {
+  dbUserId: string;
+  subscriptionTier: string | null;
+}
+
 export class UserService {
-  /** Clerk id → row id, trusted for knownTtlMs. */
-  private readonly known: ExpiringMap<string, string>;
+  /** Clerk id → row id and tier, trusted for knownTtlMs. */
+  private readonly known: ExpiringMap<string, ProvisionedUser>;
   /** Known users seen since the last flush. */
   private readonly seen = new Set<string>();
   private flushTimer: NodeJS.Timeout | undefined;
@@ -77,15 +83,25 @@ export class UserService {
    * their next connection provisions again.
    */
   async provision(clerkId: string): Promise<string> {
+    return (await this.provisionUser(clerkId)).dbUserId;
+  }
+
+  /**
+   * `provision`, with the user's subscription tier as of their row's upsert: a known user's
+   * tier is the one remembered with their row id, so a tier change reaches this node's
+   * connections within knownTtlMs (5 minutes by default).
+   */
+  async provisionUser(clerkId: string): Promise<ProvisionedUser> {
     const known = this.known.get(clerkId);
     if (known) {
       this.seen.add(clerkId);
       this.scheduleFlush();
       return known;
     }
-    const dbUserId = await this.users.upsertSeen(clerkId);
-    this.known.set(clerkId, dbUserId, Date.now() + this.knownTtlMs);
-    return dbUserId;
+    const row = await this.users.upsertSeen(clerkId);
+    const user = { dbUserId: row.id, subscriptionTier: row.subscriptionTier };
+    this.known.set(clerkId, user, Date.now() + this.knownTtlMs);
+    return user;
   }
 
   /** Writes the pending `last_seen_at` updates now. Never rejects: a failure is retried later. */

@@ -34,7 +34,7 @@ function refuse(data: RefusalData, message: string): ExtendedError {
 /**
  * Refuses a handshake: the client gets `connect_error` with `data`, then the connection is
  * closed. A well-behaved client closes it itself; a hostile one would otherwise keep the bare
- * connection (and retry on it) until Socket.IO's connect timeout, 45 s later.
+ * connection (and retry on it) until the connect timeout (CONNECT_TIMEOUT_MS, 10 s) ends it.
  */
 export function refuseHandshake(
   socket: ChatSocket,
@@ -88,7 +88,7 @@ export function authMiddleware(deps: {
         );
       }
       reserved = verified.userId; // released on disconnect (app.ts) or refusal below
-      const dbUserId = await users.provision(verified.userId);
+      const { dbUserId, subscriptionTier } = await users.provisionUser(verified.userId);
       if (socket.conn.readyState !== "open") {
         // The client left mid-handshake: Socket.IO drops this socket without a "disconnect",
         // so the slot taken above would never be released.
@@ -99,6 +99,7 @@ export function authMiddleware(deps: {
       socket.data = {
         userId: verified.userId,
         dbUserId,
+        subscriptionTier,
         sessionId: verified.sessionId,
         tokenExpiresAt: verified.expiresAt,
       };
