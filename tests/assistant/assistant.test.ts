@@ -174,8 +174,9 @@ describe("a user's message gets a streamed reply", () => {
 });
 
 describe("when the model fails", () => {
-  for (const how of ["error", "cut"] as const) {
-    test(`an ${how === "error" ? "error event" : "cut connection"} mid-reply fails the stream`, async () => {
+  const what = { error: "an error event", cut: "a cut connection", end: "an early clean end" };
+  for (const how of ["error", "cut", "end"] as const) {
+    test(`${what[how]} mid-reply fails the stream`, async () => {
       const model = `m-fail-${how}`;
       fake.define(model, {
         pieces: ["Half ", "a ", "reply ", "and ", "then"],

@@ -26,8 +26,11 @@ export interface FakeBehaviour {
   delayMs?: number;
   /** The usage chunk at the end (null: none, as a provider without include_usage). */
   usage?: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | null;
-  /** After this many pieces: send an SSE error event (`error`) or cut the connection (`cut`). */
-  failAfter?: { pieces: number; how: "error" | "cut" };
+  /**
+   * After this many pieces: send an SSE error event (`error`), cut the connection (`cut`), or end
+   * the response cleanly with no finish reason and no `[DONE]` (`end`).
+   */
+  failAfter?: { pieces: number; how: "error" | "cut" | "end" };
 }
 
 export interface FakeRequest {
@@ -99,6 +102,8 @@ export async function startFakeOpenAI(): Promise<FakeOpenAI> {
       if (behaviour.failAfter && i === behaviour.failAfter.pieces) {
         if (behaviour.failAfter.how === "cut") {
           res.socket?.destroy();
+        } else if (behaviour.failAfter.how === "end") {
+          res.end();
         } else {
           write(
             `data: ${JSON.stringify({ error: { message: "The model is overloaded", type: "server_error" } })}\n\n`,
