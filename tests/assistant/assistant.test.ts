@@ -279,6 +279,45 @@ describe("stopping", () => {
     await eventually(() => expect(requestsFor("m-slow-2")[0]?.aborted).toBe(true));
   });
 
+  test("shutting the worker down fails the replies in progress, so no device waits", async () => {
+    fake.define("m-slow-3", {
+      pieces: Array.from({ length: 200 }, (_, i) => `w${i} `),
+      delayMs: 30,
+    });
+    const w = await startWorker(
+      workerConfig({
+        CHAT_SERVICE_URL: server.url,
+        SERVICE_API_KEY: KEY,
+        APP_WEBHOOK_SECRET: SECRET,
+        OPENAI_BASE_URL: fake.baseUrl,
+        OPENAI_MODEL: "m-slow-3",
+      }),
+    );
+    const uid = userId("shutdown");
+    const { socket, chatId } = await userWithChat(server, uid);
+    const events = recordEvents(socket);
+    const message = await say(socket, chatId, "Write a long story");
+    await post(w.webhookUrl, signed(SECRET, messageCreated(uid, chatId, message)));
+    await eventually(() => expect(events.of("message:delta").length).toBeGreaterThan(0), 15_000);
+
+    await w.close();
+    const failed = await eventually(() => {
+      const [f] = events.of<MessageStreamFailed>("message:failed");
+      if (!f) throw new Error("not failed yet");
+      return f;
+    });
+    expect(failed).toMatchObject({
+      streamId: Assistant.streamIdFor(message.id),
+      reason: "FAILED",
+      message: "The assistant shut down before finishing this reply",
+    });
+    await eventually(() => expect(requestsFor("m-slow-3")[0]?.aborted).toBe(true));
+    // Closed: it takes no more deliveries.
+    await expect(
+      post(w.webhookUrl, signed(SECRET, messageCreated(uid, chatId, message))),
+    ).rejects.toThrow();
+  });
+
   test("a stop for a reply this worker is not writing is ignored", async () => {
     const w = await worker("m-ok");
     const res = await post(
