@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { Assistant } from "../../assistant/assistant.js";
 import type { RunningAssistant } from "../../assistant/index.js";
+import { RecentIds, WebhookServer } from "../../assistant/webhook-server.js";
 import type {
   ChatMessage,
   MessageDelta,
@@ -24,6 +25,7 @@ import {
   post,
   say,
   signed,
+  silentLogger,
   startFakeOpenAI,
   startWorker,
   stopRequested,
@@ -357,6 +359,38 @@ describe("deliveries", () => {
 
     expect(requestsFor("m-once")).toHaveLength(1);
     expect((await stored(uid, chatId)).map((m) => m.content)).toEqual(["Hi", "Only once."]);
+  });
+
+  test("remembers a bounded number of webhook ids, the oldest forgotten first", () => {
+    const ids = new RecentIds(3);
+    expect(["a", "b", "c", "a"].map((id) => ids.seen(id))).toEqual([false, false, false, true]);
+    expect(ids.seen("d")).toBe(false);
+    expect(ids.size).toBe(3);
+    // "a" was the oldest: forgotten.
+    expect(ids.seen("a")).toBe(false);
+    expect(ids.seen("d")).toBe(true);
+  });
+
+  test("answers 503 until the assistant is attached (so the server retries), then acts", async () => {
+    fake.define("m-late", { pieces: ["Late ", "but ", "here."] });
+    const receiver = new WebhookServer({ secret: SECRET, logger: silentLogger });
+    const url = await receiver.listen(0, "127.0.0.1");
+    try {
+      const uid = userId("late");
+      const { socket, chatId } = await userWithChat(server, uid);
+      const message = await say(socket, chatId, "Hi");
+      const delivery = signed(SECRET, messageCreated(uid, chatId, message));
+      expect((await post(url, delivery)).status).toBe(503);
+
+      const w = await worker("m-late");
+      receiver.setAssistant(w.assistant);
+      // The retry of the same delivery (same webhook-id) is acted on: the 503 did not count it.
+      expect((await post(url, delivery)).status).toBe(202);
+      await w.assistant.idle();
+      expect((await stored(uid, chatId)).map((m) => m.content)).toEqual(["Hi", "Late but here."]);
+    } finally {
+      await receiver.close();
+    }
   });
 
   test("refuses a bad signature with 401 and does nothing", async () => {
