@@ -55,6 +55,10 @@ type StopReason =
   /** A chunk could not be sent (see `error`). */
   | "service";
 
+/**
+ * The abort reason. Named `AbortError` like the platform's own, so that fetch and the `openai`
+ * package treat an abort with it as a cancellation, not as a failure of the request.
+ */
 class ReplyAborted extends Error {
   override name = "AbortError";
   constructor(
