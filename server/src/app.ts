@@ -89,6 +89,11 @@ export interface AppComponents {
   /** Milliseconds a streamed reply may go without a chunk before it is marked failed; default 60 s. */
   streamTimeoutMs?: number | undefined;
   /**
+   * Where the app's backend receives its webhooks, and their signing secret (`whsec_…`).
+   * main.ts passes the built-in assistant here in development (docs/assistant.md).
+   */
+  appWebhook?: { url: string; secret: string } | undefined;
+  /**
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
    */

@@ -4,6 +4,8 @@
  * in-memory adapter and development auth.
  */
 import { createServer } from "node:http";
+import { AssistantConfigError } from "../../assistant/config.js";
+import { type DevAssistant, startDevAssistant } from "../../assistant/index.js";
 import { createApplication } from "./app.js";
 import { loadOrCreateDevKeys, mintSessionToken } from "./auth/dev-keys.js";
 import { createClerkVerifier } from "./auth/token-verifier.js";
@@ -64,6 +66,26 @@ async function main(): Promise<void> {
     : undefined;
   const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);
 
+  // Development: the built-in assistant (docs/assistant.md) receives the webhooks and replies,
+  // so the demo shows the whole loop with no configuration. Never in production; not when
+  // APP_WEBHOOK_URL names the app's own backend.
+  let devAssistant: DevAssistant | undefined;
+  try {
+    if (config.env !== "production") {
+      devAssistant = await startDevAssistant(
+        process.env,
+        config.serviceApiKey,
+        logger.child({ app: "assistant" }),
+      );
+    }
+  } catch (e) {
+    if (e instanceof AssistantConfigError) {
+      console.error(`Configuration error (assistant): ${e.message}`);
+      process.exit(1);
+    }
+    throw e;
+  }
+
   const httpServer = createServer(httpServerOptions(config.http));
   const app = createApplication(httpServer, {
     database,
@@ -82,7 +104,8 @@ async function main(): Promise<void> {
     demo: mintDevToken ? await createDemoHandler() : undefined,
     adapter: redis?.adapter,
     redis: redis ? { client: redis.client, keyPrefix: config.redisKeyPrefix } : undefined,
-    serviceApiKey: config.serviceApiKey,
+    serviceApiKey: devAssistant?.serviceApiKey ?? config.serviceApiKey,
+    appWebhook: devAssistant?.webhook,
     webhookSigningSecret: config.webhookSigningSecret,
     streamTimeoutMs: config.streamTimeoutMs,
   });
@@ -94,11 +117,12 @@ async function main(): Promise<void> {
       host: config.host,
       port,
       auth: config.auth.mode,
-      serviceApi: Boolean(config.serviceApiKey),
+      serviceApi: Boolean(config.serviceApiKey ?? devAssistant),
       clerkWebhooks: Boolean(config.webhookSigningSecret),
     },
     `listening on http://${config.host}:${port}`,
   );
+  devAssistant?.connect(`http://${loopbackHost(config.host)}:${port}`);
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -107,6 +131,8 @@ async function main(): Promise<void> {
     logger.info({ signal }, "shutting down");
     const force = setTimeout(() => process.exit(1), 10_000);
     force.unref();
+    // First, while the server still answers: replies in progress are failed, not left open.
+    await devAssistant?.close();
     await app.close();
     await redis?.close();
     await database.close();
@@ -115,6 +141,13 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** How this process reaches its own server: a wildcard address is reached on loopback. */
+function loopbackHost(host: string): string {
+  if (host === "0.0.0.0" || host === "") return "127.0.0.1";
+  if (host === "::") return "[::1]";
+  return host.includes(":") ? `[${host}]` : host;
 }
 
 main().catch((err) => {
