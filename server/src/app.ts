@@ -33,7 +33,7 @@ import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
 import { addressLimitMiddleware } from "./socket/address-limit.middleware.js";
-import { authMiddleware } from "./socket/auth.middleware.js";
+import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
 import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
 import { chatHandlers } from "./socket/handlers/chat.handlers.js";
@@ -241,6 +241,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     });
 
     serveCommands(socket, handlers, rateLimits.commandBucket(), ctx);
+    // A deletion or revocation may have gone out between the handshake's check and the joins.
+    void closeIfRevoked(socket, { revocations, users, logger });
   });
 
   return {
