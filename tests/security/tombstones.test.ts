@@ -10,6 +10,7 @@
  * - a node that still remembers the user as known does not let them in after the deletion.
  */
 import { randomBytes } from "node:crypto";
+import { type AddressInfo, createConnection, createServer, type Server } from "node:net";
 import { Redis } from "ioredis";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -193,6 +194,95 @@ describe("handshakes racing user.deleted", () => {
     }
     expect(connected).toBeGreaterThan(0);
   }, 120_000);
+});
+
+/**
+ * A TCP proxy to the test Redis that holds every chunk for `delayMs` in each direction (order
+ * kept): a node behind it has a slow link to Redis. `watch(text)` resolves when a chunk that
+ * the node sends contains `text`, just as the proxy passes it on.
+ */
+async function slowRedisLink(delayMs: number) {
+  const target = new URL(testRedisUrl);
+  const watchers: { text: string; resolve: () => void }[] = [];
+  const server: Server = createServer((client) => {
+    const upstream = createConnection(Number(target.port || 6379), target.hostname);
+    // When each chunk is due, per direction: a close waits for the last one.
+    const last = new Map<object, number>();
+    const hold = (chunk: Buffer, to: typeof client, watch: boolean) => {
+      const due = Date.now() + delayMs;
+      last.set(to, due);
+      setTimeout(() => {
+        if (watch) {
+          const text = chunk.toString("latin1");
+          for (const w of watchers.splice(0)) {
+            if (text.includes(w.text)) w.resolve();
+            else watchers.push(w);
+          }
+        }
+        if (!to.destroyed) to.write(chunk);
+      }, due - Date.now());
+    };
+    client.on("data", (c) => hold(c, upstream, true));
+    upstream.on("data", (c) => hold(c, client, false));
+    // A side that closes closes the other once what is held for it has been passed on.
+    const closeAfter = (to: typeof client) => () =>
+      setTimeout(() => to.end(), Math.max(0, (last.get(to) ?? 0) - Date.now()));
+    client.on("error", () => upstream.destroy()).on("close", closeAfter(upstream));
+    upstream.on("error", () => client.destroy()).on("close", closeAfter(client));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `redis://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    watch: (text: string) => new Promise<void>((resolve) => watchers.push({ text, resolve })),
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe("a handshake that joins its room after the deletion's disconnect went out", () => {
+  test("is closed by the check after the join (node C has a slow link to Redis)", async () => {
+    const [a] = cluster;
+    const link = await slowRedisLink(150);
+    const c = await startTestServer({
+      redisUrl: link.url,
+      redisKeyPrefix,
+      webhookSigningSecret: SECRET,
+      databaseUrl: a.databaseUrl,
+    });
+    try {
+      const uid = userId("late_join");
+      const t = Date.now();
+      await send(a, userEvent("user.created", uid, "late@example.com", t));
+      // Node C knows the user: its next handshake asks neither the database nor…
+      const first = await c.connectAs(uid);
+      // Once node A sees it, node C's link to Redis is up (commands and the adapter).
+      await eventually(async () => {
+        expect(await a.app.io.in(rooms.user(uid)).fetchSockets()).toHaveLength(1);
+      }, 10_000);
+      first.disconnect();
+      await eventually(async () => {
+        expect(await a.app.io.in(rooms.user(uid)).fetchSockets()).toHaveLength(0);
+      });
+      // …anything but Redis, slowly. As its revocation check leaves node C, node A deletes the
+      // user: the check finds nothing, and the disconnect reaches C before the socket joins.
+      const token = await tokenFor(uid);
+      const checked = link.watch(`revoked:user:${uid}`);
+      const handshake = attempt(c, token);
+      await checked;
+      await send(a, deletedEvent(uid, t + 10));
+      const outcome = await handshake;
+      if (outcome.socket) {
+        const s = outcome.socket;
+        expect(await tryCreate(s)).not.toBe("ok");
+        await eventually(() => expect(s.connected).toBe(false), 5000);
+      } else {
+        expect(outcome.refused).toBe("TOKEN_INVALID");
+      }
+      expect(await rowOf(clusterSql, uid)).toBeUndefined();
+    } finally {
+      await c.close();
+      await link.close();
+    }
+  }, 30_000);
 });
 
 describe("webhooks ordered by Clerk's event timestamp", () => {
