@@ -9,7 +9,7 @@ import { runMigrations } from "../../server/src/db/migrate.js";
 import { adminSql, databaseUrl } from "../helpers/db.js";
 import { type FileDb, makeChat, makeUser, openFileDb } from "./fixtures.js";
 
-const MIGRATIONS = 6;
+const MIGRATIONS = 7;
 
 /** A fingerprint of everything the migrations create, to compare before and after a re-run. */
 async function schemaFingerprint(sql: postgres.Sql) {

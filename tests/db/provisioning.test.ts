@@ -96,6 +96,37 @@ describe("provisioning", () => {
     expect(row?.n).toBe(0);
   });
 
+  test("a provisioning that runs into a deletion in progress waits for it, then refuses", async () => {
+    const { repo } = service();
+    const clerkId = "user_prov_racing";
+    expect(await repo.upsertSeen(clerkId)).toBeDefined();
+    // A deletion as the repository makes it (lock, tombstone, delete), held open.
+    const deletion = await fdb.sql.reserve();
+    try {
+      await deletion`begin`;
+      await deletion`select pg_advisory_xact_lock(1970496882, hashtext(${clerkId}))`;
+      await deletion`insert into user_tombstones (clerk_id) values (${clerkId})`;
+      await deletion`delete from users where clerk_id = ${clerkId}`;
+      const provisioning = repo.upsertSeen(clerkId);
+      await expect
+        .poll(async () => {
+          // Waiting on the lock (or, were there none, on the deletion's row lock).
+          const [w] = await fdb.sql<{ n: number }[]>`
+            select count(*)::int as n from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'`;
+          return w?.n;
+        })
+        .toBe(1);
+      await deletion`commit`;
+      expect(await provisioning).toBeUndefined();
+    } finally {
+      deletion.release();
+    }
+    const [row] = await fdb.sql<{ n: number }[]>`
+      select count(*)::int as n from users where clerk_id = ${clerkId}`;
+    expect(row?.n).toBe(0);
+  });
+
   test("a known-user TTL as long as a deleted user's revocation is refused", () => {
     expect(() => service({ knownTtlMs: REVOCATION_TTL_MS })).toThrow(RangeError);
   });

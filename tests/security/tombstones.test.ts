@@ -419,7 +419,7 @@ describe("nodes that remember the user as known", () => {
 });
 
 describe("privileges", () => {
-  test("no API role may read or write the tombstones", async () => {
+  test("no API role (nor PUBLIC) may read or write the tombstones", async () => {
     const rows = await sql<{ role: string; privs: string | null }[]>`
       select r.rolname as role,
              (select string_agg(p, ',') from unnest(array['SELECT','INSERT','UPDATE','DELETE','TRUNCATE','REFERENCES','TRIGGER']) p
@@ -430,5 +430,20 @@ describe("privileges", () => {
     const [pub] = await sql<{ acl: string | null }[]>`
       select array_to_string(relacl, ',') as acl from pg_class where oid = 'public.user_tombstones'::regclass`;
     expect(pub?.acl ?? "").not.toMatch(/(^|,)=/);
+  });
+
+  test("no API role (nor PUBLIC) may call provision_user", async () => {
+    const rows = await sql<{ role: string; can: boolean }[]>`
+      select r.rolname as role,
+             has_function_privilege(r.oid, 'public.provision_user(text)', 'EXECUTE') as can
+        from pg_roles r where r.rolname in ('authenticated', 'service_role', 'anon')`;
+    expect(rows.length).toBeGreaterThan(0);
+    for (const r of rows) expect(r.can, r.role).toBe(false);
+    const [fn] = await sql<{ acl: string | null }[]>`
+      select array_to_string(proacl, ',') as acl from pg_proc
+       where oid = 'public.provision_user(text)'::regprocedure`;
+    // Not NULL (the default, which lets PUBLIC execute) and no entry for PUBLIC ("=X/…").
+    expect(fn?.acl).not.toBeNull();
+    expect(fn?.acl ?? "").not.toMatch(/(^|,)=/);
   });
 });

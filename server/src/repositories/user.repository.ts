@@ -4,10 +4,11 @@ import { type MessageJson, users } from "../db/schema.js";
 
 /**
  * The class of the per-user advisory lock (`pg_advisory_xact_lock(class, hashtext(clerk_id))`;
- * the two-key form never collides with the migrations' one-key lock). Every statement that may
- * create a user's row holds it (shared for a handshake), and every deletion holds it exclusive,
- * so a row is only ever created by a statement that started after the last deletion committed,
- * and sees its tombstone. Under READ COMMITTED an `INSERT … WHERE NOT EXISTS (tombstone)` alone
+ * the two-key form never collides with the migrations' one-key lock; `provision_user` in
+ * drizzle/0011_provision_user.sql uses the same). Every statement that may create a user's row
+ * holds it (shared for a handshake, exclusive for a webhook), and so does every deletion
+ * (exclusive), so a row is only ever created by a statement that started after the last
+ * deletion committed, and sees its tombstone. Under READ COMMITTED an `INSERT … WHERE NOT EXISTS (tombstone)` alone
  * is not enough: a deletion that commits while the insert runs deletes nothing (the new row is
  * not visible to it yet), and the insert commits after it. A hash collision only makes two
  * users' writes take turns.
@@ -64,18 +65,11 @@ export class UserRepository {
    * row id, or undefined when the user was deleted (a tombstone): their row is never recreated.
    */
   async upsertSeen(clerkId: string): Promise<string | undefined> {
-    return this.db.transaction(async (tx) => {
-      await tx.execute(
-        sql`select pg_advisory_xact_lock_shared(${USER_LOCK_CLASS}, hashtext(${clerkId}))`,
-      );
-      const [row] = await tx.execute<{ id: string }>(sql`
-        insert into public.users (clerk_id)
-        select ${clerkId}
-         where not exists (select 1 from public.user_tombstones where clerk_id = ${clerkId})
-        on conflict (clerk_id) do update set last_seen_at = now()
-        returning id`);
-      return row?.id;
-    });
+    // One statement: the function takes the lock (shared) before its insert (migration 0011).
+    const [row] = await this.db.execute<{ id: string | null }>(
+      sql`select public.provision_user(${clerkId}) as id`,
+    );
+    return row?.id ?? undefined;
   }
 
   /**
