@@ -364,6 +364,10 @@ describe("Clerk creates the user again", () => {
     expect(await rowOf(db, uid)).toEqual({ email: "new@example.com", n: 1 });
     expect(again.connected).toBe(true);
     expect((await ok(again, "chat:list", {})).chats).toHaveLength(1);
+    // Nor does it leave the user revoked.
+    const another = await attempt(connectNode, await tokenFor(uid));
+    expect(another.refused).toBeUndefined();
+    another.socket?.disconnect();
   }
 
   test("a user.created newer than the deletion lets the user connect again (one node)", async () => {
