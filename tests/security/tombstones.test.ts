@@ -81,9 +81,20 @@ function deletedEvent(id: string, ts: number) {
   return eventAt("user.deleted", { id, object: "user", deleted: true }, ts);
 }
 
+/**
+ * Delivers `event` signed, as Svix does: a 503 (the database or Redis briefly unavailable on a
+ * loaded machine) is retried, at most 5 times; anything but 200 in the end fails the test.
+ */
 async function send(node: TestServer, event: unknown) {
-  const res = await deliver(node.url, signedDelivery(SECRET, event));
-  expect(res.status, JSON.stringify(res.body)).toBe(200);
+  for (let attempt = 0; ; attempt++) {
+    const res = await deliver(node.url, signedDelivery(SECRET, event));
+    if (res.status === 503 && attempt < 5) {
+      await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      continue;
+    }
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    return;
+  }
 }
 
 async function rowOf(db: postgres.Sql, clerkId: string) {
@@ -138,7 +149,7 @@ async function raceRound(
   const created = Date.now();
   await send(deleteNode, userEvent("user.created", uid, `${uid}@example.com`, created));
   const early = round % 2 === 0 ? await attempt(handshakeNode, await tokenFor(uid)) : undefined;
-  if (early) expect(early.socket?.connected, "the first connection").toBe(true);
+  if (early) expect(early.refused, "the first connection").toBeUndefined();
   const tokens = await Promise.all(Array.from({ length: n }, () => tokenFor(uid)));
 
   const pivot = round % n;
@@ -257,11 +268,11 @@ describe("a handshake that joins its room after the deletion's disconnect went o
       // Once node A sees it, node C's link to Redis is up (commands and the adapter).
       await eventually(async () => {
         expect(await a.app.io.in(rooms.user(uid)).fetchSockets()).toHaveLength(1);
-      }, 10_000);
+      }, 20_000);
       first.disconnect();
       await eventually(async () => {
         expect(await a.app.io.in(rooms.user(uid)).fetchSockets()).toHaveLength(0);
-      });
+      }, 20_000);
       // …anything but Redis, slowly. As its revocation check leaves node C, node A deletes the
       // user: the check finds nothing, and the disconnect reaches C before the socket joins.
       const token = await tokenFor(uid);
@@ -273,7 +284,7 @@ describe("a handshake that joins its room after the deletion's disconnect went o
       if (outcome.socket) {
         const s = outcome.socket;
         expect(await tryCreate(s)).not.toBe("ok");
-        await eventually(() => expect(s.connected).toBe(false), 5000);
+        await eventually(() => expect(s.connected).toBe(false), 10_000);
       } else {
         expect(outcome.refused).toBe("TOKEN_INVALID");
       }
@@ -282,7 +293,7 @@ describe("a handshake that joins its room after the deletion's disconnect went o
       await c.close();
       await link.close();
     }
-  }, 30_000);
+  }, 90_000);
 });
 
 describe("webhooks ordered by Clerk's event timestamp", () => {
