@@ -33,7 +33,7 @@ import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
 import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
-import { authMiddleware } from "./socket/auth.middleware.js";
+import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
 import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
 import { chatHandlers } from "./socket/handlers/chat.handlers.js";
@@ -280,6 +280,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     });
 
     serveCommands(socket, handlers, rateLimits.commandBucket(), ctx);
+    // A deletion or revocation may have gone out between the handshake's check and the joins.
+    void closeIfRevoked(socket, { revocations, users, logger });
   });
 
   return {

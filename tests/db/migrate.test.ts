@@ -135,7 +135,13 @@ describe("a brand-new empty database", () => {
     sql = postgres(url, { max: 1, onnotice: () => {} });
     const fp = await schemaFingerprint(sql);
     expect(fp?.migrations).toBe(MIGRATIONS);
-    expect(fp?.tables).toEqual(["chat_memory", "chat_sessions", "search_sessions", "users"]);
+    expect(fp?.tables).toEqual([
+      "chat_memory",
+      "chat_sessions",
+      "search_sessions",
+      "user_tombstones",
+      "users",
+    ]);
     expect(fp?.triggers).toEqual([
       "before_chat_message_created",
       "on_chat_message_created",

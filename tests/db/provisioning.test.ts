@@ -7,6 +7,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
 import { UserRepository } from "../../server/src/repositories/user.repository.js";
+import { REVOCATION_TTL_MS } from "../../server/src/services/revocations.js";
 import { UserService } from "../../server/src/services/user.service.js";
 import { type FileDb, openFileDb } from "./fixtures.js";
 
@@ -79,14 +80,55 @@ describe("provisioning", () => {
     expect(await seenUs("user_prov_gone")).toBeDefined();
   });
 
-  test("deleting a user through the service forgets them at once", async () => {
+  test("deleting a user through the service forgets them at once, and their row stays deleted", async () => {
     const { repo, users } = service();
     const upsert = vi.spyOn(repo, "upsertSeen");
-    const first = await users.provision("user_prov_deleted");
-    expect(await users.delete("user_prov_deleted")).toBe(true);
-    const second = await users.provision("user_prov_deleted");
-    expect(second).not.toBe(first);
+    expect(await users.provision("user_prov_deleted")).toBeDefined();
+    expect(await users.delete("user_prov_deleted", Date.now())).toEqual({
+      applied: true,
+      deleted: true,
+    });
+    // Not the remembered row id: the database is asked, and its tombstone refuses.
+    expect(await users.provision("user_prov_deleted")).toBeUndefined();
     expect(upsert).toHaveBeenCalledTimes(2);
+    const [row] = await fdb.sql<{ n: number }[]>`
+      select count(*)::int as n from users where clerk_id = 'user_prov_deleted'`;
+    expect(row?.n).toBe(0);
+  });
+
+  test("a provisioning that runs into a deletion in progress waits for it, then refuses", async () => {
+    const { repo } = service();
+    const clerkId = "user_prov_racing";
+    expect(await repo.upsertSeen(clerkId)).toBeDefined();
+    // A deletion as the repository makes it (lock, tombstone, delete), held open.
+    const deletion = await fdb.sql.reserve();
+    try {
+      await deletion`begin`;
+      await deletion`select pg_advisory_xact_lock(1970496882, hashtext(${clerkId}))`;
+      await deletion`insert into user_tombstones (clerk_id) values (${clerkId})`;
+      await deletion`delete from users where clerk_id = ${clerkId}`;
+      const provisioning = repo.upsertSeen(clerkId);
+      await expect
+        .poll(async () => {
+          // Waiting on the lock (or, were there none, on the deletion's row lock).
+          const [w] = await fdb.sql<{ n: number }[]>`
+            select count(*)::int as n from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'`;
+          return w?.n;
+        })
+        .toBe(1);
+      await deletion`commit`;
+      expect(await provisioning).toBeUndefined();
+    } finally {
+      deletion.release();
+    }
+    const [row] = await fdb.sql<{ n: number }[]>`
+      select count(*)::int as n from users where clerk_id = ${clerkId}`;
+    expect(row?.n).toBe(0);
+  });
+
+  test("a known-user TTL as long as a deleted user's revocation is refused", () => {
+    expect(() => service({ knownTtlMs: REVOCATION_TTL_MS })).toThrow(RangeError);
   });
 
   test("an entry expires after its TTL and the oldest entries go first past the cap", async () => {

@@ -50,6 +50,12 @@ export const users = pgTable(
     clerkId: text("clerk_id").notNull().unique("users_clerk_id_key"),
     /** Points back at chat_sessions; the constraint is added after both tables exist (defect 4). */
     lastSessionId: uuid("last_session_id"),
+    /**
+     * Clerk's timestamp of the last `user.created`/`user.updated` applied to this row. Webhooks
+     * arrive at least once and in any order: an event older than this one changes nothing.
+     * NULL until the first one (a row created by the user's first connection).
+     */
+    profileEventAt: timestamp("profile_event_at", { withTimezone: true }),
   },
   // Annotated: the foreign key back to chat_sessions would otherwise make the type circular.
   (t): PgTableExtraConfigValue[] => [
@@ -148,6 +154,26 @@ export const searchSessions = pgTable(
     index("idx_search_sessions_user_id").on(t.userId, t.createdAt.desc()),
   ],
 );
+
+/**
+ * Users Clerk deleted, kept so that they stay deleted: nothing may create their `users` row
+ * again (not a handshake with a token still in hand, not a late or retried `user.updated`),
+ * on any node and whenever it happens, until a `user.created` newer than the deletion (Clerk
+ * created the user again) removes the tombstone. Written in the deletion's transaction.
+ */
+export const userTombstones = pgTable("user_tombstones", {
+  clerkId: text("clerk_id").primaryKey(),
+  /** When this server recorded the deletion (the first delivery). */
+  deletedAt: timestamp("deleted_at", { withTimezone: true }).notNull().defaultNow(),
+  /** Clerk's timestamp of the newest `user.deleted` event: a `user.created` must be newer. */
+  eventAt: timestamp("event_at", { withTimezone: true }).notNull().defaultNow(),
+  /**
+   * The deleted row's id, given back to the row if Clerk creates the user again: a node that
+   * still remembers the user's row id (UserService's known users) then remembers it rightly.
+   * No foreign key: the row it named is gone.
+   */
+  userId: uuid("user_id"),
+});
 
 export type User = typeof users.$inferSelect;
 export type ChatSession = typeof chatSessions.$inferSelect;

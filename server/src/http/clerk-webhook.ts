@@ -53,6 +53,11 @@ const userData = z.looseObject({
   image_url: storable.nullish(),
 });
 const deletedData = z.looseObject({ id: clerkUserId });
+/**
+ * Clerk's event timestamp (epoch ms, the envelope's `timestamp`): orders a user's events, which
+ * Svix delivers at least once and in no particular order. Bounded to what a Date can hold.
+ */
+const eventTimestamp = z.number().int().min(0).max(8_640_000_000_000_000).optional();
 const sessionData = z.looseObject({ id: z.string().min(1), user_id: z.string().nullish() });
 
 const notAnObject = {
@@ -64,8 +69,12 @@ function isObject(value: unknown): boolean {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** The event this server acts on, or undefined for a type it ignores. Throws on malformed data. */
-function toClerkEvent(type: string, data: unknown): ClerkEvent | undefined {
+/**
+ * The event this server acts on, or undefined for a type it ignores. Throws on malformed data.
+ * An event without Clerk's `timestamp` (Clerk always sends one) is ordered by its arrival.
+ */
+function toClerkEvent(type: string, data: unknown, timestamp: unknown): ClerkEvent | undefined {
+  const eventAt = () => eventTimestamp.parse(timestamp) ?? Date.now();
   switch (type) {
     case "user.created":
     case "user.updated": {
@@ -76,10 +85,11 @@ function toClerkEvent(type: string, data: unknown): ClerkEvent | undefined {
         userId: u.id,
         email: primary?.email_address ?? null,
         avatarUrl: u.image_url || null,
+        eventAt: eventAt(),
       };
     }
     case "user.deleted":
-      return { type, userId: deletedData.parse(data).id };
+      return { type, userId: deletedData.parse(data).id, eventAt: eventAt() };
     case "session.revoked":
     case "session.ended":
     case "session.removed": {
@@ -151,7 +161,7 @@ export function createClerkWebhookRoute(deps: ClerkWebhookDeps): HttpRoute {
 
       let clerkEvent: ClerkEvent | undefined;
       try {
-        clerkEvent = toClerkEvent(event.type, event.data);
+        clerkEvent = toClerkEvent(event.type, event.data, event.timestamp);
       } catch (err) {
         deps.logger.warn({ ...context, type: event.type, err: String(err) }, "malformed event");
         sendError(res, {

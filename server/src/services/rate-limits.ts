@@ -273,7 +273,6 @@ export class RateLimits {
     }
   }
 
-
   /**
    * Counts a connection attempt from a client address (see socket/client-address.ts). Returns
    * the milliseconds to wait when refused, or 0 when allowed.

@@ -1,9 +1,15 @@
 import type { MessageBody, UserStats } from "../../../protocol/index.js";
 import { ExpiringMap } from "../expiring-map.js";
-import type { UserRepository, UserStatsRow } from "../repositories/user.repository.js";
+import type {
+  DeletionResult,
+  ProfileResult,
+  UserRepository,
+  UserStatsRow,
+} from "../repositories/user.repository.js";
 import type { Actor } from "./actor.js";
 import { AppError, ErrorCode, notFound } from "./errors.js";
 import { toMessageBody, toUserStats } from "./mappers.js";
+import { REVOCATION_TTL_MS } from "./revocations.js";
 
 /** A chat as the seed's `get_user_chat_history` lists it. */
 export interface ChatHistoryEntry {
@@ -36,12 +42,19 @@ const toStatsOrZero = (row: UserStatsRow | undefined) => (row ? toUserStats(row)
 /** Most users whose last_seen_at one statement writes. */
 const MAX_SEEN_PER_FLUSH = 5000;
 
+/**
+ * How long a node trusts a known user's row id without asking the database: 5 minutes.
+ * A node that knows a user does not see their tombstone, so a deleted user is kept out of it by
+ * their revocation (Revocations, REVOCATION_TTL_MS), which must outlive every entry: an entry is
+ * only made by a provisioning that saw no tombstone, so before the deletion.
+ */
+export const DEFAULT_KNOWN_TTL_MS = 5 * 60_000;
+
 /** How provisioning remembers users it has seen (see `UserService.provision`). */
 export interface ProvisionOptions {
   /**
-   * Milliseconds a known user's row id is trusted without asking the database. Shorter than
-   * the time a deleted user stays revoked (Revocations, 600 s), so an entry on another node
-   * cannot outlive the revocation that keeps the deleted user out. Default 5 minutes.
+   * Milliseconds a known user's row id is trusted without asking the database; default
+   * DEFAULT_KNOWN_TTL_MS. Must be shorter than REVOCATION_TTL_MS (refused otherwise).
    */
   knownTtlMs?: number;
   /** Most users remembered; the oldest are forgotten first. Default 100,000 (a few MB). */
@@ -70,7 +83,12 @@ export class UserService {
     private readonly users: UserRepository,
     options: ProvisionOptions = {},
   ) {
-    this.knownTtlMs = options.knownTtlMs ?? 5 * 60_000;
+    this.knownTtlMs = options.knownTtlMs ?? DEFAULT_KNOWN_TTL_MS;
+    if (!(this.knownTtlMs < REVOCATION_TTL_MS)) {
+      throw new RangeError(
+        `knownTtlMs must be shorter than a deleted user's revocation (${REVOCATION_TTL_MS} ms)`,
+      );
+    }
     this.known = new ExpiringMap(options.maxKnown ?? 100_000);
     this.seenFlushMs = options.seenFlushMs ?? 1000;
   }
@@ -80,18 +98,19 @@ export class UserService {
    * (one upsert). A reconnect of a user this node already knows costs no database round trip:
    * the row id comes from memory and `last_seen_at` is written within `seenFlushMs`, in one
    * statement for every user seen meanwhile. A user whose row is gone by then is forgotten, so
-   * their next connection provisions again.
+   * their next connection provisions again. Undefined when the user was deleted: a tombstone
+   * keeps their row from being created again.
    */
-  async provision(clerkId: string): Promise<string> {
-    return (await this.provisionUser(clerkId)).dbUserId;
+  async provision(clerkId: string): Promise<string | undefined> {
+    return (await this.provisionUser(clerkId))?.dbUserId;
   }
 
   /**
    * `provision`, with the user's subscription tier as of their row's upsert: a known user's
    * tier is the one remembered with their row id, so a tier change reaches this node's
-   * connections within knownTtlMs (5 minutes by default).
+   * connections within knownTtlMs (5 minutes by default). Undefined for a deleted user.
    */
-  async provisionUser(clerkId: string): Promise<ProvisionedUser> {
+  async provisionUser(clerkId: string): Promise<ProvisionedUser | undefined> {
     const known = this.known.get(clerkId);
     if (known) {
       this.seen.add(clerkId);
@@ -99,6 +118,7 @@ export class UserService {
       return known;
     }
     const row = await this.users.upsertSeen(clerkId);
+    if (!row) return undefined;
     const user = { dbUserId: row.id, subscriptionTier: row.subscriptionTier };
     this.known.set(clerkId, user, Date.now() + this.knownTtlMs);
     return user;
@@ -190,18 +210,33 @@ export class UserService {
     }));
   }
 
-  /** Creates or updates the user's email and avatar from Clerk. Returns the row id. */
+  /**
+   * Applies a Clerk profile event stamped `eventAt` (Clerk's epoch ms): creates or updates the
+   * user's email and avatar unless a newer event was applied or the user is deleted. Only a
+   * `user.created` newer than the deletion (`created`) brings a deleted user back.
+   */
   syncProfile(
     clerkId: string,
     profile: { email: string | null; avatarUrl: string | null },
-  ): Promise<string> {
-    return this.users.upsertProfile(clerkId, profile);
+    eventAt: number,
+    created: boolean,
+  ): Promise<ProfileResult> {
+    return this.users.applyProfile(clerkId, profile, eventAt, created);
   }
 
-  /** Deletes the user's row (chats, messages and searches cascade). True when there was one. */
-  delete(clerkId: string): Promise<boolean> {
+  /**
+   * Deletes the user for good (Clerk's `user.deleted`, stamped `eventAt`): a tombstone and the
+   * row's deletion (chats, messages and searches cascade) in one transaction. Ignored when the
+   * user has a newer profile event (they were created again).
+   */
+  delete(clerkId: string, eventAt: number): Promise<DeletionResult> {
+    this.forget(clerkId);
+    return this.users.deleteByClerkId(clerkId, eventAt);
+  }
+
+  /** Stops trusting what this node remembers about the user (a deletion or a revocation). */
+  forget(clerkId: string): void {
     this.known.delete(clerkId);
     this.seen.delete(clerkId);
-    return this.users.deleteByClerkId(clerkId);
   }
 }
