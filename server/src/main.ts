@@ -14,6 +14,7 @@ import { runMigrations } from "./db/migrate.js";
 import { createDemoHandler } from "./http/demo.js";
 import { createLogger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import { installProcessHandlers } from "./process-handlers.js";
 import { createRedisAdapter } from "./redis-adapter.js";
 import { RateLimits } from "./services/rate-limits.js";
 
@@ -29,6 +30,7 @@ async function main(): Promise<void> {
     throw e;
   }
   const logger = createLogger(config.logLevel);
+  installProcessHandlers(logger);
 
   let embedded: EmbeddedDatabase | undefined;
   let databaseUrl = config.databaseUrl;

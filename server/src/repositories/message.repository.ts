@@ -121,23 +121,20 @@ export class MessageRepository {
     const order = groups
       .map((g, index) => ({ g, index }))
       .sort((a, b) => compare(a.g.userId, b.g.userId) || compare(a.g.chatId, b.g.chatId));
-    const userIds: string[] = [];
-    const chatIds: string[] = [];
-    const clientIds: string[] = [];
-    const bodies: string[] = [];
+    // One jsonb parameter rather than four arrays: no array type to look up on the connection
+    // (the driver runs with fetch_types off, see db/client.ts), and the rows stay together.
+    const input: { u: string; s: string; c: string; m: MessageJson }[] = [];
     for (const { g } of order) {
       for (const item of g.items) {
-        userIds.push(g.userId);
-        chatIds.push(g.chatId);
-        clientIds.push(item.clientId);
-        bodies.push(JSON.stringify(item.message));
+        input.push({ u: g.userId, s: g.chatId, c: item.clientId, m: item.message });
       }
     }
+    const json = JSON.stringify(input);
     const run = () => this.sql<BatchRow[]>`
       with input as (
-        select * from unnest(${this.sql.array(userIds)}::uuid[], ${this.sql.array(chatIds)}::uuid[],
-                             ${this.sql.array(clientIds)}::text[], ${this.sql.array(bodies)}::text[])
-          with ordinality as t(user_id, session_id, client_id, message, ord)
+        select (e->>'u')::uuid as user_id, (e->>'s')::uuid as session_id, e->>'c' as client_id,
+               e->'m' as message, ord
+          from jsonb_array_elements(${json}::jsonb) with ordinality as t(e, ord)
       ), chat as (
         -- Only the chats each group's user owns: every join below matches chat and user both.
         select c.id, c.user_id, c.title, c.created_at from public.chat_sessions c
@@ -150,7 +147,7 @@ export class MessageRepository {
           join mine i on i.session_id = m.session_id and i.client_id = m.client_id
       ), inserted as (
         insert into public.chat_memory (session_id, client_id, message)
-        select i.session_id, i.client_id, i.message::jsonb from mine i
+        select i.session_id, i.client_id, i.message from mine i
          where not exists (select 1 from existing e
                             where e.session_id = i.session_id and e.client_id = i.client_id)
          order by i.ord
