@@ -41,6 +41,7 @@ import { messageHandlers } from "./socket/handlers/message.handlers.js";
 import { userHandlers } from "./socket/handlers/user.handlers.js";
 import { Inflight } from "./socket/inflight.js";
 import { type OriginPolicy, originChecker } from "./socket/origins.js";
+import { limitOutbound } from "./socket/outbound-limit.js";
 import { TokenExpiry } from "./socket/token-expiry.js";
 import { type ChatServer, rooms } from "./socket/types.js";
 
@@ -60,6 +61,11 @@ export interface AppComponents {
   metrics?: Metrics | undefined;
   /** Milliseconds before a command is answered UNAVAILABLE; default 5000. */
   commandTimeoutMs?: number | undefined;
+  /**
+   * Bytes that may wait to be written to one connection before it is disconnected as a slow
+   * consumer (see socket/outbound-limit.ts); default DEFAULT_SOCKET_MAX_BUFFERED_BYTES.
+   */
+  socketMaxBufferedBytes?: number | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
@@ -97,6 +103,9 @@ export interface Application {
    */
   close(options?: { drainMs?: number }): Promise<void>;
 }
+
+/** Default of `socketMaxBufferedBytes` (SOCKET_MAX_BUFFERED_BYTES): 8 MiB. */
+export const DEFAULT_SOCKET_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger, rateLimits } = components;
@@ -159,8 +168,12 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
-  const messageRepo = new MessageRepository(database.db, database.sql, metrics);
-  const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
+  const messageRepo = new MessageRepository(database.sql, metrics);
+  const chats = new ChatService(
+    new ChatRepository(database.db, database.sql),
+    messageRepo,
+    broadcaster,
+  );
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
@@ -241,6 +254,11 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     });
 
     serveCommands(socket, handlers, rateLimits.commandBucket(), ctx);
+    limitOutbound(socket, {
+      maxBytes: components.socketMaxBufferedBytes ?? DEFAULT_SOCKET_MAX_BUFFERED_BYTES,
+      logger,
+      metrics,
+    });
   });
 
   return {

@@ -72,6 +72,7 @@ async function main(): Promise<void> {
     logger,
     tokenGraceSeconds: config.tokenGraceSeconds,
     commandTimeoutMs: config.commandTimeoutMs,
+    socketMaxBufferedBytes: config.socketMaxBufferedBytes,
     rateLimits,
     origins: config.origins,
     trustProxy: config.trustProxy,

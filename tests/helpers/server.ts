@@ -61,6 +61,8 @@ export interface TestServerOptions {
   /** Trusted reverse proxies (X-Forwarded-For hops) for the client address; default 0. */
   trustProxy?: number;
   commandTimeoutMs?: number;
+  /** Bytes queued for one connection before it is disconnected as a slow consumer. */
+  socketMaxBufferedBytes?: number;
   /** Enables the service-role HTTP API with this key. */
   serviceApiKey?: string;
   /** Enables `POST /webhooks/clerk` with this signing secret (`whsec_…`). */
@@ -124,6 +126,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     metrics,
     rateLimits,
     commandTimeoutMs: options.commandTimeoutMs,
+    socketMaxBufferedBytes: options.socketMaxBufferedBytes,
     database,
     verifier: createClerkVerifier({
       jwtKey: testKeys.publicKeyPem,
