@@ -91,6 +91,12 @@ export const DisconnectReason = {
    * RATE_LIMITED (a whole burst more). Reconnect with backoff, and honour `retryAfterMs`.
    */
   COMMAND_FLOOD: "COMMAND_FLOOD",
+  /**
+   * The client did not read what the server sent: more than the per-connection limit
+   * (`SOCKET_MAX_BUFFERED_BYTES`, default 8 MiB) waited to be written to it. Its commands in
+   * progress were dropped. Reconnect and catch up (`message:sync`); read what arrives.
+   */
+  SLOW_CONSUMER: "SLOW_CONSUMER",
 } as const;
 
 export type DisconnectReason = (typeof DisconnectReason)[keyof typeof DisconnectReason];
@@ -122,4 +128,17 @@ export const Limits = {
   DEFAULT_PAGE_SIZE: 50,
   /** Largest frame the server accepts, in bytes (Socket.IO `maxHttpBufferSize`). */
   MAX_FRAME_BYTES: 512 * 1024,
+  /**
+   * Bytes of JSON the items of one page may take (messages of `chat:open`, `message:history`
+   * and `message:sync`; chats of `chat:list`), as the server estimates them. A page that
+   * reaches it stops early and says so (`hasMore`, `nextCursor`); it always holds at least one
+   * item, so paging moves on whatever the sizes.
+   */
+  MAX_PAGE_BYTES: 1024 * 1024,
+  /**
+   * Page commands (`chat:list`, `chat:open`, `message:history`, `message:sync`) the server runs
+   * at once for one socket. Up to four times as many more wait their turn; beyond that one is
+   * answered RATE_LIMITED with `retryAfterMs`.
+   */
+  MAX_PAGES_IN_FLIGHT: 8,
 } as const;

@@ -41,6 +41,7 @@ import { messageHandlers } from "./socket/handlers/message.handlers.js";
 import { userHandlers } from "./socket/handlers/user.handlers.js";
 import { Inflight } from "./socket/inflight.js";
 import { type OriginPolicy, originChecker } from "./socket/origins.js";
+import { limitOutbound } from "./socket/outbound-limit.js";
 import { TokenExpiry } from "./socket/token-expiry.js";
 import { type ChatServer, rooms } from "./socket/types.js";
 
@@ -76,6 +77,11 @@ export interface AppComponents {
   metrics?: Metrics | undefined;
   /** Milliseconds before a command is answered UNAVAILABLE; default 5000. */
   commandTimeoutMs?: number | undefined;
+  /**
+   * Bytes that may wait to be written to one connection before it is disconnected as a slow
+   * consumer (see socket/outbound-limit.ts); default DEFAULT_SOCKET_MAX_BUFFERED_BYTES.
+   */
+  socketMaxBufferedBytes?: number | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
@@ -118,6 +124,9 @@ export interface Application {
    */
   close(options?: { drainMs?: number }): Promise<void>;
 }
+
+/** Default of `socketMaxBufferedBytes` (SOCKET_MAX_BUFFERED_BYTES): 8 MiB. */
+export const DEFAULT_SOCKET_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger, rateLimits } = components;
@@ -198,9 +207,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
-  const messageRepo = new MessageRepository(database.db, database.sql, metrics);
+  const messageRepo = new MessageRepository(database.sql, metrics);
   const chats = new ChatService(
-    new ChatRepository(database.db),
+    new ChatRepository(database.db, database.sql),
     messageRepo,
     broadcaster,
     rateLimits,
@@ -282,6 +291,11 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     serveCommands(socket, handlers, rateLimits.commandBucket(), ctx);
     // A deletion or revocation may have gone out between the handshake's check and the joins.
     void closeIfRevoked(socket, { revocations, users, logger });
+    limitOutbound(socket, {
+      maxBytes: components.socketMaxBufferedBytes ?? DEFAULT_SOCKET_MAX_BUFFERED_BYTES,
+      logger,
+      metrics,
+    });
   });
 
   return {

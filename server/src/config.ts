@@ -86,6 +86,19 @@ const envSchema = z.object({
    * the signature).
    */
   HTTP_BODY_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
+  /**
+   * Bytes that may wait to be written to one connection (answers and events its client has not
+   * read yet) before the socket is disconnected with SLOW_CONSUMER. Bounds the memory one
+   * client that stops reading can hold on a node. Default 8 MiB: several of the largest answers
+   * (a page is at most about 1 MiB, a message event under 1 MiB) and bursts of events to a
+   * client on a slow network; at least 2 MiB, so that one answer always fits.
+   */
+  SOCKET_MAX_BUFFERED_BYTES: z.coerce
+    .number()
+    .int()
+    .min(2 * 1024 * 1024)
+    .max(1024 * 1024 * 1024)
+    .default(8 * 1024 * 1024),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
   RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
   /**
@@ -187,6 +200,8 @@ export interface Config {
   connectTimeoutMs: number;
   /** How long a client may take to send a request's headers and body. */
   http: HttpTimeouts;
+  /** Bytes queued for one connection before it is disconnected as a slow consumer. */
+  socketMaxBufferedBytes: number;
   rateLimits: RateLimitConfig;
   /** Which browser origins may connect. */
   origins: OriginPolicy;
@@ -340,6 +355,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     commandTimeoutMs: e.COMMAND_TIMEOUT_MS,
     connectTimeoutMs: e.CONNECT_TIMEOUT_MS,
     http: { headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.HTTP_BODY_TIMEOUT_MS },
+    socketMaxBufferedBytes: e.SOCKET_MAX_BUFFERED_BYTES,
     rateLimits: {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
       // Free tier defaults; RATE_LIMIT_TIERS may override them (resolveTiers in rate-limits.ts).

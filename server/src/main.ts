@@ -17,6 +17,7 @@ import { createDemoHandler } from "./http/demo.js";
 import { httpServerOptions } from "./http/server-options.js";
 import { createLogger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import { installProcessHandlers } from "./process-handlers.js";
 import { createRedisAdapter } from "./redis-adapter.js";
 import { RateLimits } from "./services/rate-limits.js";
 
@@ -32,6 +33,7 @@ async function main(): Promise<void> {
     throw e;
   }
   const logger = createLogger(config.logLevel);
+  installProcessHandlers(logger);
 
   let embedded: EmbeddedDatabase | undefined;
   let databaseUrl = config.databaseUrl;
@@ -95,6 +97,7 @@ async function main(): Promise<void> {
     commandTimeoutMs: config.commandTimeoutMs,
     connectTimeoutMs: config.connectTimeoutMs,
     httpBodyTimeoutMs: config.http.bodyTimeoutMs,
+    socketMaxBufferedBytes: config.socketMaxBufferedBytes,
     rateLimits,
     origins: config.origins,
     trustProxy: config.trustProxy,

@@ -56,6 +56,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly slowConsumers = new Counter({
+    name: "chat_slow_consumer_disconnects_total",
+    help: "Sockets disconnected because more than SOCKET_MAX_BUFFERED_BYTES waited to be written to them",
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: "chat_" });
   }

@@ -70,6 +70,8 @@ export interface TestServerOptions {
   connectTimeoutMs?: number;
   /** How long a client may take to send headers and bodies (default as in production). */
   httpTimeouts?: Partial<HttpTimeouts>;
+  /** Bytes queued for one connection before it is disconnected as a slow consumer. */
+  socketMaxBufferedBytes?: number;
   /** Enables the service-role HTTP API with this key. */
   serviceApiKey?: string;
   /** Enables `POST /webhooks/clerk` with this signing secret (`whsec_…`). */
@@ -138,6 +140,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     commandTimeoutMs: options.commandTimeoutMs,
     connectTimeoutMs: options.connectTimeoutMs,
     httpBodyTimeoutMs: httpTimeouts.bodyTimeoutMs,
+    socketMaxBufferedBytes: options.socketMaxBufferedBytes,
     database,
     verifier: createClerkVerifier({
       jwtKey: testKeys.publicKeyPem,

@@ -170,6 +170,8 @@ interface Request {
   url: URL;
   /** The parsed JSON body (POST only). */
   body: unknown;
+  /** Aborts when the request timed out or its connection closed: reads not yet sent are dropped. */
+  signal: AbortSignal;
 }
 
 /** What a handler answers: a status and a JSON body. */
@@ -231,10 +233,11 @@ function routes(deps: ServiceApiDeps): Route[] {
     }),
     route("GET", `${base}/users/:userId/chats/:chatId/messages`, async (r) => {
       const query = schemas.messagesQuery.parse(Object.fromEntries(r.url.searchParams));
-      const page = await service.chatMessages(param(r, "userId"), {
-        chatId: param(r, "chatId"),
-        ...query,
-      });
+      const page = await service.chatMessages(
+        param(r, "userId"),
+        { chatId: param(r, "chatId"), ...query },
+        r.signal,
+      );
       return { status: 200, body: page };
     }),
     route("GET", `${base}/users/:userId/chats`, async (r) => ({
@@ -369,10 +372,16 @@ export function createServiceApi(deps: ServiceApiDeps): HttpRoute {
         body = parsed.value;
       }
       const { route: r, params } = matched;
+      const controller = new AbortController();
+      const abort = () => controller.abort();
+      res.once("close", abort);
       const work = deps.inflight.track(
-        (async () => r.handle({ params: checkParams(params), url, body }))(),
+        (async () =>
+          r.handle({ params: checkParams(params), url, body, signal: controller.signal }))(),
       );
-      const reply = await withTimeout(work, deps.timeoutMs);
+      const reply = await withTimeout(work, deps.timeoutMs, abort).finally(() =>
+        res.off("close", abort),
+      );
       sendJson(res, reply.status, reply.body);
     } catch (err) {
       sendFailure(res, err, context, deps.logger);

@@ -25,18 +25,19 @@ export class ChatService {
     private readonly rateLimits: RateLimits,
   ) {}
 
+  /** A page of the sidebar, bounded by count and by bytes (Limits.MAX_PAGE_BYTES). */
   async list(
     actor: Actor,
     input: CommandPayload<"chat:list">,
+    signal?: AbortSignal,
   ): Promise<CommandResults["chat:list"]> {
     const limit = input.limit ?? Limits.DEFAULT_PAGE_SIZE;
     const after = input.cursor === undefined ? undefined : decodeCursor(input.cursor);
-    const rows = await this.chats.list(actor.dbUserId, limit + 1, after);
-    const page = rows.slice(0, limit);
-    const last = page.at(-1);
+    const { rows, hasMore } = await this.chats.list(actor.dbUserId, limit, after, { signal });
+    const last = rows.at(-1);
     return {
-      chats: page.map(toChatSummary),
-      nextCursor: rows.length > limit && last ? encodeCursor(last) : null,
+      chats: rows.map(toChatSummary),
+      nextCursor: hasMore && last ? encodeCursor(last) : null,
     };
   }
 
@@ -80,6 +81,7 @@ export class ChatService {
     actor: Actor,
     input: CommandPayload<"chat:open">,
     join: () => void,
+    signal?: AbortSignal,
   ): Promise<CommandResults["chat:open"]> {
     await this.requireOwned(actor, input.chatId);
     join();
@@ -87,6 +89,8 @@ export class ChatService {
       actor.dbUserId,
       input.chatId,
       input.limit ?? Limits.DEFAULT_PAGE_SIZE,
+      {},
+      { signal },
     );
     // Re-read the chat after the page so `lastSeq` is at least the page's last seq.
     const chat = await this.requireOwned(actor, input.chatId);

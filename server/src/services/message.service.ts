@@ -198,6 +198,7 @@ export class MessageService {
   async history(
     actor: Actor,
     input: CommandPayload<"message:history">,
+    signal?: AbortSignal,
   ): Promise<CommandResults["message:history"]> {
     await this.chats.requireOwned(actor, input.chatId);
     const { rows, hasMore } = await this.messages.page(
@@ -205,6 +206,7 @@ export class MessageService {
       input.chatId,
       input.limit ?? Limits.DEFAULT_PAGE_SIZE,
       { before: input.before, after: input.after },
+      { signal },
     );
     return { messages: rows.map(toChatMessage), hasMore };
   }
@@ -213,6 +215,7 @@ export class MessageService {
   async sync(
     actor: Actor,
     input: CommandPayload<"message:sync">,
+    signal?: AbortSignal,
   ): Promise<CommandResults["message:sync"]> {
     await this.chats.requireOwned(actor, input.chatId);
     const { rows, hasMore } = await this.messages.page(
@@ -220,6 +223,7 @@ export class MessageService {
       input.chatId,
       input.limit ?? Limits.MAX_PAGE_SIZE,
       { after: input.afterSeq },
+      { signal },
     );
     const messages = rows.map(toChatMessage);
     return { messages, hasMore, lastSeq: messages.at(-1)?.seq ?? input.afterSeq };

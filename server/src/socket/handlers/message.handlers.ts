@@ -11,8 +11,8 @@ type MessageCommands = Pick<
 export function messageHandlers(messages: MessageService): MessageCommands {
   return {
     "message:send": (socket, p) => messages.send(socket.data, p),
-    "message:history": (socket, p) => messages.history(socket.data, p),
-    "message:sync": (socket, p) => messages.sync(socket.data, p),
+    "message:history": (socket, p, signal) => messages.history(socket.data, p, signal),
+    "message:sync": (socket, p, signal) => messages.sync(socket.data, p, signal),
     // TODO(assistant loop): StreamService.stop. Until then no stream can be found.
     "message:stop": async () => {
       throw notFound("Stream");
