@@ -30,15 +30,24 @@ export type TokenUsageResult =
 export class UserRepository {
   constructor(private readonly db: Database) {}
 
-  /** Creates the user's row on first sight; otherwise records that they were seen. Returns the row id. */
-  async upsertSeen(clerkId: string): Promise<string> {
-    const [row] = await this.db
-      .insert(users)
-      .values({ clerkId })
-      .onConflictDoUpdate({ target: users.clerkId, set: { lastSeenAt: sql`now()` } })
-      .returning({ id: users.id });
-    if (!row) throw new Error("upsert returned no row");
-    return row.id;
+  /**
+   * Creates the rows of users seen for the first time, or records that they were seen, in one
+   * statement (the first handshakes a node takes at the same time). Returns Clerk id → row id,
+   * for every id given. The ids are sorted, so two nodes creating overlapping sets take the
+   * unique index's locks in the same order (no deadlock).
+   */
+  async upsertSeenMany(clerkIds: string[]): Promise<Map<string, string>> {
+    const ids = sql.join(
+      [...new Set(clerkIds)].sort().map((id) => sql`${id}`),
+      sql`, `,
+    );
+    const rows = await this.db.execute<{ id: string; clerk_id: string }>(sql`
+      insert into users (clerk_id)
+      select c.clerk_id from unnest(array[${ids}]::text[]) with ordinality as c(clerk_id, n)
+       order by c.n
+      on conflict (clerk_id) do update set last_seen_at = now()
+      returning id, clerk_id`);
+    return new Map(rows.map((r) => [r.clerk_id, r.id]));
   }
 
   /**
