@@ -84,9 +84,9 @@ export class UserService {
    * Called on every authenticated connection. The first connection of a user creates their row
    * before it resolves. New users arriving together share one upsert statement, like the
    * write path's group commit: while one statement runs, the next batch gathers, so a burst of
-   * first handshakes costs a few statements rather than one round trip (and ~200 µs of
-   * query building and protocol work) each. A reconnect of a user this node already knows costs no database round trip:
-   * the row id comes from memory and `last_seen_at` is written within `seenFlushMs`, in one
+   * first handshakes costs a few statements rather than one round trip (and ~200 µs of query
+   * building and protocol work) each. A reconnect of a user this node already knows costs no
+   * database round trip: the row id comes from memory and `last_seen_at` is written within `seenFlushMs`, in one
    * statement for every user seen meanwhile. A user whose row is gone by then is forgotten, so
    * their next connection provisions again.
    */
