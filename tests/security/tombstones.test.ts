@@ -447,16 +447,16 @@ describe("privileges", () => {
     expect(pub?.acl ?? "").not.toMatch(/(^|,)=/);
   });
 
-  test("no API role (nor PUBLIC) may call provision_user", async () => {
+  test("no API role (nor PUBLIC) may call provision_users", async () => {
     const rows = await sql<{ role: string; can: boolean }[]>`
       select r.rolname as role,
-             has_function_privilege(r.oid, 'public.provision_user(text)', 'EXECUTE') as can
+             has_function_privilege(r.oid, 'public.provision_users(text[])', 'EXECUTE') as can
         from pg_roles r where r.rolname in ('authenticated', 'service_role', 'anon')`;
     expect(rows.length).toBeGreaterThan(0);
     for (const r of rows) expect(r.can, r.role).toBe(false);
     const [fn] = await sql<{ acl: string | null }[]>`
       select array_to_string(proacl, ',') as acl from pg_proc
-       where oid = 'public.provision_user(text)'::regprocedure`;
+       where oid = 'public.provision_users(text[])'::regprocedure`;
     // Not NULL (the default, which lets PUBLIC execute) and no entry for PUBLIC ("=X/…").
     expect(fn?.acl).not.toBeNull();
     expect(fn?.acl ?? "").not.toMatch(/(^|,)=/);

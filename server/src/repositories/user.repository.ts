@@ -4,7 +4,7 @@ import { type MessageJson, users } from "../db/schema.js";
 
 /**
  * The class of the per-user advisory lock (`pg_advisory_xact_lock(class, hashtext(clerk_id))`;
- * the two-key form never collides with the migrations' one-key lock; `provision_user` in
+ * the two-key form never collides with the migrations' one-key lock; `provision_users` in
  * drizzle/0007_provision_user.sql uses the same). Every statement that may create a user's row
  * holds it (shared for a handshake, exclusive for a webhook), and so does every deletion
  * (exclusive), so a row is only ever created by a statement that started after the last
@@ -61,18 +61,24 @@ export class UserRepository {
   constructor(private readonly db: Database) {}
 
   /**
-   * Creates the user's row on first sight; otherwise records that they were seen. Returns the
-   * row id and the subscription tier (which picks the user's rate limits), or undefined when the
-   * user was deleted (a tombstone): their row is never recreated.
+   * Creates the rows of users seen for the first time, or records that they were seen, in one
+   * statement (the first handshakes a node takes at the same time). Returns Clerk id → row id
+   * and subscription tier (which picks the user's rate limits); a deleted user (a tombstone) is
+   * missing from the result: their row is never recreated. The function takes each user's lock
+   * (shared) before its insert (migration 0007), in sorted order, so two nodes creating
+   * overlapping sets never deadlock.
    */
-  async upsertSeen(
-    clerkId: string,
-  ): Promise<{ id: string; subscriptionTier: string | null } | undefined> {
-    // One statement: the function takes the lock (shared) before its insert (migration 0007).
-    const [row] = await this.db.execute<{ user_id: string | null; tier: string | null }>(
-      sql`select user_id, tier from public.provision_user(${clerkId})`,
+  async upsertSeenMany(
+    clerkIds: string[],
+  ): Promise<Map<string, { id: string; subscriptionTier: string | null }>> {
+    const ids = sql.join(
+      [...new Set(clerkIds)].sort().map((id) => sql`${id}`),
+      sql`, `,
     );
-    return row?.user_id ? { id: row.user_id, subscriptionTier: row.tier } : undefined;
+    const rows = await this.db.execute<{ clerk_id: string; user_id: string; tier: string | null }>(
+      sql`select clerk_id, user_id, tier from public.provision_users(array[${ids}]::text[])`,
+    );
+    return new Map(rows.map((r) => [r.clerk_id, { id: r.user_id, subscriptionTier: r.tier }]));
   }
 
   /**
