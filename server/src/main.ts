@@ -82,7 +82,10 @@ async function main(): Promise<void> {
     serviceApiKey: config.serviceApiKey,
     webhookSigningSecret: config.webhookSigningSecret,
     streamTimeoutMs: config.streamTimeoutMs,
+    appWebhooks: config.appWebhooks ? { config: config.appWebhooks, databaseUrl } : undefined,
   });
+  // The webhook delivery runs (and enqueueing is on) before the first message can arrive.
+  await app.ready;
   await new Promise<void>((resolve) => httpServer.listen(config.port, config.host, resolve));
   const address = httpServer.address();
   const port = typeof address === "object" && address ? address.port : config.port;
@@ -93,6 +96,7 @@ async function main(): Promise<void> {
       auth: config.auth.mode,
       serviceApi: Boolean(config.serviceApiKey),
       clerkWebhooks: Boolean(config.webhookSigningSecret),
+      appWebhooks: Boolean(config.appWebhooks),
     },
     `listening on http://${config.host}:${port}`,
   );
