@@ -85,7 +85,7 @@ export class AppEventRepository {
                as retry_age_ms
         from public.app_events
        where chat_id = ${chatId} and failed_at is null
-       order by id
+       order by app_events.id
        limit ${limit}`;
     return rows.map((r) => ({
       id: r.id,
@@ -204,6 +204,12 @@ export class AppEventRepository {
       select (select count(*) from orphans)::int as released,
              graphile_worker.force_unlock_workers(array(select locked_by from orphans))`;
     return row?.released ?? 0;
+  }
+
+  /** Releases the locks of a pool known to be stopped (this node's, before it starts anew). */
+  async releasePool(poolId: string): Promise<void> {
+    await this.sql`select graphile_worker.force_unlock_workers(array[${poolId}]::text[])`;
+    await this.forget(poolId);
   }
 
   /** Events waiting to be delivered, and events whose retries ran out. */

@@ -67,13 +67,22 @@ export class AppEventDelivery {
    */
   async start(): Promise<void> {
     const { webhook, logger, repository } = this.options;
+    await this.startRunner();
+    await repository.setEnabled(true);
+    this.timer = setInterval(() => void this.maintain(), Math.max(100, webhook.nodeTimeoutMs / 5));
+    this.timer.unref();
+    logger.info({ url: redact(webhook.url) }, "webhooks: delivering to the app's backend");
+  }
+
+  private async startRunner(): Promise<void> {
+    const { webhook, logger } = this.options;
     const events = new EventEmitter();
     // The pool's id is what graphile-worker writes in locked_by: beat under it at once.
     events.on("pool:create", ({ workerPool }: { workerPool: { id: string } }) => {
       this.poolId = workerPool.id;
       void this.beat();
     });
-    this.runner = await run({
+    const runner = await run({
       connectionString: this.options.databaseUrl,
       // One per concurrent job, one for LISTEN, one spare.
       maxPoolSize: webhook.concurrency + 2,
@@ -86,14 +95,40 @@ export class AppEventDelivery {
       gracefulShutdownAbortTimeout: webhook.timeoutMs,
       events,
       logger: graphileLogger(logger),
+      // Batched completion: besides fewer round trips, a batch that cannot be recorded (the
+      // database away) stops the pool, which restart() replaces. Unbatched, graphile-worker
+      // 0.17 leaves that failure as an unhandled rejection, which would end the process.
+      preset: { worker: { completeJobBatchDelay: 0, failJobBatchDelay: 0 } },
       taskList: {
         [DELIVERY_TASK]: async (payload, helpers) => this.deliverChat(payload, helpers),
       },
     });
-    await repository.setEnabled(true);
-    this.timer = setInterval(() => void this.maintain(), Math.max(100, webhook.nodeTimeoutMs / 5));
-    this.timer.unref();
-    logger.info({ url: redact(webhook.url) }, "webhooks: delivering to the app's backend");
+    this.runner = runner;
+    // graphile-worker stops its pool when it cannot record a job's outcome for a while (the
+    // database away): this node then starts a new pool, so it goes on delivering once it is back.
+    runner.promise.then(
+      () => this.restart(runner, undefined),
+      (err: unknown) => this.restart(runner, err),
+    );
+  }
+
+  private async restart(previous: Runner, err: unknown): Promise<void> {
+    if (this.stopping || this.runner !== previous) return;
+    const { logger, repository } = this.options;
+    logger.warn({ err }, "webhooks: the delivery worker stopped; restarting it");
+    const deadPool = this.poolId;
+    for (let attempt = 0; !this.stopping; attempt++) {
+      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
+      if (this.stopping) return;
+      try {
+        // The stopped pool runs nothing any more: its locks are released at once.
+        if (deadPool) await repository.releasePool(deadPool);
+        await this.startRunner();
+        return;
+      } catch (e) {
+        logger.debug({ err: e }, "webhooks: restart failed; retrying");
+      }
+    }
   }
 
   /**
