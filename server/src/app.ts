@@ -201,7 +201,11 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   let ready: Promise<void>;
   if (components.appWebhooks) {
     const { config, databaseUrl } = components.appWebhooks;
-    const outboxDb = createDatabase(databaseUrl, { max: config.concurrency + 1 });
+    // Asynchronous commit for the delivery's bookkeeping (see app-event-delivery.ts).
+    const outboxDb = createDatabase(databaseUrl, {
+      max: config.concurrency + 1,
+      settings: { synchronous_commit: "off" },
+    });
     const worker = new AppEventDelivery({
       databaseUrl,
       repository: new AppEventRepository(outboxDb.sql),

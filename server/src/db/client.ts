@@ -17,6 +17,8 @@ export interface DatabaseOptions {
   max?: number;
   /** Seconds to wait for a connection before failing. */
   connectTimeoutSeconds?: number;
+  /** Session settings of every connection (e.g. `synchronous_commit`). */
+  settings?: Record<string, string>;
 }
 
 export function createDatabase(url: string, options: DatabaseOptions = {}): DatabaseHandle {
@@ -24,7 +26,7 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
     max: options.max ?? 10,
     connect_timeout: options.connectTimeoutSeconds ?? 5,
     onnotice: () => {},
-    connection: { application_name: "chat-backend" },
+    connection: { application_name: "chat-backend", ...options.settings },
   });
   const db = drizzle(sql, { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };

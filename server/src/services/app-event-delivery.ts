@@ -83,7 +83,7 @@ export class AppEventDelivery {
       void this.beat();
     });
     const runner = await run({
-      connectionString: this.options.databaseUrl,
+      connectionString: withAsyncCommit(this.options.databaseUrl),
       // One per concurrent job, one for LISTEN, one spare.
       maxPoolSize: webhook.concurrency + 2,
       concurrency: webhook.concurrency,
@@ -191,6 +191,9 @@ export class AppEventDelivery {
     while (delivered < MAX_EVENTS_PER_JOB) {
       const events = await repository.pending(chatId, BATCH);
       if (events.length === 0) return;
+      // A short batch was all there was. An event stored after that read needs no second look:
+      // its trigger found this job running and queued a new one behind it.
+      const last = events.length < BATCH;
       for (const event of events) {
         if (event.dueInMs > 0) {
           await repository.schedule(chatId, event.dueInMs);
@@ -240,6 +243,7 @@ export class AppEventDelivery {
         await repository.schedule(chatId, retryInMs);
         return;
       }
+      if (last) return;
     }
     // A long backlog: yield this worker to other chats, and carry on right after.
     await repository.schedule(chatId, 0);
@@ -253,6 +257,21 @@ export class AppEventDelivery {
     if (left <= 0) return undefined;
     return Math.min(delay, left);
   }
+}
+
+/**
+ * The delivery's own writes (job locks and completions, deleting a delivered event, recording a
+ * failure, heartbeats) commit asynchronously: they do not wait for the WAL flush. Safe for
+ * at-least-once: a write lost in a database crash only means an event delivered again (same
+ * webhook-id) or a wake-up that the overdue sweep redoes. The events themselves are written by
+ * the message's own, synchronous, transaction. Without this every delivered event would wait for
+ * several flushes, and the outbox could not keep up with the rate messages are stored at.
+ */
+function withAsyncCommit(databaseUrl: string): string {
+  const url = new URL(databaseUrl);
+  const options = url.searchParams.get("options");
+  url.searchParams.set("options", `${options ? `${options} ` : ""}-c synchronous_commit=off`);
+  return url.toString();
 }
 
 /** The URL without credentials or query (it may hold a token), for logs. */
