@@ -91,8 +91,9 @@ export class AppEventDelivery {
       // Retries that come due are found by polling (new jobs by LISTEN/NOTIFY): a wait of at
       // most this on top of the backoff.
       pollInterval: Math.min(1000, webhook.retryFirstDelayMs),
-      // Long enough for a delivery in progress to end on its own timeout.
-      gracefulShutdownAbortTimeout: webhook.timeoutMs,
+      // On shutdown, deliveries in progress get this long before they are aborted (and retried
+      // by any node): short enough for the process's 10 s shutdown limit (main.ts).
+      gracefulShutdownAbortTimeout: Math.min(webhook.timeoutMs, 3000),
       events,
       logger: graphileLogger(logger),
       // Batched completion: besides fewer round trips, a batch that cannot be recorded (the
