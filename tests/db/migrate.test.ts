@@ -9,7 +9,7 @@ import { runMigrations } from "../../server/src/db/migrate.js";
 import { adminSql, databaseUrl } from "../helpers/db.js";
 import { type FileDb, makeChat, makeUser, openFileDb } from "./fixtures.js";
 
-const MIGRATIONS = 5;
+const MIGRATIONS = 7;
 
 /** A fingerprint of everything the migrations create, to compare before and after a re-run. */
 async function schemaFingerprint(sql: postgres.Sql) {
@@ -82,12 +82,23 @@ describe("a brand-new empty database", () => {
     sql = postgres(url, { max: 1, onnotice: () => {} });
     const fp = await schemaFingerprint(sql);
     expect(fp?.migrations).toBe(MIGRATIONS);
-    expect(fp?.tables).toEqual(["chat_memory", "chat_sessions", "search_sessions", "users"]);
+    expect(fp?.tables).toEqual([
+      "app_event_nodes",
+      "app_event_settings",
+      "app_events",
+      "chat_memory",
+      "chat_sessions",
+      "search_sessions",
+      "users",
+    ]);
     expect(fp?.triggers).toEqual([
       "before_chat_message_created",
       "on_chat_message_created",
+      "on_chat_messages_enqueue_events",
       "on_chat_session_created",
+      "on_chats_deleted_enqueue_events",
       "on_search_session_created",
+      "on_user_deleted_enqueue_events",
       "trigger_update_chat_sessions_timestamp",
       "update_users_timestamp",
     ]);
