@@ -8,12 +8,14 @@ import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
-import type { DatabaseHandle } from "./db/client.js";
+import type { AppWebhookConfig } from "./config.js";
+import { createDatabase, type DatabaseHandle } from "./db/client.js";
 import { createClerkWebhookRoute } from "./http/clerk-webhook.js";
 import { createHttpHandler, type HttpRoute } from "./http/routes.js";
 import { createServiceApi } from "./http/service-api.js";
 import type { Logger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import { AppEventRepository } from "./repositories/app-event.repository.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
 import { SearchRepository } from "./repositories/search.repository.js";
@@ -23,6 +25,8 @@ import {
   type StreamStore,
 } from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
+import { AppEventDelivery } from "./services/app-event-delivery.js";
+import { type AppEvents, noAppEvents, OutboxAppEvents } from "./services/app-events.js";
 import { ChatService } from "./services/chat.service.js";
 import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
@@ -95,15 +99,18 @@ export interface AppComponents {
   /** Milliseconds a streamed reply may go without a chunk before it is marked failed; default 60 s. */
   streamTimeoutMs?: number | undefined;
   /**
-   * Where the app's backend receives its webhooks, and their signing secret (`whsec_…`).
-   * main.ts passes the built-in assistant here in development (docs/assistant.md).
-   */
-  appWebhook?: { url: string; secret: string } | undefined;
-  /**
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
    */
   redis?: { client: Redis; keyPrefix: string } | undefined;
+  /**
+   * Webhooks to the app's backend (APP_WEBHOOK_*): events are enqueued and this node delivers
+   * them (on connections of its own to `databaseUrl`). Without it no events are enqueued: the
+   * node turns enqueueing off at start (docs/service-api.md, "Webhooks to your backend").
+   */
+  appWebhooks?: { config: AppWebhookConfig; databaseUrl: string } | undefined;
+  /** Where the services raise events for the app's backend; default the outbox or, without appWebhooks, nothing. */
+  appEvents?: AppEvents | undefined;
 }
 
 export interface Application {
@@ -115,7 +122,14 @@ export interface Application {
     users: UserService;
     serviceRole: ServiceRoleService;
     streams: StreamService;
+    /** Events for the app's backend (stored in the outbox when webhooks are configured). */
+    appEvents: AppEvents;
   };
+  /**
+   * Resolves once background start-up is done (the webhook delivery runs and enqueueing is on or
+   * off); rejects if it failed. main.ts waits for it before listening.
+   */
+  ready: Promise<void>;
   /**
    * Graceful stop: stops accepting connections, refuses new commands (UNAVAILABLE), lets
    * commands in progress finish and ack (up to `drainMs`), tells every socket
@@ -226,6 +240,36 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const streamStore: StreamStore = components.redis
     ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
     : new MemoryStreamStore();
+  // The outbox: failed-deliveries routes read it on the main pool; the delivery has its own.
+  const appEventRepo = new AppEventRepository(database.sql);
+  const appEvents =
+    components.appEvents ??
+    (components.appWebhooks ? new OutboxAppEvents(appEventRepo) : noAppEvents);
+  let delivery: { worker: AppEventDelivery; database: DatabaseHandle } | undefined;
+  let ready: Promise<void>;
+  if (components.appWebhooks) {
+    const { config, databaseUrl } = components.appWebhooks;
+    // Asynchronous commit for the delivery's bookkeeping (see app-event-delivery.ts).
+    const outboxDb = createDatabase(databaseUrl, {
+      max: config.concurrency + 1,
+      settings: { synchronous_commit: "off" },
+    });
+    const worker = new AppEventDelivery({
+      databaseUrl,
+      repository: new AppEventRepository(outboxDb.sql),
+      webhook: config,
+      logger,
+      metrics,
+    });
+    delivery = { worker, database: outboxDb };
+    ready = worker.start();
+  } else {
+    ready = appEventRepo
+      .setEnabled(false)
+      .catch((err) => logger.warn({ err }, "webhooks: could not turn enqueueing off"));
+  }
+  ready.catch((err) => logger.error({ err }, "webhooks: start-up failed"));
+
   const streams = new StreamService(streamStore, users, chats, messages, broadcaster, logger, {
     timeoutMs: components.streamTimeoutMs ?? 60_000,
     finishLeaseMs: commandTimeoutMs * 2,
@@ -237,6 +281,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         apiKey: components.serviceApiKey,
         service: serviceRole,
         streams,
+        webhooks: appEventRepo,
         logger,
         inflight,
         timeoutMs: commandTimeoutMs,
@@ -301,7 +346,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   return {
     io,
     metrics,
-    services: { chats, messages, users, serviceRole, streams },
+    services: { chats, messages, users, serviceRole, streams, appEvents },
+    ready,
     async close({ drainMs = 5000 } = {}) {
       if (inflight.draining) return;
       // From here on: new handshakes are refused, /readyz says 503 so load balancers move
@@ -310,6 +356,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       inflight.draining = true;
       // Streams this node was sweeping are swept by the other nodes (Redis) from now on.
       streams.stop();
+      // Deliveries in progress finish (bounded by their timeout) while commands drain.
+      const deliveryStopped = delivery?.worker.stop();
       if (!(await inflight.drain(drainMs))) {
         logger.warn({ inflight: inflight.size }, "shutdown: commands still running after drain");
       }
@@ -329,6 +377,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       rateLimits.close();
       await users.close();
       await io.close();
+      await deliveryStopped;
+      await delivery?.database.close();
     },
   };
 }

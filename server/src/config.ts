@@ -58,6 +58,41 @@ const envSchema = z.object({
   ),
   /** Milliseconds a streamed reply may go without a chunk before it is marked failed. */
   SERVICE_STREAM_TIMEOUT_MS: z.coerce.number().int().min(1000).max(3_600_000).default(60_000),
+  /**
+   * The app's backend: every event (a user's message, a stop request, a deleted chat) is POSTed
+   * here as a signed webhook (docs/service-api.md, "Webhooks to your backend"). http(s) only.
+   * Unset: no events are enqueued at all.
+   */
+  APP_WEBHOOK_URL: optionalString.pipe(z.url({ protocol: /^https?$/ }).optional()),
+  /** Standard Webhooks signing secret (`whsec_` + base64). Required with APP_WEBHOOK_URL. */
+  APP_WEBHOOK_SECRET: optionalString,
+  /** Milliseconds one delivery may take (connect to last byte) before it counts as failed. Default 10 s. */
+  APP_WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(120_000).default(10_000),
+  /**
+   * Seconds an event is retried for, from when it was stored, before it is marked failed (listed
+   * by GET /service/v1/webhooks/failed, requeued by POST …/requeue). Default 24 h.
+   */
+  APP_WEBHOOK_RETRY_FOR_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(30 * 86_400)
+    .default(86_400),
+  /** Milliseconds before the first retry; each next wait doubles. Default 1 s: within seconds. */
+  APP_WEBHOOK_RETRY_FIRST_DELAY_MS: z.coerce.number().int().min(10).max(3_600_000).default(1000),
+  /**
+   * Longest wait between two attempts, in milliseconds. Default 60 s: a receiver that comes back
+   * is caught up within about a minute.
+   */
+  APP_WEBHOOK_RETRY_MAX_DELAY_MS: z.coerce.number().int().min(10).max(3_600_000).default(60_000),
+  /** Deliveries this node makes at once (each to a different chat). Default 10. */
+  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(10),
+  /**
+   * Milliseconds after which a delivering node that stopped sending heartbeats (killed, cut off
+   * from Postgres) counts as dead, and the other nodes take over its chats. Must exceed
+   * APP_WEBHOOK_TIMEOUT_MS. Default 15 s.
+   */
+  APP_WEBHOOK_NODE_TIMEOUT_MS: z.coerce.number().int().min(500).max(600_000).default(15_000),
   /** Seconds a socket may stay connected after its token expired before it is disconnected. */
   TOKEN_GRACE_SECONDS: z.coerce.number().int().min(0).max(30).default(15),
   /** Apply pending migrations at start (under an advisory lock, so nodes take turns). Default true. */
@@ -214,6 +249,23 @@ export interface Config {
   /** Undefined: the service API is disabled. */
   serviceApiKey: string | undefined;
   streamTimeoutMs: number;
+  /** Undefined: no webhooks to the app's backend, and no events are enqueued. */
+  appWebhooks: AppWebhookConfig | undefined;
+  /** The APP_WEBHOOK_* delivery settings, also when no URL is set (development's assistant). */
+  appWebhookTuning: Omit<AppWebhookConfig, "url" | "secret">;
+}
+
+/** Where and how events are delivered to the app's backend (APP_WEBHOOK_*). */
+export interface AppWebhookConfig {
+  url: string;
+  /** `whsec_…` (Standard Webhooks). */
+  secret: string;
+  timeoutMs: number;
+  retryForSeconds: number;
+  retryFirstDelayMs: number;
+  retryMaxDelayMs: number;
+  concurrency: number;
+  nodeTimeoutMs: number;
 }
 
 /** How tokens are verified: real Clerk keys, or the locally generated development key. */
@@ -319,6 +371,24 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       "CLERK_WEBHOOK_SIGNING_SECRET must be the signing secret from the Clerk Dashboard (whsec_ followed by base64).",
     );
   }
+  if (e.APP_WEBHOOK_URL && !e.APP_WEBHOOK_SECRET) {
+    throw new ConfigError(
+      "APP_WEBHOOK_URL requires APP_WEBHOOK_SECRET (whsec_ followed by base64; e.g. whsec_$(openssl rand -base64 32)).",
+    );
+  }
+  if (
+    e.APP_WEBHOOK_SECRET &&
+    !/^whsec_[A-Za-z0-9+/]{16,}={0,2}$/.test(e.APP_WEBHOOK_SECRET.trim())
+  ) {
+    throw new ConfigError(
+      "APP_WEBHOOK_SECRET must be whsec_ followed by base64 (at least 12 bytes; e.g. whsec_$(openssl rand -base64 32)).",
+    );
+  }
+  if (e.APP_WEBHOOK_NODE_TIMEOUT_MS <= e.APP_WEBHOOK_TIMEOUT_MS) {
+    throw new ConfigError(
+      "APP_WEBHOOK_NODE_TIMEOUT_MS must exceed APP_WEBHOOK_TIMEOUT_MS: a live node's delivery must end before its chats are taken over.",
+    );
+  }
   if (e.CLERK_JWT_KEY && !e.CLERK_JWT_KEY.includes("BEGIN PUBLIC KEY")) {
     throw new ConfigError("CLERK_JWT_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----).");
   }
@@ -377,5 +447,32 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     webhookSigningSecret: e.CLERK_WEBHOOK_SIGNING_SECRET?.trim(),
     serviceApiKey: e.SERVICE_API_KEY,
     streamTimeoutMs: e.SERVICE_STREAM_TIMEOUT_MS,
+    appWebhookTuning: {
+      timeoutMs: e.APP_WEBHOOK_TIMEOUT_MS,
+      retryForSeconds: e.APP_WEBHOOK_RETRY_FOR_SECONDS,
+      retryFirstDelayMs: e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+      retryMaxDelayMs: Math.max(
+        e.APP_WEBHOOK_RETRY_MAX_DELAY_MS,
+        e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+      ),
+      concurrency: e.APP_WEBHOOK_CONCURRENCY,
+      nodeTimeoutMs: e.APP_WEBHOOK_NODE_TIMEOUT_MS,
+    },
+    appWebhooks:
+      e.APP_WEBHOOK_URL && e.APP_WEBHOOK_SECRET
+        ? {
+            url: e.APP_WEBHOOK_URL,
+            secret: e.APP_WEBHOOK_SECRET.trim(),
+            timeoutMs: e.APP_WEBHOOK_TIMEOUT_MS,
+            retryForSeconds: e.APP_WEBHOOK_RETRY_FOR_SECONDS,
+            retryFirstDelayMs: e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+            retryMaxDelayMs: Math.max(
+              e.APP_WEBHOOK_RETRY_MAX_DELAY_MS,
+              e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+            ),
+            concurrency: e.APP_WEBHOOK_CONCURRENCY,
+            nodeTimeoutMs: e.APP_WEBHOOK_NODE_TIMEOUT_MS,
+          }
+        : undefined,
   };
 }

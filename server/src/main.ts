@@ -88,6 +88,11 @@ async function main(): Promise<void> {
     throw e;
   }
 
+  // The app's backend (APP_WEBHOOK_URL), or in development the built-in assistant.
+  const webhooks =
+    config.appWebhooks ??
+    (devAssistant ? { ...config.appWebhookTuning, ...devAssistant.webhook } : undefined);
+
   const httpServer = createServer(httpServerOptions(config.http));
   const app = createApplication(httpServer, {
     database,
@@ -108,10 +113,12 @@ async function main(): Promise<void> {
     adapter: redis?.adapter,
     redis: redis ? { client: redis.client, keyPrefix: config.redisKeyPrefix } : undefined,
     serviceApiKey: devAssistant?.serviceApiKey ?? config.serviceApiKey,
-    appWebhook: devAssistant?.webhook,
     webhookSigningSecret: config.webhookSigningSecret,
     streamTimeoutMs: config.streamTimeoutMs,
+    appWebhooks: webhooks ? { config: webhooks, databaseUrl } : undefined,
   });
+  // The webhook delivery runs (and enqueueing is on) before the first message can arrive.
+  await app.ready;
   await new Promise<void>((resolve) => httpServer.listen(config.port, config.host, resolve));
   const address = httpServer.address();
   const port = typeof address === "object" && address ? address.port : config.port;
@@ -122,6 +129,11 @@ async function main(): Promise<void> {
       auth: config.auth.mode,
       serviceApi: Boolean(config.serviceApiKey ?? devAssistant),
       clerkWebhooks: Boolean(config.webhookSigningSecret),
+      appWebhooks: webhooks
+        ? config.appWebhooks
+          ? "APP_WEBHOOK_URL"
+          : "built-in assistant"
+        : false,
     },
     `listening on http://${config.host}:${port}`,
   );

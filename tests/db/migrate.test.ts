@@ -136,6 +136,9 @@ describe("a brand-new empty database", () => {
     const fp = await schemaFingerprint(sql);
     expect(fp?.migrations).toBe(MIGRATIONS);
     expect(fp?.tables).toEqual([
+      "app_event_nodes",
+      "app_event_settings",
+      "app_events",
       "chat_memory",
       "chat_sessions",
       "search_sessions",
@@ -145,8 +148,11 @@ describe("a brand-new empty database", () => {
     expect(fp?.triggers).toEqual([
       "before_chat_message_created",
       "on_chat_message_created",
+      "on_chat_messages_enqueue_events",
       "on_chat_session_created",
+      "on_chats_deleted_enqueue_events",
       "on_search_session_created",
+      "on_user_deleted_enqueue_events",
       "trigger_update_chat_sessions_timestamp",
       "update_users_timestamp",
     ]);

@@ -12,6 +12,7 @@ import type { ClientToServerEvents, ServerToClientEvents } from "../../protocol/
 import { type Application, createApplication } from "../../server/src/app.js";
 import { type MintOptions, mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { createClerkVerifier } from "../../server/src/auth/token-verifier.js";
+import type { AppWebhookConfig } from "../../server/src/config.js";
 import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
 import {
   DEFAULT_HTTP_TIMEOUTS,
@@ -80,7 +81,19 @@ export interface TestServerOptions {
   streamTimeoutMs?: number;
   /** Enables the development route `POST /dev/token`, minting with the test key. */
   devTokens?: boolean;
+  /** Webhooks to the app's backend (the outbox's delivery runs in this node); defaults below. */
+  appWebhooks?: Pick<AppWebhookConfig, "url" | "secret"> & Partial<AppWebhookConfig>;
 }
+
+/** Short waits for tests: retries within 100 ms, capped at 1 s; dead nodes noticed in 3 s. */
+export const testWebhookDefaults: Omit<AppWebhookConfig, "url" | "secret"> = {
+  timeoutMs: 2000,
+  retryForSeconds: 86_400,
+  retryFirstDelayMs: 100,
+  retryMaxDelayMs: 1000,
+  concurrency: 4,
+  nodeTimeoutMs: 3000,
+};
 
 export interface TestServer {
   url: string;
@@ -158,7 +171,11 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     webhookSigningSecret: options.webhookSigningSecret,
     streamTimeoutMs: options.streamTimeoutMs,
     mintDevToken: options.devTokens ? (userId) => tokenFor(userId) : undefined,
+    appWebhooks: options.appWebhooks
+      ? { config: { ...testWebhookDefaults, ...options.appWebhooks }, databaseUrl }
+      : undefined,
   });
+  await app.ready;
   await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   const port = (httpServer.address() as AddressInfo).port;
   const url = `http://127.0.0.1:${port}`;

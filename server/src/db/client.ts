@@ -20,6 +20,8 @@ export interface DatabaseOptions {
   max?: number;
   /** Seconds to wait for a connection before failing. */
   connectTimeoutSeconds?: number;
+  /** Session settings of every connection (e.g. `synchronous_commit`). */
+  settings?: Record<string, string>;
 }
 
 export function createDatabase(url: string, options: DatabaseOptions = {}): DatabaseHandle {
@@ -34,7 +36,7 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
     // `sql.array()` parameters as text ("malformed array literal", #789). Nothing here needs
     // them: no query sends or returns an array parameter (insertMany sends one jsonb value).
     fetch_types: false,
-    connection: { application_name: APPLICATION_NAME },
+    connection: { application_name: APPLICATION_NAME, ...options.settings },
   });
   const db = drizzle(sql, { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };

@@ -8,6 +8,7 @@
 import { sql } from "drizzle-orm";
 import {
   bigint,
+  boolean,
   check,
   foreignKey,
   index,
@@ -173,6 +174,71 @@ export const userTombstones = pgTable("user_tombstones", {
    * No foreign key: the row it named is gone.
    */
   userId: uuid("user_id"),
+});
+
+/**
+ * The transactional outbox: events for the app's own backend (docs/service-api.md, "Webhooks to
+ * your backend"). Rows are written by the database itself (triggers on chat_memory, chat_sessions
+ * and users) in the transaction of the change they describe, or by the server for events that
+ * have no row of their own (a stop request). A row is deleted once its webhook was delivered;
+ * one whose retries ran out stays, with `failed_at` set, until it is requeued.
+ */
+export const appEvents = pgTable(
+  "app_events",
+  {
+    /** The delivery order: a chat's events are delivered by ascending id, one at a time. */
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    /** The webhook's `webhook-id` (`evt_<uuid>`): the same on every retry, for de-duplication. */
+    eventId: uuid("event_id").notNull().defaultRandom().unique("app_events_event_id_key"),
+    /** No foreign key: a chat's `chat.deleted` event outlives the chat. */
+    chatId: uuid("chat_id").notNull(),
+    type: text("type").notNull(),
+    /** The body's `data`. */
+    data: jsonb("data").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    /** Failed delivery attempts so far. */
+    attempts: integer("attempts").notNull().default(0),
+    /** When the next attempt is due (the backoff after a failure). */
+    nextAttemptAt: timestamp("next_attempt_at", { withTimezone: true }).notNull().defaultNow(),
+    lastAttemptAt: timestamp("last_attempt_at", { withTimezone: true }),
+    lastError: text("last_error"),
+    /** When the event was last requeued after failing: its retries are counted from then. */
+    requeuedAt: timestamp("requeued_at", { withTimezone: true }),
+    /** Set when the retries ran out (APP_WEBHOOK_RETRY_FOR_SECONDS); null while pending. */
+    failedAt: timestamp("failed_at", { withTimezone: true }),
+  },
+  (t) => [
+    // The per-chat queue: the oldest pending event of a chat.
+    index("app_events_chat_id_idx").on(t.chatId, t.id),
+    // The sweep for overdue events (a lost wake-up) and the pending count.
+    index("app_events_pending_idx").on(t.nextAttemptAt).where(sql`${t.failedAt} is null`),
+    // The failed-deliveries listing.
+    index("app_events_failed_idx").on(t.id).where(sql`${t.failedAt} is not null`),
+  ],
+);
+
+/**
+ * One row, written by each node at start: whether events are enqueued at all (true when the
+ * node has APP_WEBHOOK_URL). Read by the outbox triggers, so that a deployment without a backend
+ * pays nothing per message.
+ */
+export const appEventSettings = pgTable(
+  "app_event_settings",
+  {
+    /** Always true: the table holds at most one row. */
+    id: boolean("id").primaryKey().default(true),
+    enabled: boolean("enabled").notNull().default(false),
+  },
+  (t) => [check("app_event_settings_single_row", sql`${t.id}`)],
+);
+
+/**
+ * The delivering nodes' heartbeats, by graphile-worker pool id. A pool that stopped beating has
+ * its locked jobs released by the other nodes within seconds (graphile-worker itself waits 4 h).
+ */
+export const appEventNodes = pgTable("app_event_nodes", {
+  poolId: text("pool_id").primaryKey(),
+  heartbeatAt: timestamp("heartbeat_at", { withTimezone: true }).notNull().defaultNow(),
 });
 
 export type User = typeof users.$inferSelect;

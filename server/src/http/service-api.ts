@@ -18,6 +18,7 @@ import {
   storableText,
 } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
+import type { AppEventRepository } from "../repositories/app-event.repository.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { ServiceRoleService } from "../services/service-role.service.js";
 import type { StreamService } from "../services/stream.service.js";
@@ -40,6 +41,8 @@ export interface ServiceApiDeps {
   apiKey: string;
   service: ServiceRoleService;
   streams: StreamService;
+  /** The outbox: failed webhook deliveries are listed and requeued through it. */
+  webhooks: AppEventRepository;
   logger: Logger;
   inflight: Inflight;
   /** A request not done by then is answered 503 UNAVAILABLE (the work itself goes on). */
@@ -61,6 +64,16 @@ const userIdSchema = z
 const replyRole = z.enum(["assistant", "system"]);
 
 const storable = (max: number) => storableText(max).min(1);
+
+/** A webhook's `webhook-id`: `evt_` + uuid; the uuid is what is stored. */
+const eventIdSchema = z
+  .string()
+  .regex(
+    /^evt_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i,
+    "must be an event id (evt_<uuid>)",
+  )
+  .transform((id) => id.slice(4).toLowerCase());
+const MAX_REQUEUE_IDS = 1000;
 
 const chunk = z.strictObject({
   index: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
@@ -139,6 +152,14 @@ const schemas = {
           "indexes must be consecutive",
         ),
     }),
+  ]),
+  failedWebhooksQuery: z.strictObject({
+    after: eventIdSchema.optional(),
+    limit: digits(Limits.MAX_PAGE_SIZE).pipe(z.number().min(1)).optional(),
+  }),
+  requeueWebhooks: z.union([
+    z.strictObject({ all: z.literal(true) }),
+    z.strictObject({ ids: z.array(eventIdSchema).min(1).max(MAX_REQUEUE_IDS) }),
   ]),
   finish: z.strictObject({ content: contentSchema.optional() }),
   fail: z.strictObject({ message: storable(500).optional() }),
@@ -219,7 +240,7 @@ function checkParams(raw: Params): Params {
 const param = (r: Request, name: string): string => r.params[name] ?? "";
 
 function routes(deps: ServiceApiDeps): Route[] {
-  const { service, streams } = deps;
+  const { service, streams, webhooks } = deps;
   const base = "/service/v1";
   return [
     route("POST", `${base}/users/:userId/chats/:chatId/messages`, async (r) => {
@@ -294,6 +315,21 @@ function routes(deps: ServiceApiDeps): Route[] {
     route("POST", `${base}/streams/:streamId/fail`, async (r) => {
       const body = schemas.fail.parse(r.body);
       return { status: 200, body: await streams.fail(param(r, "streamId"), body.message) };
+    }),
+    route("GET", `${base}/webhooks/failed`, async (r) => {
+      const query = schemas.failedWebhooksQuery.parse(Object.fromEntries(r.url.searchParams));
+      const limit = query.limit ?? 50;
+      const failed = await webhooks.listFailed({ after: query.after, limit });
+      const last = failed.at(-1);
+      return {
+        status: 200,
+        body: { failed, next: failed.length === limit && last ? last.id : null },
+      };
+    }),
+    route("POST", `${base}/webhooks/failed/requeue`, async (r) => {
+      const body = schemas.requeueWebhooks.parse(r.body);
+      const requeued = await webhooks.requeue("ids" in body ? body.ids : undefined);
+      return { status: 200, body: { requeued } };
     }),
   ];
 }
