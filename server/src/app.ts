@@ -23,6 +23,7 @@ import {
   type StreamStore,
 } from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
+import type { AppEvents } from "./services/app-events.js";
 import { ChatService } from "./services/chat.service.js";
 import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
@@ -72,6 +73,10 @@ export interface AppComponents {
   webhookSigningSecret?: string | undefined;
   /** Milliseconds a streamed reply may go without a chunk before it is marked failed; default 60 s. */
   streamTimeoutMs?: number | undefined;
+  /** Milliseconds a stream's chunks are gathered into one `message:delta`; 0: none; default 40. */
+  streamFlushMs?: number | undefined;
+  /** Events for the app's backend (a stop requested); default none (webhooks not configured). */
+  appEvents?: AppEvents | undefined;
   /**
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
@@ -160,7 +165,16 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
   const messageRepo = new MessageRepository(database.db, database.sql, metrics);
-  const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
+  const streamStore: StreamStore = components.redis
+    ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
+    : new MemoryStreamStore();
+  const chats = new ChatService(
+    new ChatRepository(database.db),
+    messageRepo,
+    broadcaster,
+    streamStore,
+    logger,
+  );
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
@@ -170,13 +184,20 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     new SearchRepository(database.db),
     broadcaster,
   );
-  const streamStore: StreamStore = components.redis
-    ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
-    : new MemoryStreamStore();
-  const streams = new StreamService(streamStore, users, chats, messages, broadcaster, logger, {
-    timeoutMs: components.streamTimeoutMs ?? 60_000,
-    finishLeaseMs: commandTimeoutMs * 2,
-  });
+  const streams = new StreamService(
+    streamStore,
+    users,
+    chats,
+    messages,
+    broadcaster,
+    logger,
+    {
+      timeoutMs: components.streamTimeoutMs ?? 60_000,
+      finishLeaseMs: commandTimeoutMs * 2,
+      flushMs: components.streamFlushMs,
+    },
+    components.appEvents,
+  );
   streams.startSweeper();
   if (components.serviceApiKey) {
     extraRoutes.push(
@@ -224,7 +245,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   );
   const handlers: CommandHandlers = {
     ...chatHandlers(chats),
-    ...messageHandlers(messages),
+    ...messageHandlers(messages, streams),
     ...userHandlers({ users, verifier, expiry, revocations }),
   };
 
@@ -254,7 +275,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       // would also drop the idle keep-alive and upgraded sockets before they are told.)
       inflight.draining = true;
       // Streams this node was sweeping are swept by the other nodes (Redis) from now on.
-      streams.stop();
+      streams.close();
       if (!(await inflight.drain(drainMs))) {
         logger.warn({ inflight: inflight.size }, "shutdown: commands still running after drain");
       }

@@ -82,6 +82,7 @@ async function main(): Promise<void> {
     serviceApiKey: config.serviceApiKey,
     webhookSigningSecret: config.webhookSigningSecret,
     streamTimeoutMs: config.streamTimeoutMs,
+    streamFlushMs: config.streamFlushMs,
   });
   await new Promise<void>((resolve) => httpServer.listen(config.port, config.host, resolve));
   const address = httpServer.address();

@@ -16,6 +16,7 @@ import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.
 import { createLogger } from "../../server/src/logger.js";
 import { Metrics } from "../../server/src/metrics.js";
 import { createRedisAdapter } from "../../server/src/redis-adapter.js";
+import type { AppEvents } from "../../server/src/services/app-events.js";
 import { type RateLimitConfig, RateLimits } from "../../server/src/services/rate-limits.js";
 import type { OriginPolicy } from "../../server/src/socket/origins.js";
 import { createTestDatabase, type TestDatabase } from "./db.js";
@@ -67,6 +68,10 @@ export interface TestServerOptions {
   webhookSigningSecret?: string;
   /** Milliseconds before a streamed reply with no news is marked failed (default 60 s). */
   streamTimeoutMs?: number;
+  /** Coalescing window of stream deltas (default the server's, 40 ms; 0: one delta per chunk). */
+  streamFlushMs?: number;
+  /** Events for the app's backend (a stop requested); default none. */
+  appEvents?: AppEvents;
   /** Enables the development route `POST /dev/token`, minting with the test key. */
   devTokens?: boolean;
 }
@@ -140,6 +145,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     serviceApiKey: options.serviceApiKey,
     webhookSigningSecret: options.webhookSigningSecret,
     streamTimeoutMs: options.streamTimeoutMs,
+    streamFlushMs: options.streamFlushMs,
+    appEvents: options.appEvents,
     mintDevToken: options.devTokens ? (userId) => tokenFor(userId) : undefined,
   });
   await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
