@@ -4,7 +4,7 @@
  */
 
 /** Version of the wire protocol described in docs/protocol.md. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /**
  * The closed set of error codes an ack (or an HTTP error body) may carry. A new code must be

@@ -246,7 +246,8 @@ export interface ConnectionClosing {
 /**
  * A streamed reply (from the app's backend, through the service API) began in a chat this
  * socket has open. Deltas follow; it ends with `message:created` (whose `message.clientId`
- * equals `streamId`) or `message:failed`.
+ * equals `streamId`), `message:stopped` (then `message:created` of the partial reply, if any) or
+ * `message:failed`.
  */
 export interface MessageStreaming {
   streamId: string;
@@ -322,7 +323,7 @@ export interface ServerToClientEvents {
   "connection:closing": (event: ConnectionClosing) => void;
   /** A streamed reply began in a chat this socket has open. */
   "message:streaming": (event: MessageStreaming) => void;
-  /** A piece of a streamed reply; order by `index`, drop duplicates. */
+  /** A piece of a streamed reply (coalesced); place it by `offset`, drop what you have. */
   "message:delta": (event: MessageDelta) => void;
   /** A streamed reply failed or was abandoned; nothing was stored. */
   "message:failed": (event: MessageStreamFailed) => void;

@@ -98,6 +98,8 @@ export interface AppComponents {
   webhookSigningSecret?: string | undefined;
   /** Milliseconds a streamed reply may go without a chunk before it is marked failed; default 60 s. */
   streamTimeoutMs?: number | undefined;
+  /** Milliseconds a stream's chunks are gathered into one `message:delta`; 0: none; default 40. */
+  streamFlushMs?: number | undefined;
   /**
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
@@ -222,11 +224,16 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
   const messageRepo = new MessageRepository(database.sql, metrics);
+  const streamStore: StreamStore = components.redis
+    ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
+    : new MemoryStreamStore();
   const chats = new ChatService(
     new ChatRepository(database.db, database.sql),
     messageRepo,
     broadcaster,
     rateLimits,
+    streamStore,
+    logger,
   );
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
@@ -237,9 +244,6 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     new SearchRepository(database.db),
     broadcaster,
   );
-  const streamStore: StreamStore = components.redis
-    ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
-    : new MemoryStreamStore();
   // The outbox: failed-deliveries routes read it on the main pool; the delivery has its own.
   const appEventRepo = new AppEventRepository(database.sql);
   const appEvents =
@@ -270,10 +274,20 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   }
   ready.catch((err) => logger.error({ err }, "webhooks: start-up failed"));
 
-  const streams = new StreamService(streamStore, users, chats, messages, broadcaster, logger, {
-    timeoutMs: components.streamTimeoutMs ?? 60_000,
-    finishLeaseMs: commandTimeoutMs * 2,
-  });
+  const streams = new StreamService(
+    streamStore,
+    users,
+    chats,
+    messages,
+    broadcaster,
+    logger,
+    {
+      timeoutMs: components.streamTimeoutMs ?? 60_000,
+      finishLeaseMs: commandTimeoutMs * 2,
+      flushMs: components.streamFlushMs,
+    },
+    appEvents,
+  );
   streams.startSweeper();
   if (components.serviceApiKey) {
     extraRoutes.push(
@@ -317,7 +331,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   io.use(admissionMiddleware(admission));
   const handlers: CommandHandlers = {
     ...chatHandlers(chats),
-    ...messageHandlers(messages),
+    ...messageHandlers(messages, streams),
     ...userHandlers({ users, verifier, expiry, revocations }),
   };
 
@@ -355,7 +369,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       // would also drop the idle keep-alive and upgraded sockets before they are told.)
       inflight.draining = true;
       // Streams this node was sweeping are swept by the other nodes (Redis) from now on.
-      streams.stop();
+      streams.close();
       // Deliveries in progress finish (bounded by their timeout) while commands drain.
       const deliveryStopped = delivery?.worker.stop();
       if (!(await inflight.drain(drainMs))) {

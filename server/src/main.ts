@@ -116,6 +116,7 @@ async function main(): Promise<void> {
     webhookSigningSecret: config.webhookSigningSecret,
     streamTimeoutMs: config.streamTimeoutMs,
     appWebhooks: webhooks ? { config: webhooks, databaseUrl } : undefined,
+    streamFlushMs: config.streamFlushMs,
   });
   // The webhook delivery runs (and enqueueing is on) before the first message can arrive.
   await app.ready;

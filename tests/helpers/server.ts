@@ -22,6 +22,7 @@ import {
 import { createLogger } from "../../server/src/logger.js";
 import { Metrics } from "../../server/src/metrics.js";
 import { createRedisAdapter } from "../../server/src/redis-adapter.js";
+import type { AppEvents } from "../../server/src/services/app-events.js";
 import { type RateLimitConfig, RateLimits } from "../../server/src/services/rate-limits.js";
 import type { OriginPolicy } from "../../server/src/socket/origins.js";
 import { createTestDatabase, type TestDatabase } from "./db.js";
@@ -79,6 +80,10 @@ export interface TestServerOptions {
   webhookSigningSecret?: string;
   /** Milliseconds before a streamed reply with no news is marked failed (default 60 s). */
   streamTimeoutMs?: number;
+  /** Coalescing window of stream deltas (default the server's, 40 ms; 0: one delta per chunk). */
+  streamFlushMs?: number;
+  /** Events for the app's backend (a stop requested); default none. */
+  appEvents?: AppEvents;
   /** Enables the development route `POST /dev/token`, minting with the test key. */
   devTokens?: boolean;
   /** Webhooks to the app's backend (the outbox's delivery runs in this node); defaults below. */
@@ -170,6 +175,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     serviceApiKey: options.serviceApiKey,
     webhookSigningSecret: options.webhookSigningSecret,
     streamTimeoutMs: options.streamTimeoutMs,
+    streamFlushMs: options.streamFlushMs,
+    appEvents: options.appEvents,
     mintDevToken: options.devTokens ? (userId) => tokenFor(userId) : undefined,
     appWebhooks: options.appWebhooks
       ? { config: { ...testWebhookDefaults, ...options.appWebhooks }, databaseUrl }

@@ -26,7 +26,8 @@ import {
  * The content of one stored message. The server writes `{ role, content }`; rows written by
  * other tools may hold any JSON, so readers check the fields (see services/mappers.ts).
  */
-export type MessageJson = { role: string; content: string };
+/** `stopped: true` marks a streamed reply stopped by the user before it finished. */
+export type MessageJson = { role: string; content: string; stopped?: boolean };
 
 /**
  * One row per Clerk user. Created by the server on the user's first connection.

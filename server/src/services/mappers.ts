@@ -44,6 +44,7 @@ export function toChatMessage(row: ChatMessageRow): ChatMessage {
     role: body.role,
     content: body.content,
     createdAt: row.createdAt.toISOString(),
+    ...(row.message?.stopped === true ? { stopped: true as const } : {}),
   };
 }
 
