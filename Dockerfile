@@ -9,6 +9,8 @@ COPY tsconfig.json ./
 COPY protocol ./protocol
 COPY server ./server
 COPY drizzle ./drizzle
+# The development assistant is imported by main.ts (started only outside production).
+COPY assistant ./assistant
 USER node
 EXPOSE 3000
 # node --import tsx (not the tsx CLI): signals reach the server directly, for a graceful stop.

@@ -201,3 +201,22 @@ REVOKE ALL ON FUNCTION
   public.enqueue_chat_deleted_events(),
   public.enqueue_user_chats_deleted_events()
 FROM PUBLIC;
+--> statement-breakpoint
+-- Supabase's default privileges grant new sequences and functions to anon, authenticated and
+-- service_role: take back the outbox's identity sequence and every function above from each
+-- API role that exists (only the owner, through the triggers and the server, uses them).
+DO $$
+DECLARE
+  r text;
+BEGIN
+  REVOKE ALL ON SEQUENCE public.app_events_id_seq FROM PUBLIC;
+  FOREACH r IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+      EXECUTE format('REVOKE ALL ON SEQUENCE public.app_events_id_seq FROM %I', r);
+      EXECUTE format('REVOKE ALL ON FUNCTION public.schedule_app_event_delivery(uuid[]), '
+        'public.enqueue_app_event(uuid, text, jsonb), public.enqueue_message_created_events(), '
+        'public.enqueue_chat_deleted_events(), public.enqueue_user_chats_deleted_events() FROM %I', r);
+    END IF;
+  END LOOP;
+END
+$$;

@@ -100,7 +100,10 @@ describe("npm start in development", () => {
   });
 
   test("not when APP_WEBHOOK_URL names the app's own backend", async () => {
-    const { child, log, url } = await start({ APP_WEBHOOK_URL: "http://127.0.0.1:9/hooks" });
+    const { child, log, url } = await start({
+      APP_WEBHOOK_URL: "http://127.0.0.1:9/hooks",
+      APP_WEBHOOK_SECRET: `whsec_${Buffer.from("a-secret-of-the-apps-own-backend").toString("base64")}`,
+    });
     // Readiness first, so the absence of the assistant's line below means something.
     await eventually(async () => expect((await fetch(`${url}/readyz`)).status).toBe(200));
     expect(log.text).not.toContain("development assistant");

@@ -49,6 +49,7 @@ beforeAll(async () => {
     "drizzle",
     "demo",
     "client-sdk",
+    "assistant",
   ]) {
     await cp(path.join(repo, entry), path.join(checkout, entry), {
       recursive: true,

@@ -81,7 +81,7 @@ describe("a stored row the server cannot map is served as role user", () => {
     for (const [i, m] of malformed.entries()) {
       const [row] = await sql<{ seq: number }[]>`
         insert into chat_memory (session_id, message, client_id)
-        values (${chatId}, ${JSON.stringify(m.body)}::jsonb, ${`legacy-${i}`})
+        values (${chatId}, ${JSON.stringify(m.body)}::text::jsonb, ${`legacy-${i}`})
         returning seq::int as seq`;
       expected.set(row?.seq ?? -1, ["user", m.content]);
     }

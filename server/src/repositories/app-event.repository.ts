@@ -260,7 +260,10 @@ export class AppEventRepository {
    * event ids) with a fresh retry window, and wakes their chats. Returns how many.
    */
   async requeue(eventIds: string[] | undefined): Promise<number> {
-    const filter = eventIds ? this.sql`and event_id = any(${eventIds}::uuid[])` : this.sql``;
+    const filter = eventIds
+      ? this
+          .sql`and event_id::text in (select jsonb_array_elements_text(${JSON.stringify(eventIds)}::text::jsonb))`
+      : this.sql``;
     const [row] = await this.sql<{ requeued: number }[]>`
       with requeued as (
         update public.app_events
