@@ -4,7 +4,7 @@
  */
 
 /** Version of the wire protocol described in docs/protocol.md. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /**
  * The closed set of error codes an ack (or an HTTP error body) may carry. A new code must be
@@ -60,6 +60,11 @@ export const ConnectErrorCode = {
   TOKEN_INVALID: "TOKEN_INVALID",
   /** The token's `azp` is not one of the server's authorized parties. */
   TOKEN_WRONG_PARTY: "TOKEN_WRONG_PARTY",
+  /**
+   * The handshake's `Origin` is not allowed: a browser page of another site. Configuration or
+   * an attack: do not retry. (Non-browser clients send no Origin or the server's own.)
+   */
+  ORIGIN_NOT_ALLOWED: "ORIGIN_NOT_ALLOWED",
   /** Too many connections for this user or address. Retry later. */
   RATE_LIMITED: "RATE_LIMITED",
   /** The server could not complete the handshake (e.g. database unavailable). Retry later. */
@@ -86,6 +91,12 @@ export const DisconnectReason = {
    * RATE_LIMITED (a whole burst more). Reconnect with backoff, and honour `retryAfterMs`.
    */
   COMMAND_FLOOD: "COMMAND_FLOOD",
+  /**
+   * The client did not read what the server sent: more than the per-connection limit
+   * (`SOCKET_MAX_BUFFERED_BYTES`, default 8 MiB) waited to be written to it. Its commands in
+   * progress were dropped. Reconnect and catch up (`message:sync`); read what arrives.
+   */
+  SLOW_CONSUMER: "SLOW_CONSUMER",
 } as const;
 
 export type DisconnectReason = (typeof DisconnectReason)[keyof typeof DisconnectReason];
@@ -117,4 +128,17 @@ export const Limits = {
   DEFAULT_PAGE_SIZE: 50,
   /** Largest frame the server accepts, in bytes (Socket.IO `maxHttpBufferSize`). */
   MAX_FRAME_BYTES: 512 * 1024,
+  /**
+   * Bytes of JSON the items of one page may take (messages of `chat:open`, `message:history`
+   * and `message:sync`; chats of `chat:list`), as the server estimates them. A page that
+   * reaches it stops early and says so (`hasMore`, `nextCursor`); it always holds at least one
+   * item, so paging moves on whatever the sizes.
+   */
+  MAX_PAGE_BYTES: 1024 * 1024,
+  /**
+   * Page commands (`chat:list`, `chat:open`, `message:history`, `message:sync`) the server runs
+   * at once for one socket. Up to four times as many more wait their turn; beyond that one is
+   * answered RATE_LIMITED with `retryAfterMs`.
+   */
+  MAX_PAGES_IN_FLIGHT: 8,
 } as const;

@@ -30,7 +30,13 @@ export const storableText = (max: number) =>
     .refine((s) => !s.includes("\u0000"), "must not contain NUL characters")
     .refine((s) => s.isWellFormed(), "must be well-formed Unicode");
 
-const chatId = z.uuid({ message: "must be a UUID" });
+/**
+ * A chat id: a UUID in any letter case, normalised to lower case, the form Postgres returns and
+ * the one room names are built from. Without it, a device that opened a chat by its upper-case
+ * id would sit in another room and miss the chat's broadcasts.
+ */
+export const chatIdSchema = z.uuid({ message: "must be a UUID" }).transform((s) => s.toLowerCase());
+const chatId = chatIdSchema;
 const title = storableText(Limits.MAX_TITLE_CHARS)
   .transform((s) => s.trim())
   .pipe(z.string().min(1, "must not be blank"));
@@ -240,7 +246,8 @@ export interface ConnectionClosing {
 /**
  * A streamed reply (from the app's backend, through the service API) began in a chat this
  * socket has open. Deltas follow; it ends with `message:created` (whose `message.clientId`
- * equals `streamId`) or `message:failed`.
+ * equals `streamId`), `message:stopped` (then `message:created` of the partial reply, if any) or
+ * `message:failed`.
  */
 export interface MessageStreaming {
   streamId: string;
@@ -316,7 +323,7 @@ export interface ServerToClientEvents {
   "connection:closing": (event: ConnectionClosing) => void;
   /** A streamed reply began in a chat this socket has open. */
   "message:streaming": (event: MessageStreaming) => void;
-  /** A piece of a streamed reply; order by `index`, drop duplicates. */
+  /** A piece of a streamed reply (coalesced); place it by `offset`, drop what you have. */
   "message:delta": (event: MessageDelta) => void;
   /** A streamed reply failed or was abandoned; nothing was stored. */
   "message:failed": (event: MessageStreamFailed) => void;
@@ -335,6 +342,8 @@ export interface SocketData {
   userId: string;
   /** Primary key of the user's `users` row. */
   dbUserId: string;
+  /** `users.subscription_tier` when the socket connected: picks the per-user write limits. */
+  subscriptionTier: string | null;
   /** Clerk session id (`sid`), when the token has one. */
   sessionId: string | null;
   /** Expiry of the current token, epoch milliseconds. */

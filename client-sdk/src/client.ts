@@ -92,6 +92,8 @@ export interface ChatClientEvents {
   "chat:created": ServerToClientEvents["chat:created"];
   "chat:updated": ServerToClientEvents["chat:updated"];
   "chat:deleted": ServerToClientEvents["chat:deleted"];
+  /** A reply started or stopped being generated in one of the user's chats (`sidebar` has it). */
+  "chat:generating": ServerToClientEvents["chat:generating"];
   "stats:updated": ServerToClientEvents["stats:updated"];
   "connection:closing": (event: ConnectionClosing) => void;
   /** An outbox entry changed (pending, sending, confirmed, failed). */
@@ -142,6 +144,13 @@ export interface ChatClient {
     content: string;
     clientId?: string;
   }): Promise<CommandResults["message:send"]>;
+  /**
+   * Stops a streamed reply in progress (`message:stop`), on every device: the text so far is
+   * stored once as the reply, marked `stopped`, and the app's backend is told. Resolves with
+   * what became of it (`stopped`, or `finished`/`failed` when it ended first) and the stored
+   * message (null when nothing was stored); the chat store follows.
+   */
+  stopReply(input: CommandInput<"message:stop">): Promise<CommandResults["message:stop"]>;
   history(input: CommandInput<"message:history">): Promise<CommandResults["message:history"]>;
   sync(input: CommandInput<"message:sync">): Promise<CommandResults["message:sync"]>;
   stats(): Promise<CommandResults["user:stats"]>;
@@ -163,6 +172,11 @@ type TimedEmitter = {
 };
 
 const DEFAULT_COMMAND_TIMEOUT_MS = 15_000;
+/**
+ * How long a streamed reply may wait for text before a delta it received (a delta from another
+ * server node arriving first) before the chat is re-snapshotted (`chat:open`).
+ */
+const STREAM_GAP_WAIT_MS = 500;
 const TOKEN_TIMEOUT_MS = 10_000;
 /** Refresh when this fraction of the token's remaining lifetime has passed. */
 const REFRESH_AT = 0.7;
@@ -320,6 +334,7 @@ class ChatClientImpl implements ChatClient {
       const data = await this.command("chat:open", input);
       this.sidebar.upsert(data.chat);
       state.load(data.messages, data.hasMore);
+      state.applyStreams(data.streams);
       this.collectConfirmed(state.chatId);
       if (state.hasGap) this.catchUp(state);
       return data;
@@ -343,6 +358,22 @@ class ChatClientImpl implements ChatClient {
     // Awaiting is optional: an ignored rejection must not be "unhandled".
     promise.catch(() => {});
     return promise;
+  }
+
+  async stopReply(input: CommandInput<"message:stop">) {
+    const data = await this.command("message:stop", input);
+    const state = this.chats.get(input.chatId);
+    if (state) {
+      if (data.status === "stopped") state.streamStopped(data.streamId);
+      if (data.message) this.ingest(state, [data.message]);
+      else if (data.status !== "stopped") {
+        state.streamFailed(data.streamId, {
+          reason: "FAILED",
+          message: "The reply ended before it was stopped",
+        });
+      }
+    }
+    return data;
   }
 
   history(input: CommandInput<"message:history">) {
@@ -430,6 +461,37 @@ class ChatClientImpl implements ChatClient {
       this.emitter.emit("chat:deleted", event);
     });
     s.on("stats:updated", (event) => this.emitter.emit("stats:updated", event));
+    s.on("message:streaming", (event) => this.chats.get(event.chatId)?.streamStarted(event));
+    s.on("message:delta", (delta) => {
+      const state = this.chats.get(delta.chatId);
+      if (state?.streamDelta(delta) === "gap") this.awaitStreamGap(state, delta.streamId);
+    });
+    s.on("message:stopped", (event) => this.chats.get(event.chatId)?.streamStopped(event.streamId));
+    s.on("message:failed", (event) =>
+      this.chats.get(event.chatId)?.streamFailed(event.streamId, event),
+    );
+    s.on("chat:generating", (event) => {
+      this.sidebar.applyGenerating(event);
+      this.emitter.emit("chat:generating", event);
+    });
+  }
+
+  /**
+   * Text of a streamed reply was missed (or another node's delta is late): wait a moment for
+   * it, then take a fresh snapshot of the chat (`chat:open`, as after a reconnect).
+   */
+  private awaitStreamGap(state: ChatState, streamId: string): void {
+    if (state.resnapshotting) return;
+    state.resnapshotting = true;
+    this.later(STREAM_GAP_WAIT_MS, () => {
+      if (!state.hasStreamGap(streamId) || !state.open || !this.socket.connected) {
+        state.resnapshotting = false;
+        return;
+      }
+      void this.rejoin(state).finally(() => {
+        state.resnapshotting = false;
+      });
+    });
   }
 
   private setState(next: ConnectionState): void {
@@ -744,6 +806,8 @@ class ChatClientImpl implements ChatClient {
       this.sidebar.upsert(data.chat);
       this.ingest(state, data.messages);
       if (data.chat.lastSeq > state.lastSeq) await this.syncChat(state);
+      // After the catch-up, so that a reply stored meanwhile replaces its streamed item.
+      state.applyStreams(data.streams);
     } catch (e) {
       const err = toChatClientError(e, "chat:open");
       if (err.code === ErrorCode.NOT_FOUND) this.chatGone(state.chatId);

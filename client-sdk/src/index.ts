@@ -10,17 +10,25 @@ export {
   Limits,
   PROTOCOL_VERSION,
   retryableErrorCodes,
+  StreamFailureReason,
 } from "../../protocol/constants.js";
 export type {
+  ChatGenerating,
   ChatMessage,
   ChatSummary,
   CommandInput,
   CommandName,
   CommandResults,
   ConnectionClosing,
+  GeneratingState,
   MessageBody,
+  MessageDelta,
   MessagePage,
+  MessageStopped,
+  MessageStreamFailed,
+  MessageStreaming,
   ProtocolError,
+  StreamSnapshot,
   UserStats,
 } from "../../protocol/index.js";
 export {
@@ -55,4 +63,5 @@ export type {
   ReadableStore,
   SidebarSnapshot,
   SidebarStore,
+  StreamingReply,
 } from "./stores.js";

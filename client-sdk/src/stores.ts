@@ -4,12 +4,18 @@
  * React's `useSyncExternalStore` (or any other view layer) as they are.
  */
 import type {
+  ChatGenerating,
   ChatMessage,
   ChatSummary,
   CommandResults,
+  GeneratingState,
   MessageBody,
+  MessageDelta,
+  MessageStreaming,
+  StreamFailureReason,
+  StreamSnapshot,
 } from "../../protocol/index.js";
-import type { ChatClientError } from "./errors.js";
+import type { ChatClientError, ChatErrorCode } from "./errors.js";
 import type { OutboxEntry, OutboxStatus } from "./outbox.js";
 import { Store, sameItems } from "./util.js";
 
@@ -44,6 +50,8 @@ type ListPage = (input: {
 }) => Promise<CommandResults["chat:list"]>;
 
 const PAGE = 50;
+/** Ended stream ids remembered to ignore late starts. */
+const MAX_ENDED = 1000;
 
 /**
  * ISO 8601 timestamps in one comparable form: a chat's `updatedAt` has microseconds, a
@@ -84,8 +92,16 @@ function sameChat(a: ChatSummary, b: ChatSummary): boolean {
     a.lastSeq === b.lastSeq &&
     a.createdAt === b.createdAt &&
     a.updatedAt === b.updatedAt &&
-    sameBody(a.lastMessage, b.lastMessage)
+    sameBody(a.lastMessage, b.lastMessage) &&
+    sameGenerating(a.generating, b.generating)
   );
+}
+
+function sameGenerating(
+  a: GeneratingState | null | undefined,
+  b: GeneratingState | null | undefined,
+): boolean {
+  return a === b || (!!a && !!b && a.streamId === b.streamId && a.startedAt === b.startedAt);
 }
 
 /** Combines a known entry with a newer one; ignores one that is older in every respect. */
@@ -101,6 +117,10 @@ function mergeChat(prev: ChatSummary | undefined, next: ChatSummary): ChatSummar
     merged = { ...next, lastMessage: prev.lastMessage, lastSeq: prev.lastSeq };
   }
   merged = { ...merged, updatedAt: laterIso(merged.updatedAt, prev.updatedAt) };
+  // `chat:updated` may omit the generating state: absent means unchanged.
+  if (merged.generating === undefined && prev.generating !== undefined) {
+    merged = { ...merged, generating: prev.generating };
+  }
   return sameChat(prev, merged) ? prev : Object.freeze({ ...merged });
 }
 
@@ -129,6 +149,32 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
   remove(chatId: string): void {
     this.changes?.set(chatId, null);
     if (this.chats.delete(chatId)) this.rebuild();
+  }
+
+  /** Stream ids seen ending (bounded), so that a late start of one is ignored. */
+  private readonly ended = new Set<string>();
+
+  /**
+   * `chat:generating`: the entry's spinner. An end clears it only if it names the stream shown;
+   * a start of a stream already seen ending is stale. `chat:list` values are authoritative.
+   */
+  applyGenerating(event: ChatGenerating): void {
+    const prev = this.chats.get(event.chatId);
+    let generating = prev?.generating ?? null;
+    if (!event.active) {
+      this.ended.add(event.streamId);
+      if (this.ended.size > MAX_ENDED) {
+        this.ended.delete(this.ended.values().next().value as string);
+      }
+      if (generating?.streamId === event.streamId) generating = null;
+    } else if (!this.ended.has(event.streamId)) {
+      // The latest active stream is shown.
+      if (!generating || timeKey(generating.startedAt) <= timeKey(event.startedAt)) {
+        generating = { streamId: event.streamId, startedAt: event.startedAt };
+      }
+    }
+    if (!prev || sameGenerating(prev.generating, generating)) return;
+    this.upsert({ ...prev, generating });
   }
 
   /** A stored message: the entry's preview, `lastSeq` and order follow it. */
@@ -230,19 +276,45 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
 
 export type ChatStatus = "idle" | "loading" | "ready" | "deleted" | "error";
 
-/** One row to render: a stored message, or an outbox entry after them. */
+/**
+ * One row to render: a stored message, a streamed reply in progress, or an outbox entry. A
+ * streamed reply's key is its streamId, which is also the `clientId` of the message it is
+ * stored as, so the row keeps its key (no remount) when the stored message replaces it.
+ */
 export interface ChatItem {
-  /** Stable key: the clientId. */
+  /** Stable key: the clientId (a streamed reply's streamId). */
   readonly key: string;
   readonly clientId: string;
   readonly role: ChatMessage["role"];
+  /** The text (of a streamed reply: so far). */
   readonly content: string;
   /** The message's seq; null while it is not stored (or not yet in order). */
   readonly seq: number | null;
+  /** When it was stored, sent, or (a streamed reply) started. */
   readonly createdAt: string;
-  /** `sent` for stored messages; the outbox status otherwise. */
-  readonly status: "sent" | OutboxStatus;
-  readonly error: OutboxEntry["error"];
+  /**
+   * `sent`: a stored message. A streamed reply: `streaming`, `stopped` (by a device; the
+   * stored partial reply replaces it), `failed` (nothing stored: `error` says why). Otherwise
+   * the outbox status of this device's unsent message.
+   */
+  readonly status: "sent" | OutboxStatus | "streaming" | "stopped";
+  /** A reply stopped before it finished (streaming, or stored with `stopped: true`). */
+  readonly stopped: boolean;
+  readonly error: {
+    readonly code: ChatErrorCode | StreamFailureReason;
+    readonly message: string;
+  } | null;
+}
+
+/** A streamed reply as the chat store holds it (`ChatSnapshot.streams`). */
+export interface StreamingReply {
+  readonly streamId: string;
+  readonly role: "assistant" | "system";
+  readonly startedAt: string;
+  /** The text so far. */
+  readonly content: string;
+  readonly status: "streaming" | "stopped" | "failed";
+  readonly failure: { readonly reason: StreamFailureReason; readonly message: string } | null;
 }
 
 export interface ChatSnapshot {
@@ -255,7 +327,12 @@ export interface ChatSnapshot {
   readonly messages: readonly ChatMessage[];
   /** This device's outbox entries for the chat that are not among `messages` yet, in send order. */
   readonly pending: readonly OutboxEntry[];
-  /** `messages` then `pending`, as rows to render. */
+  /**
+   * Streamed replies not stored yet, oldest first: in progress, stopped (until the stored
+   * partial reply arrives) or failed (until the chat is opened again).
+   */
+  readonly streams: readonly StreamingReply[];
+  /** `messages`, then `streams`, then `pending`, as rows to render. */
   readonly items: readonly ChatItem[];
   /** Whether older messages exist before the first loaded one (`loadOlder()`). */
   readonly hasMoreBefore: boolean;
@@ -283,6 +360,7 @@ function messageItem(m: ChatMessage): ChatItem {
       seq: m.seq,
       createdAt: m.createdAt,
       status: "sent" as const,
+      stopped: m.stopped === true,
       error: null,
     });
     itemOfMessage.set(m, item);
@@ -301,12 +379,39 @@ function entryItem(e: OutboxEntry): ChatItem {
       seq: null,
       createdAt: e.createdAt,
       status: e.status,
+      stopped: false,
       error: e.error,
     });
     itemOfEntry.set(e, item);
   }
   return item;
 }
+
+const itemOfStream = new WeakMap<StreamingReply, ChatItem>();
+
+function streamItem(r: StreamingReply): ChatItem {
+  let item = itemOfStream.get(r);
+  if (!item) {
+    item = Object.freeze({
+      key: r.streamId,
+      clientId: r.streamId,
+      role: r.role,
+      content: r.content,
+      seq: null,
+      createdAt: r.startedAt,
+      status: r.status,
+      stopped: r.status === "stopped",
+      error: r.failure
+        ? Object.freeze({ code: r.failure.reason, message: r.failure.message })
+        : null,
+    });
+    itemOfStream.set(r, item);
+  }
+  return item;
+}
+
+/** What applying a delta did: `gap` means text before it was missed (re-snapshot). */
+export type DeltaOutcome = "applied" | "ignored" | "gap";
 
 export interface ChatStateHooks {
   /** This chat's unconfirmed outbox entries, in send order. */
@@ -330,6 +435,8 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
   /** In-flight catch-up (`message:sync`), and whether another pass was asked for meanwhile. */
   syncing: Promise<void> | null = null;
   syncAgain = false;
+  /** A re-snapshot for a streamed reply's missed text is scheduled or running. */
+  resnapshotting = false;
 
   constructor(
     readonly chatId: string,
@@ -342,11 +449,149 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
         open: false,
         messages: Object.freeze([]),
         pending: Object.freeze([]),
+        streams: Object.freeze([]),
         items: Object.freeze([]),
         hasMoreBefore: false,
         error: null,
       }),
     );
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Streamed replies
+
+  /** Streamed replies not stored yet, by streamId (each value frozen, replaced on change). */
+  private readonly streams = new Map<string, StreamingReply>();
+  /** Deltas beyond a stream's text, waiting for the text before them (another node's delta). */
+  private readonly aheadDeltas = new Map<string, MessageDelta[]>();
+
+  private setStream(reply: StreamingReply): void {
+    this.streams.set(reply.streamId, Object.freeze(reply));
+  }
+
+  /** `message:streaming`: a reply began (ignored when already known or already stored). */
+  streamStarted(event: MessageStreaming): void {
+    if (this.status !== "ready" || this.streams.has(event.streamId)) return;
+    if (this.clientIds.has(event.streamId)) return;
+    this.setStream({
+      streamId: event.streamId,
+      role: event.role,
+      startedAt: event.startedAt,
+      content: "",
+      status: "streaming",
+      failure: null,
+    });
+    this.rebuild();
+  }
+
+  /**
+   * `message:delta`, placed by offset: the part already shown is dropped; a delta beyond the
+   * text waits for the text before it and reports `gap` (the client re-snapshots if the gap is
+   * still there after a moment).
+   */
+  streamDelta(delta: MessageDelta): DeltaOutcome {
+    if (this.status !== "ready" || this.clientIds.has(delta.streamId)) return "ignored";
+    let reply = this.streams.get(delta.streamId);
+    if (!reply) {
+      // Its start was missed (it began while this chat was being opened).
+      reply = {
+        streamId: delta.streamId,
+        role: "assistant",
+        startedAt: new Date().toISOString(),
+        content: "",
+        status: "streaming",
+        failure: null,
+      };
+      this.setStream(reply);
+    }
+    if (reply.status !== "streaming") return "ignored";
+    const content = placeDelta(reply.content, delta);
+    if (content === undefined) {
+      const ahead = this.aheadDeltas.get(delta.streamId) ?? [];
+      ahead.push(delta);
+      this.aheadDeltas.set(delta.streamId, ahead);
+      this.rebuild();
+      return "gap";
+    }
+    this.setStream({ ...reply, content: this.drainDeltas(delta.streamId, content) });
+    this.rebuild();
+    return "applied";
+  }
+
+  /** Whether a stream still waits for text before a delta it received. */
+  hasStreamGap(streamId: string): boolean {
+    return (this.aheadDeltas.get(streamId)?.length ?? 0) > 0;
+  }
+
+  /** Applies waiting deltas that now continue the text. */
+  private drainDeltas(streamId: string, text: string): string {
+    const ahead = this.aheadDeltas.get(streamId);
+    if (!ahead) return text;
+    let content = text;
+    for (let progressed = true; progressed; ) {
+      progressed = false;
+      for (const [i, d] of ahead.entries()) {
+        const next = placeDelta(content, d);
+        if (next === undefined) continue;
+        content = next;
+        ahead.splice(i, 1);
+        progressed = true;
+        break;
+      }
+    }
+    if (ahead.length === 0) this.aheadDeltas.delete(streamId);
+    return content;
+  }
+
+  /** `message:stopped` (or the ack of this device's stop): shown as stopped at once. */
+  streamStopped(streamId: string): void {
+    const reply = this.streams.get(streamId);
+    if (reply?.status !== "streaming") return;
+    this.aheadDeltas.delete(streamId);
+    this.setStream({ ...reply, status: "stopped" });
+    this.rebuild();
+  }
+
+  /** `message:failed`: nothing was stored; kept as failed until the chat is opened again. */
+  streamFailed(streamId: string, failure: { reason: StreamFailureReason; message: string }): void {
+    const reply = this.streams.get(streamId);
+    if (!reply || reply.status === "failed") return;
+    this.aheadDeltas.delete(streamId);
+    this.setStream({ ...reply, status: "failed", failure: { ...failure } });
+    this.rebuild();
+  }
+
+  /**
+   * `chat:open`'s `streams` (on open, rejoin and re-snapshot): the replies in progress now.
+   * Known text that is longer is kept (deltas may have got ahead of the snapshot; both are
+   * prefixes of one text). Replies shown as streaming that are no longer in progress ended
+   * while this device was away or between events: their stored message (if any) comes with the
+   * page, the catch-up or `message:created`, so they are dropped, as are failed and empty
+   * stopped ones.
+   */
+  applyStreams(snapshots: readonly StreamSnapshot[]): void {
+    const live = new Set(snapshots.map((s) => s.streamId));
+    for (const [id, reply] of this.streams) {
+      if (live.has(id)) continue;
+      if (reply.status === "stopped" && reply.content.length > 0) continue;
+      this.streams.delete(id);
+      this.aheadDeltas.delete(id);
+    }
+    for (const s of snapshots) {
+      if (this.clientIds.has(s.streamId)) continue;
+      const known = this.streams.get(s.streamId);
+      if (known && known.status !== "streaming") continue;
+      const content = known && known.content.length > s.content.length ? known.content : s.content;
+      this.setStream({
+        streamId: s.streamId,
+        role: s.role,
+        startedAt: s.startedAt,
+        content: this.drainDeltas(s.streamId, content),
+        status: "streaming",
+        failure: null,
+      });
+    }
+    this.rebuild();
   }
 
   loadOlder(limit?: number): Promise<void> {
@@ -455,6 +700,8 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
     this.status = "deleted";
     this.open = false;
     this.ahead.clear();
+    this.streams.clear();
+    this.aheadDeltas.clear();
     this.rebuild();
   }
 
@@ -470,20 +717,36 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
       .pending(this.chatId)
       .filter((e) => !this.clientIds.has(e.clientId));
     const pending = sameItems(prev.pending, pendingNow) ? prev.pending : Object.freeze(pendingNow);
+    // A stored message replaces the streamed reply it was streamed as (same clientId).
+    for (const id of this.streams.keys()) {
+      if (this.clientIds.has(id)) {
+        this.streams.delete(id);
+        this.aheadDeltas.delete(id);
+      }
+    }
+    const streamsNow = [...this.streams.values()].sort((a, b) =>
+      a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : 0,
+    );
+    const streams = sameItems(prev.streams, streamsNow) ? prev.streams : Object.freeze(streamsNow);
     if (
       prev.status === this.status &&
       prev.open === this.open &&
       prev.hasMoreBefore === this.hasMoreBefore &&
       prev.error === this.error &&
       prev.messages === messages &&
-      prev.pending === pending
+      prev.pending === pending &&
+      prev.streams === streams
     ) {
       return;
     }
     const items =
-      prev.messages === messages && prev.pending === pending
+      prev.messages === messages && prev.pending === pending && prev.streams === streams
         ? prev.items
-        : Object.freeze([...messages.map(messageItem), ...pending.map(entryItem)]);
+        : Object.freeze([
+            ...messages.map(messageItem),
+            ...streams.map(streamItem),
+            ...pending.map(entryItem),
+          ]);
     this.publish(
       Object.freeze({
         chatId: this.chatId,
@@ -491,10 +754,18 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
         open: this.open,
         messages,
         pending,
+        streams,
         items,
         hasMoreBefore: this.hasMoreBefore,
         error: this.error,
       }),
     );
   }
+}
+
+/** The text with `delta` placed by its offset; undefined when the delta starts beyond it. */
+function placeDelta(text: string, delta: MessageDelta): string | undefined {
+  if (delta.offset > text.length) return undefined;
+  const end = delta.offset + delta.delta.length;
+  return end <= text.length ? text : text + delta.delta.slice(text.length - delta.offset);
 }

@@ -1,8 +1,8 @@
 /**
- * `npm run loadtest -- [--preset smoke|small|medium|c10k|idle20k|cluster] [--users N]
- *   [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s] [--nodes N]
- *   [--workers N] [--idle N] [--url http://127.0.0.1:3000] [--skip-baselines] [--json file]
- *   [--profile] [--private-key key.pem]`
+ * `npm run loadtest -- [--preset smoke|small|medium|c10k|idle20k|cluster|handshakes]
+ *   [--users N] [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s]
+ *   [--nodes N] [--workers N] [--idle N] [--runs N] [--url http://127.0.0.1:3000]
+ *   [--skip-baselines] [--json file] [--profile] [--private-key key.pem]`
  *
  * Drives real socket.io-client connections from worker processes against server nodes it starts
  * itself (or one given with --url), on loopback only, and prints each product figure beside its
@@ -82,6 +82,22 @@ const presets = {
     workers: 3,
     idle: 19_500,
   },
+  /**
+   * Only the connection phases (first handshakes of new users, then reconnects), product and
+   * bare server alternately, `--runs` rounds (default 3) in one invocation: ratios per round
+   * and their median. No messages are sent.
+   */
+  handshakes: {
+    users: 0,
+    devices: 1,
+    chats: 0,
+    rate: 0,
+    duration: 0,
+    saturate: 0,
+    nodes: 1,
+    workers: 2,
+    idle: 2000,
+  },
   /** The c10k load spread over three nodes sharing Redis and Postgres. */
   cluster: {
     users: 500,
@@ -108,6 +124,8 @@ const { values: args } = parseArgs({
     nodes: { type: "string" },
     workers: { type: "string" },
     idle: { type: "string" },
+    /** Rounds of the handshakes preset (each: product, then bare server). Default 3. */
+    runs: { type: "string" },
     url: { type: "string" },
     "database-url": { type: "string" },
     "redis-url": { type: "string" },
@@ -148,6 +166,9 @@ const p = {
   workers: num(args.workers, preset.workers, 16),
   idle: num(args.idle, preset.idle, 50_000),
 };
+/** The handshakes preset: connection phases only, repeated. */
+const connectOnly = args.preset === "handshakes";
+const runs = connectOnly ? num(args.runs, 3, 20) : 1;
 const adminUrl =
   args["database-url"] ??
   process.env.TEST_DATABASE_URL ??
@@ -265,11 +286,14 @@ class Workers {
       this.workers.push(child);
     }
   }
+  /** Workers mint their tokens on init (5 ms each is ample, even on a busy machine). */
   async start(): Promise<void> {
     await Promise.all(
-      this.workers.map((w, i) =>
-        this.ask(w, { type: "init", init: this.inits[i] as WorkerInit }, "ready", 30_000),
-      ),
+      this.workers.map((w, i) => {
+        const init = this.inits[i] as WorkerInit;
+        const timeoutMs = 30_000 + (init.userIds.length + init.idleUserIds.length) * 5;
+        return this.ask(w, { type: "init", init }, "ready", timeoutMs);
+      }),
     );
   }
   private ask(w: ChildProcess, cmd: WorkerCommand, expect: string, timeoutMs: number) {
@@ -333,12 +357,20 @@ interface RunResult {
   cpuSeconds: number;
 }
 
+/** What the handshakes preset measures of one round. */
+type ConnectResult = Pick<
+  RunResult,
+  "sockets" | "handshakesPerSecond" | "reconnectsPerSecond" | "handshakeCpuUs" | "reconnectCpuUs"
+> & { errors: Record<string, number> };
+
 async function drive(
   urls: string[],
   bare: boolean,
   keys: { privateKeyPem: string },
+  roundIndex?: number,
 ): Promise<RunResult> {
-  const tag = bare ? "bare" : "prod";
+  // Each round's users are new users: their first handshake provisions a row.
+  const tag = `${bare ? "bare" : "prod"}${roundIndex === undefined ? "" : `_r${roundIndex}`}`;
   const userIds = Array.from({ length: p.users }, (_, i) => `load_${tag}_${i}`);
   const idleIds = Array.from({ length: p.idle }, (_, i) => `idle_${tag}_${i}`);
   const slice = (ids: string[]) => {
@@ -386,6 +418,23 @@ async function drive(
       // Includes closing the old socket: a reconnect is both, for the server.
       reconnectCpuUs = round((((await sample(urls)).cpu - idle.cpu) / Math.max(1, n)) * 1e6, 0);
       log(`  ${n} idle sockets reconnected (known users) at ${reconnectsPerSecond}/s`);
+    }
+    if (connectOnly) {
+      const errors: Record<string, number> = {};
+      for (const r of connected) {
+        for (const [k, v] of Object.entries((r.errors ?? {}) as Record<string, number>))
+          errors[k] = (errors[k] ?? 0) + v;
+      }
+      await workers.all({ type: "close" }, "closed", 30_000);
+      const result: ConnectResult = {
+        sockets,
+        handshakesPerSecond: round((sockets / connectMs) * 1000),
+        reconnectsPerSecond,
+        handshakeCpuUs,
+        reconnectCpuUs,
+        errors,
+      };
+      return result as RunResult;
     }
     await workers.all({ type: "prepare" }, "prepared", timeout);
     log(`  chats created and opened; offering ${p.rate} msg/s for ${p.duration} s`);
@@ -512,6 +561,10 @@ async function main() {
       }
       await Promise.all(urls.map((u) => waitReady(u)));
     }
+    if (connectOnly) {
+      await handshakeRounds(urls, keys.privateKey, results);
+      return;
+    }
     log(`product (${urls.length} node${urls.length > 1 ? "s" : ""})`);
     const product = await drive(urls, false, { privateKeyPem: keys.privateKey });
     results.product = product;
@@ -555,6 +608,81 @@ async function main() {
       await admin.unsafe(`drop database if exists "${dbName}" with (force)`).catch(() => {});
     await admin.end();
   }
+}
+
+/**
+ * The handshakes preset: `runs` rounds of product then bare server, fresh users each round;
+ * prints each round's figures and ratios, then the medians of the ratios.
+ */
+async function handshakeRounds(
+  urls: string[],
+  privateKeyPem: string,
+  results: Record<string, unknown>,
+): Promise<void> {
+  const port = await freePort();
+  const bareChild = startProcess("scripts/loadtest/bare-server.ts", { PORT: String(port) });
+  const bareUrl = `http://127.0.0.1:${port}`;
+  await waitReady(bareUrl);
+  const rounds: { product: ConnectResult; bare: ConnectResult; machineBusyPercent: number }[] = [];
+  for (let r = 0; r < runs; r++) {
+    const machineBefore = await machineCpu();
+    log(`round ${r + 1}/${runs}: product`);
+    const product = (await drive(urls, false, { privateKeyPem }, r)) as ConnectResult;
+    log(`round ${r + 1}/${runs}: bare Socket.IO`);
+    const bare = (await drive([bareUrl], true, { privateKeyPem }, r)) as ConnectResult;
+    rounds.push({
+      product,
+      bare,
+      machineBusyPercent: machineBusy(machineBefore, await machineCpu()),
+    });
+  }
+  bareChild.kill("SIGTERM");
+  results.rounds = rounds;
+  const div = (a: number | undefined, b: number | undefined) =>
+    a !== undefined && b !== undefined && b > 0 ? a / b : Number.NaN;
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    const m = Math.floor(s.length / 2);
+    return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+  };
+  const figures = [
+    ["first handshakes/s", (x: ConnectResult) => x.handshakesPerSecond],
+    ["reconnects/s", (x: ConnectResult) => x.reconnectsPerSecond],
+    ["server CPU µs per first handshake", (x: ConnectResult) => x.handshakeCpuUs],
+    ["server CPU µs per reconnect", (x: ConnectResult) => x.reconnectCpuUs],
+  ] as const;
+  const w = [36, 24, 24, 30];
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(w[i] ?? 10)).join(" ");
+  console.log(
+    `\n${line(["figure", "product (per round)", "bare (per round)", "ratio per round → median"])}`,
+  );
+  const medians: Record<string, unknown> = {};
+  for (const [label, pick] of figures) {
+    const ratios = rounds.map((x) => div(pick(x.product), pick(x.bare)));
+    medians[label] = {
+      product: median(rounds.map((x) => pick(x.product) ?? Number.NaN)),
+      bare: median(rounds.map((x) => pick(x.bare) ?? Number.NaN)),
+      ratio: round(median(ratios)),
+    };
+    console.log(
+      line([
+        label,
+        rounds.map((x) => String(pick(x.product))).join(" / "),
+        rounds.map((x) => String(pick(x.bare))).join(" / "),
+        `${ratios.map((x) => `${round(x)}×`).join(" / ")} → ${round(median(ratios))}×`,
+      ]),
+    );
+  }
+  console.log(
+    `machine CPU busy per round, %: ${rounds.map((x) => x.machineBusyPercent).join(" / ")}`,
+  );
+  const errors = rounds.flatMap((x) => [x.product.errors, x.bare.errors]);
+  console.log(`errors: ${JSON.stringify(errors.filter((e) => Object.keys(e).length > 0))}`);
+  results.medians = medians;
+  await mkdir("artifacts", { recursive: true });
+  const file = args.json ?? `artifacts/loadtest-${Date.now()}.json`;
+  await writeFile(file, JSON.stringify(results, null, 2));
+  log(`\nJSON: ${file}`);
 }
 
 function print(product: RunResult, bare?: RunResult, db?: { perSecond: number }) {

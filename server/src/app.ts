@@ -8,12 +8,14 @@ import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
-import type { DatabaseHandle } from "./db/client.js";
+import type { AppWebhookConfig } from "./config.js";
+import { createDatabase, type DatabaseHandle } from "./db/client.js";
 import { createClerkWebhookRoute } from "./http/clerk-webhook.js";
 import { createHttpHandler, type HttpRoute } from "./http/routes.js";
 import { createServiceApi } from "./http/service-api.js";
 import type { Logger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import { AppEventRepository } from "./repositories/app-event.repository.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
 import { SearchRepository } from "./repositories/search.repository.js";
@@ -23,6 +25,8 @@ import {
   type StreamStore,
 } from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
+import { AppEventDelivery } from "./services/app-event-delivery.js";
+import { type AppEvents, noAppEvents, OutboxAppEvents } from "./services/app-events.js";
 import { ChatService } from "./services/chat.service.js";
 import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
@@ -32,8 +36,8 @@ import { Revocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
-import { addressLimitMiddleware } from "./socket/address-limit.middleware.js";
-import { authMiddleware } from "./socket/auth.middleware.js";
+import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
+import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
 import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
 import { chatHandlers } from "./socket/handlers/chat.handlers.js";
@@ -41,6 +45,7 @@ import { messageHandlers } from "./socket/handlers/message.handlers.js";
 import { userHandlers } from "./socket/handlers/user.handlers.js";
 import { Inflight } from "./socket/inflight.js";
 import { type OriginPolicy, originChecker } from "./socket/origins.js";
+import { limitOutbound } from "./socket/outbound-limit.js";
 import { TokenExpiry } from "./socket/token-expiry.js";
 import { type ChatServer, rooms } from "./socket/types.js";
 
@@ -50,16 +55,37 @@ export interface AppComponents {
   logger: Logger;
   /** Seconds a socket may outlive its token without refreshing. */
   tokenGraceSeconds: number;
-  /** Flood limits: per address, per user (message rate, connections) and per socket (commands). */
+  /**
+   * Flood limits: per address, per user (connections; writes by subscription tier) and per
+   * socket (commands).
+   */
   rateLimits: RateLimits;
-  /** Browser origins allowed to connect; requests without an Origin header are always allowed. */
+  /**
+   * Browser origins allowed to connect; requests without an Origin header, and those whose
+   * Origin is the server's own (its host equals the Host header), are always allowed.
+   */
   origins: OriginPolicy;
+  /**
+   * Milliseconds a connection may take from its WebSocket handshake to a completed
+   * authentication (Socket.IO `connectTimeout`) before it is closed; default 10 s.
+   */
+  connectTimeoutMs?: number | undefined;
+  /**
+   * Milliseconds a request body to the service API or the webhooks may take to arrive before
+   * it is answered 408 and its connection closed; default 10 s (http/http-json.ts).
+   */
+  httpBodyTimeoutMs?: number | undefined;
   /** Reverse proxies whose X-Forwarded-For entries are trusted for the client address; default 0. */
   trustProxy?: number | undefined;
   /** Prometheus metrics; default a fresh registry. */
   metrics?: Metrics | undefined;
   /** Milliseconds before a command is answered UNAVAILABLE; default 5000. */
   commandTimeoutMs?: number | undefined;
+  /**
+   * Bytes that may wait to be written to one connection before it is disconnected as a slow
+   * consumer (see socket/outbound-limit.ts); default DEFAULT_SOCKET_MAX_BUFFERED_BYTES.
+   */
+  socketMaxBufferedBytes?: number | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
@@ -72,11 +98,21 @@ export interface AppComponents {
   webhookSigningSecret?: string | undefined;
   /** Milliseconds a streamed reply may go without a chunk before it is marked failed; default 60 s. */
   streamTimeoutMs?: number | undefined;
+  /** Milliseconds a stream's chunks are gathered into one `message:delta`; 0: none; default 40. */
+  streamFlushMs?: number | undefined;
   /**
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
    */
   redis?: { client: Redis; keyPrefix: string } | undefined;
+  /**
+   * Webhooks to the app's backend (APP_WEBHOOK_*): events are enqueued and this node delivers
+   * them (on connections of its own to `databaseUrl`). Without it no events are enqueued: the
+   * node turns enqueueing off at start (docs/service-api.md, "Webhooks to your backend").
+   */
+  appWebhooks?: { config: AppWebhookConfig; databaseUrl: string } | undefined;
+  /** Where the services raise events for the app's backend; default the outbox or, without appWebhooks, nothing. */
+  appEvents?: AppEvents | undefined;
 }
 
 export interface Application {
@@ -88,7 +124,14 @@ export interface Application {
     users: UserService;
     serviceRole: ServiceRoleService;
     streams: StreamService;
+    /** Events for the app's backend (stored in the outbox when webhooks are configured). */
+    appEvents: AppEvents;
   };
+  /**
+   * Resolves once background start-up is done (the webhook delivery runs and enqueueing is on or
+   * off); rejects if it failed. main.ts waits for it before listening.
+   */
+  ready: Promise<void>;
   /**
    * Graceful stop: stops accepting connections, refuses new commands (UNAVAILABLE), lets
    * commands in progress finish and ack (up to `drainMs`), tells every socket
@@ -97,6 +140,9 @@ export interface Application {
    */
   close(options?: { drainMs?: number }): Promise<void>;
 }
+
+/** Default of `socketMaxBufferedBytes` (SOCKET_MAX_BUFFERED_BYTES): 8 MiB. */
+export const DEFAULT_SOCKET_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger, rateLimits } = components;
@@ -122,6 +168,13 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   );
 
   const originAllowed = originChecker(components.origins);
+  const admission = {
+    rateLimits,
+    originAllowed,
+    trustProxy: components.trustProxy ?? 0,
+    metrics,
+    logger,
+  };
   const io: ChatServer = new Server(httpServer, {
     // Deliberate: the largest message (64k characters) fits with room to spare, and no frame
     // can make the server buffer more than this per packet (a larger WebSocket frame is
@@ -133,13 +186,22 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // (SDK, demo) uses WebSocket. With nothing to upgrade from, upgrades are off too.
     transports: ["websocket"],
     allowUpgrades: false,
-    // Every connection starts with this handshake (see the middleware below for the rest):
-    // a draining node takes no new connections, and a browser page from another origin none.
+    // Every connection starts with this handshake: a draining node takes no new connections;
+    // every other one is counted against its address and its Origin checked, and the verdict
+    // is given by the first middleware as a connect_error with a code (socket/admission.ts).
     allowRequest: (req, callback) => {
       if (inflight.draining) return callback("shutting down", false);
-      if (!originAllowed(req.headers.origin)) return callback("Origin not allowed", false);
-      callback(null, true);
+      judgeHandshake(req, admission).then(
+        () => callback(null, true),
+        (err: unknown) => {
+          logger.error({ err }, "handshake admission failed");
+          callback("Internal error", false);
+        },
+      );
     },
+    // A connection that has not completed authentication by then is closed (Socket.IO's
+    // default, 45 s, let idle unauthenticated WebSockets pile up).
+    connectTimeout: components.connectTimeoutMs ?? 10_000,
     // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
     // credentials: clients authenticate with a token, never with cookies.
     cors: {
@@ -148,6 +210,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
+  // A connection refused at the handshake that never sends its CONNECT is closed after 2 s.
+  closeIdleRefused(io);
   // allowRequest sees only requests that open a session. One that names an existing session
   // (`sid`) is how polling continues or upgrades; with WebSocket only no client sends one, so
   // it is refused rather than let past the checks above.
@@ -159,8 +223,18 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
-  const messageRepo = new MessageRepository(database.db, database.sql, metrics);
-  const chats = new ChatService(new ChatRepository(database.db), messageRepo, broadcaster);
+  const messageRepo = new MessageRepository(database.sql, metrics);
+  const streamStore: StreamStore = components.redis
+    ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
+    : new MemoryStreamStore();
+  const chats = new ChatService(
+    new ChatRepository(database.db, database.sql),
+    messageRepo,
+    broadcaster,
+    rateLimits,
+    streamStore,
+    logger,
+  );
   const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
@@ -170,13 +244,50 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     new SearchRepository(database.db),
     broadcaster,
   );
-  const streamStore: StreamStore = components.redis
-    ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
-    : new MemoryStreamStore();
-  const streams = new StreamService(streamStore, users, chats, messages, broadcaster, logger, {
-    timeoutMs: components.streamTimeoutMs ?? 60_000,
-    finishLeaseMs: commandTimeoutMs * 2,
-  });
+  // The outbox: failed-deliveries routes read it on the main pool; the delivery has its own.
+  const appEventRepo = new AppEventRepository(database.sql);
+  const appEvents =
+    components.appEvents ??
+    (components.appWebhooks ? new OutboxAppEvents(appEventRepo) : noAppEvents);
+  let delivery: { worker: AppEventDelivery; database: DatabaseHandle } | undefined;
+  let ready: Promise<void>;
+  if (components.appWebhooks) {
+    const { config, databaseUrl } = components.appWebhooks;
+    // Asynchronous commit for the delivery's bookkeeping (see app-event-delivery.ts).
+    const outboxDb = createDatabase(databaseUrl, {
+      max: config.concurrency + 1,
+      settings: { synchronous_commit: "off" },
+    });
+    const worker = new AppEventDelivery({
+      databaseUrl,
+      repository: new AppEventRepository(outboxDb.sql),
+      webhook: config,
+      logger,
+      metrics,
+    });
+    delivery = { worker, database: outboxDb };
+    ready = worker.start();
+  } else {
+    ready = appEventRepo
+      .setEnabled(false)
+      .catch((err) => logger.warn({ err }, "webhooks: could not turn enqueueing off"));
+  }
+  ready.catch((err) => logger.error({ err }, "webhooks: start-up failed"));
+
+  const streams = new StreamService(
+    streamStore,
+    users,
+    chats,
+    messages,
+    broadcaster,
+    logger,
+    {
+      timeoutMs: components.streamTimeoutMs ?? 60_000,
+      finishLeaseMs: commandTimeoutMs * 2,
+      flushMs: components.streamFlushMs,
+    },
+    appEvents,
+  );
   streams.startSweeper();
   if (components.serviceApiKey) {
     extraRoutes.push(
@@ -184,9 +295,11 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         apiKey: components.serviceApiKey,
         service: serviceRole,
         streams,
+        webhooks: appEventRepo,
         logger,
         inflight,
         timeoutMs: commandTimeoutMs,
+        bodyTimeoutMs: components.httpBodyTimeoutMs,
       }),
     );
   }
@@ -197,6 +310,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
         service: new ClerkWebhookService(users, broadcaster, logger, revocations),
         logger,
         inflight,
+        bodyTimeoutMs: components.httpBodyTimeoutMs,
       }),
     );
   }
@@ -213,18 +327,11 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
   };
 
-  // Cheapest first: the address limit refuses a flood before any token is verified.
-  io.use(
-    addressLimitMiddleware({
-      rateLimits,
-      trustProxy: components.trustProxy ?? 0,
-      metrics,
-      logger,
-    }),
-  );
+  // First: the handshake's verdict (origin, address limit), before any token is verified.
+  io.use(admissionMiddleware(admission));
   const handlers: CommandHandlers = {
     ...chatHandlers(chats),
-    ...messageHandlers(messages),
+    ...messageHandlers(messages, streams),
     ...userHandlers({ users, verifier, expiry, revocations }),
   };
 
@@ -241,12 +348,20 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     });
 
     serveCommands(socket, handlers, rateLimits.commandBucket(), ctx);
+    // A deletion or revocation may have gone out between the handshake's check and the joins.
+    void closeIfRevoked(socket, { revocations, users, logger });
+    limitOutbound(socket, {
+      maxBytes: components.socketMaxBufferedBytes ?? DEFAULT_SOCKET_MAX_BUFFERED_BYTES,
+      logger,
+      metrics,
+    });
   });
 
   return {
     io,
     metrics,
-    services: { chats, messages, users, serviceRole, streams },
+    services: { chats, messages, users, serviceRole, streams, appEvents },
+    ready,
     async close({ drainMs = 5000 } = {}) {
       if (inflight.draining) return;
       // From here on: new handshakes are refused, /readyz says 503 so load balancers move
@@ -254,7 +369,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       // would also drop the idle keep-alive and upgraded sockets before they are told.)
       inflight.draining = true;
       // Streams this node was sweeping are swept by the other nodes (Redis) from now on.
-      streams.stop();
+      streams.close();
+      // Deliveries in progress finish (bounded by their timeout) while commands drain.
+      const deliveryStopped = delivery?.worker.stop();
       if (!(await inflight.drain(drainMs))) {
         logger.warn({ inflight: inflight.size }, "shutdown: commands still running after drain");
       }
@@ -274,6 +391,8 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       rateLimits.close();
       await users.close();
       await io.close();
+      await deliveryStopped;
+      await delivery?.database.close();
     },
   };
 }

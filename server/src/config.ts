@@ -3,6 +3,7 @@
  * a bad value stops the process with a message that names the variable.
  */
 import { z } from "zod";
+import type { HttpTimeouts } from "./http/server-options.js";
 import type { RateLimitConfig } from "./services/rate-limits.js";
 import { normalizeOrigin, type OriginPolicy } from "./socket/origins.js";
 
@@ -57,6 +58,47 @@ const envSchema = z.object({
   ),
   /** Milliseconds a streamed reply may go without a chunk before it is marked failed. */
   SERVICE_STREAM_TIMEOUT_MS: z.coerce.number().int().min(1000).max(3_600_000).default(60_000),
+  /**
+   * The app's backend: every event (a user's message, a stop request, a deleted chat) is POSTed
+   * here as a signed webhook (docs/service-api.md, "Webhooks to your backend"). http(s) only.
+   * Unset: no events are enqueued at all.
+   */
+  APP_WEBHOOK_URL: optionalString.pipe(z.url({ protocol: /^https?$/ }).optional()),
+  /** Standard Webhooks signing secret (`whsec_` + base64). Required with APP_WEBHOOK_URL. */
+  APP_WEBHOOK_SECRET: optionalString,
+  /** Milliseconds one delivery may take (connect to last byte) before it counts as failed. Default 10 s. */
+  APP_WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(120_000).default(10_000),
+  /**
+   * Seconds an event is retried for, from when it was stored, before it is marked failed (listed
+   * by GET /service/v1/webhooks/failed, requeued by POST …/requeue). Default 24 h.
+   */
+  APP_WEBHOOK_RETRY_FOR_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(30 * 86_400)
+    .default(86_400),
+  /** Milliseconds before the first retry; each next wait doubles. Default 1 s: within seconds. */
+  APP_WEBHOOK_RETRY_FIRST_DELAY_MS: z.coerce.number().int().min(10).max(3_600_000).default(1000),
+  /**
+   * Longest wait between two attempts, in milliseconds. Default 60 s: a receiver that comes back
+   * is caught up within about a minute.
+   */
+  APP_WEBHOOK_RETRY_MAX_DELAY_MS: z.coerce.number().int().min(10).max(3_600_000).default(60_000),
+  /** Deliveries this node makes at once (each to a different chat). Default 10. */
+  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(10),
+  /**
+   * Milliseconds after which a delivering node that stopped sending heartbeats (killed, cut off
+   * from Postgres) counts as dead, and the other nodes take over its chats. Must exceed
+   * APP_WEBHOOK_TIMEOUT_MS. Default 15 s.
+   */
+  APP_WEBHOOK_NODE_TIMEOUT_MS: z.coerce.number().int().min(500).max(600_000).default(15_000),
+  /**
+   * Milliseconds the chunks of a streamed reply are gathered into one `message:delta` per node.
+   * A model emitting 150 tokens/s would otherwise cost every device that has the chat open 150
+   * packets a second; 40 ms (25 a second) still looks fluid. 0 sends every chunk at once.
+   */
+  STREAM_FLUSH_MS: z.coerce.number().int().min(0).max(1000).default(40),
   /** Seconds a socket may stay connected after its token expired before it is disconnected. */
   TOKEN_GRACE_SECONDS: z.coerce.number().int().min(0).max(30).default(15),
   /** Apply pending migrations at start (under an advisory lock, so nodes take turns). Default true. */
@@ -66,8 +108,71 @@ const envSchema = z.object({
     .transform((v) => v === "true" || v === "1"),
   /** Milliseconds a command may take before it is answered UNAVAILABLE (slow or cut database). */
   COMMAND_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5000),
+  /**
+   * Milliseconds a connection may take from its WebSocket handshake to completed authentication
+   * (Socket.IO's connectTimeout) before it is closed. Default 10 s (Socket.IO's own, 45 s, let
+   * idle unauthenticated WebSockets pile up); a connection refused at the handshake (origin,
+   * address limit) that never sends its CONNECT is closed after 2 s.
+   */
+  CONNECT_TIMEOUT_MS: z.coerce.number().int().min(1000).max(60_000).default(10_000),
+  /**
+   * Milliseconds a client may take to send a request's headers (Node's headersTimeout; its
+   * default is 60 s). Default 10 s.
+   */
+  HTTP_HEADERS_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
+  /**
+   * Milliseconds a request body to the service API or the Clerk webhook may take to arrive;
+   * past it the request is answered 408 and its connection closed. Default 10 s (Node's own
+   * bound, requestTimeout, is 300 s, and the webhook reads up to 256 KiB before it can check
+   * the signature).
+   */
+  HTTP_BODY_TIMEOUT_MS: z.coerce.number().int().min(1000).max(120_000).default(10_000),
+  /**
+   * Bytes that may wait to be written to one connection (answers and events its client has not
+   * read yet) before the socket is disconnected with SLOW_CONSUMER. Bounds the memory one
+   * client that stops reading can hold on a node. Default 8 MiB: several of the largest answers
+   * (a page is at most about 1 MiB, a message event under 1 MiB) and bursts of events to a
+   * client on a slow network; at least 2 MiB, so that one answer always fits.
+   */
+  SOCKET_MAX_BUFFERED_BYTES: z.coerce
+    .number()
+    .int()
+    .min(2 * 1024 * 1024)
+    .max(1024 * 1024 * 1024)
+    .default(8 * 1024 * 1024),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
   RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
+  /**
+   * Per-user write limits by subscription tier (`users.subscription_tier`), as JSON:
+   * `{"<tier>": {"messages": n, "chatCreates": n, "chatEdits": n}}`, every field optional.
+   * Defaults: free = RATE_LIMIT_MESSAGES messages per window, 20 chat creates and 60 chat
+   * renames/deletes per minute; pro = 4 × free; enterprise = 10 × free. A tier named here
+   * overrides those fields (a new name adds a tier, starting from free's limits); a user whose
+   * tier is unknown or unset has the free limits. The tier is read when a socket connects.
+   */
+  RATE_LIMIT_TIERS: optionalString.pipe(
+    z
+      .string()
+      .transform((text, ctx) => {
+        try {
+          return JSON.parse(text) as unknown;
+        } catch {
+          ctx.addIssue({ code: "custom", message: "must be JSON" });
+          return z.NEVER;
+        }
+      })
+      .pipe(
+        z.record(
+          z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "tier names are 1-64 letters, digits, _ . -"),
+          z.strictObject({
+            messages: z.number().int().min(1).optional(),
+            chatCreates: z.number().int().min(1).optional(),
+            chatEdits: z.number().int().min(1).optional(),
+          }),
+        ),
+      )
+      .optional(),
+  ),
   /** The message rate window, in seconds. */
   RATE_LIMIT_MESSAGE_WINDOW_SECONDS: z.coerce.number().int().min(1).default(10),
   /** Connection attempts one user may make per minute, across nodes. */
@@ -96,8 +201,10 @@ const envSchema = z.object({
    * Comma-separated browser origins allowed to connect (the `Origin` header of the WebSocket
    * handshake), e.g. `https://app.example.com`. Unset: CLERK_AUTHORIZED_PARTIES (the app's own
    * origins, required in production), plus any loopback origin outside production. Requests
-   * without an Origin header (native apps, servers) are not browsers and are always allowed:
-   * they authenticate with a token, which a foreign page cannot obtain.
+   * without an Origin header (native apps, servers), and those whose Origin is the server's own
+   * (host and port equal to the Host header, as python-socketio sends), are always allowed:
+   * they are not foreign pages, and they authenticate with a token, which a foreign page cannot
+   * obtain. Any other origin is refused with connect_error ORIGIN_NOT_ALLOWED.
    */
   CORS_ORIGINS: optionalString.pipe(csv.optional()),
   /**
@@ -130,6 +237,12 @@ export interface Config {
   auth: AuthConfig;
   tokenGraceSeconds: number;
   commandTimeoutMs: number;
+  /** Milliseconds from the WebSocket handshake to completed authentication. */
+  connectTimeoutMs: number;
+  /** How long a client may take to send a request's headers and body. */
+  http: HttpTimeouts;
+  /** Bytes queued for one connection before it is disconnected as a slow consumer. */
+  socketMaxBufferedBytes: number;
   rateLimits: RateLimitConfig;
   /** Which browser origins may connect. */
   origins: OriginPolicy;
@@ -142,6 +255,25 @@ export interface Config {
   /** Undefined: the service API is disabled. */
   serviceApiKey: string | undefined;
   streamTimeoutMs: number;
+  /** Undefined: no webhooks to the app's backend, and no events are enqueued. */
+  appWebhooks: AppWebhookConfig | undefined;
+  /** The APP_WEBHOOK_* delivery settings, also when no URL is set (development's assistant). */
+  appWebhookTuning: Omit<AppWebhookConfig, "url" | "secret">;
+  /** Coalescing window of streamed replies' deltas (0: none). */
+  streamFlushMs: number;
+}
+
+/** Where and how events are delivered to the app's backend (APP_WEBHOOK_*). */
+export interface AppWebhookConfig {
+  url: string;
+  /** `whsec_…` (Standard Webhooks). */
+  secret: string;
+  timeoutMs: number;
+  retryForSeconds: number;
+  retryFirstDelayMs: number;
+  retryMaxDelayMs: number;
+  concurrency: number;
+  nodeTimeoutMs: number;
 }
 
 /** How tokens are verified: real Clerk keys, or the locally generated development key. */
@@ -247,6 +379,24 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       "CLERK_WEBHOOK_SIGNING_SECRET must be the signing secret from the Clerk Dashboard (whsec_ followed by base64).",
     );
   }
+  if (e.APP_WEBHOOK_URL && !e.APP_WEBHOOK_SECRET) {
+    throw new ConfigError(
+      "APP_WEBHOOK_URL requires APP_WEBHOOK_SECRET (whsec_ followed by base64; e.g. whsec_$(openssl rand -base64 32)).",
+    );
+  }
+  if (
+    e.APP_WEBHOOK_SECRET &&
+    !/^whsec_[A-Za-z0-9+/]{16,}={0,2}$/.test(e.APP_WEBHOOK_SECRET.trim())
+  ) {
+    throw new ConfigError(
+      "APP_WEBHOOK_SECRET must be whsec_ followed by base64 (at least 12 bytes; e.g. whsec_$(openssl rand -base64 32)).",
+    );
+  }
+  if (e.APP_WEBHOOK_NODE_TIMEOUT_MS <= e.APP_WEBHOOK_TIMEOUT_MS) {
+    throw new ConfigError(
+      "APP_WEBHOOK_NODE_TIMEOUT_MS must exceed APP_WEBHOOK_TIMEOUT_MS: a live node's delivery must end before its chats are taken over.",
+    );
+  }
   if (e.CLERK_JWT_KEY && !e.CLERK_JWT_KEY.includes("BEGIN PUBLIC KEY")) {
     throw new ConfigError("CLERK_JWT_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----).");
   }
@@ -281,8 +431,15 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       : { mode: "development" },
     tokenGraceSeconds: e.TOKEN_GRACE_SECONDS,
     commandTimeoutMs: e.COMMAND_TIMEOUT_MS,
+    connectTimeoutMs: e.CONNECT_TIMEOUT_MS,
+    http: { headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.HTTP_BODY_TIMEOUT_MS },
+    socketMaxBufferedBytes: e.SOCKET_MAX_BUFFERED_BYTES,
     rateLimits: {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
+      // Free tier defaults; RATE_LIMIT_TIERS may override them (resolveTiers in rate-limits.ts).
+      chatCreatesPerMinute: 20,
+      chatEditsPerMinute: 60,
+      tiers: e.RATE_LIMIT_TIERS,
       messageWindowSeconds: e.RATE_LIMIT_MESSAGE_WINDOW_SECONDS,
       connectionsPerMinute: e.RATE_LIMIT_CONNECTIONS_PER_MINUTE,
       maxSocketsPerUser: e.MAX_SOCKETS_PER_USER,
@@ -298,5 +455,33 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     webhookSigningSecret: e.CLERK_WEBHOOK_SIGNING_SECRET?.trim(),
     serviceApiKey: e.SERVICE_API_KEY,
     streamTimeoutMs: e.SERVICE_STREAM_TIMEOUT_MS,
+    appWebhookTuning: {
+      timeoutMs: e.APP_WEBHOOK_TIMEOUT_MS,
+      retryForSeconds: e.APP_WEBHOOK_RETRY_FOR_SECONDS,
+      retryFirstDelayMs: e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+      retryMaxDelayMs: Math.max(
+        e.APP_WEBHOOK_RETRY_MAX_DELAY_MS,
+        e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+      ),
+      concurrency: e.APP_WEBHOOK_CONCURRENCY,
+      nodeTimeoutMs: e.APP_WEBHOOK_NODE_TIMEOUT_MS,
+    },
+    appWebhooks:
+      e.APP_WEBHOOK_URL && e.APP_WEBHOOK_SECRET
+        ? {
+            url: e.APP_WEBHOOK_URL,
+            secret: e.APP_WEBHOOK_SECRET.trim(),
+            timeoutMs: e.APP_WEBHOOK_TIMEOUT_MS,
+            retryForSeconds: e.APP_WEBHOOK_RETRY_FOR_SECONDS,
+            retryFirstDelayMs: e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+            retryMaxDelayMs: Math.max(
+              e.APP_WEBHOOK_RETRY_MAX_DELAY_MS,
+              e.APP_WEBHOOK_RETRY_FIRST_DELAY_MS,
+            ),
+            concurrency: e.APP_WEBHOOK_CONCURRENCY,
+            nodeTimeoutMs: e.APP_WEBHOOK_NODE_TIMEOUT_MS,
+          }
+        : undefined,
+    streamFlushMs: e.STREAM_FLUSH_MS,
   };
 }

@@ -4,6 +4,8 @@
  * in-memory adapter and development auth.
  */
 import { createServer } from "node:http";
+import { AssistantConfigError } from "../../assistant/config.js";
+import { type DevAssistant, startDevAssistant } from "../../assistant/index.js";
 import { createApplication } from "./app.js";
 import { loadOrCreateDevKeys, mintSessionToken } from "./auth/dev-keys.js";
 import { createClerkVerifier } from "./auth/token-verifier.js";
@@ -12,8 +14,10 @@ import { createDatabase } from "./db/client.js";
 import { type EmbeddedDatabase, startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { runMigrations } from "./db/migrate.js";
 import { createDemoHandler } from "./http/demo.js";
+import { httpServerOptions } from "./http/server-options.js";
 import { createLogger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import { installProcessHandlers } from "./process-handlers.js";
 import { createRedisAdapter } from "./redis-adapter.js";
 import { RateLimits } from "./services/rate-limits.js";
 
@@ -29,6 +33,7 @@ async function main(): Promise<void> {
     throw e;
   }
   const logger = createLogger(config.logLevel);
+  installProcessHandlers(logger);
 
   let embedded: EmbeddedDatabase | undefined;
   let databaseUrl = config.databaseUrl;
@@ -63,13 +68,41 @@ async function main(): Promise<void> {
     : undefined;
   const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);
 
-  const httpServer = createServer();
+  // Development: the built-in assistant (docs/assistant.md) receives the webhooks and replies,
+  // so the demo shows the whole loop with no configuration. Never in production; not when
+  // APP_WEBHOOK_URL names the app's own backend.
+  let devAssistant: DevAssistant | undefined;
+  try {
+    if (config.env !== "production") {
+      devAssistant = await startDevAssistant(
+        process.env,
+        config.serviceApiKey,
+        logger.child({ app: "assistant" }),
+      );
+    }
+  } catch (e) {
+    if (e instanceof AssistantConfigError) {
+      console.error(`Configuration error (assistant): ${e.message}`);
+      process.exit(1);
+    }
+    throw e;
+  }
+
+  // The app's backend (APP_WEBHOOK_URL), or in development the built-in assistant.
+  const webhooks =
+    config.appWebhooks ??
+    (devAssistant ? { ...config.appWebhookTuning, ...devAssistant.webhook } : undefined);
+
+  const httpServer = createServer(httpServerOptions(config.http));
   const app = createApplication(httpServer, {
     database,
     verifier,
     logger,
     tokenGraceSeconds: config.tokenGraceSeconds,
     commandTimeoutMs: config.commandTimeoutMs,
+    connectTimeoutMs: config.connectTimeoutMs,
+    httpBodyTimeoutMs: config.http.bodyTimeoutMs,
+    socketMaxBufferedBytes: config.socketMaxBufferedBytes,
     rateLimits,
     origins: config.origins,
     trustProxy: config.trustProxy,
@@ -79,10 +112,14 @@ async function main(): Promise<void> {
     demo: mintDevToken ? await createDemoHandler() : undefined,
     adapter: redis?.adapter,
     redis: redis ? { client: redis.client, keyPrefix: config.redisKeyPrefix } : undefined,
-    serviceApiKey: config.serviceApiKey,
+    serviceApiKey: devAssistant?.serviceApiKey ?? config.serviceApiKey,
     webhookSigningSecret: config.webhookSigningSecret,
     streamTimeoutMs: config.streamTimeoutMs,
+    appWebhooks: webhooks ? { config: webhooks, databaseUrl } : undefined,
+    streamFlushMs: config.streamFlushMs,
   });
+  // The webhook delivery runs (and enqueueing is on) before the first message can arrive.
+  await app.ready;
   await new Promise<void>((resolve) => httpServer.listen(config.port, config.host, resolve));
   const address = httpServer.address();
   const port = typeof address === "object" && address ? address.port : config.port;
@@ -91,11 +128,17 @@ async function main(): Promise<void> {
       host: config.host,
       port,
       auth: config.auth.mode,
-      serviceApi: Boolean(config.serviceApiKey),
+      serviceApi: Boolean(config.serviceApiKey ?? devAssistant),
       clerkWebhooks: Boolean(config.webhookSigningSecret),
+      appWebhooks: webhooks
+        ? config.appWebhooks
+          ? "APP_WEBHOOK_URL"
+          : "built-in assistant"
+        : false,
     },
     `listening on http://${config.host}:${port}`,
   );
+  devAssistant?.connect(`http://${loopbackHost(config.host)}:${port}`);
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -104,6 +147,8 @@ async function main(): Promise<void> {
     logger.info({ signal }, "shutting down");
     const force = setTimeout(() => process.exit(1), 10_000);
     force.unref();
+    // First, while the server still answers: replies in progress are failed, not left open.
+    await devAssistant?.close();
     await app.close();
     await redis?.close();
     await database.close();
@@ -112,6 +157,13 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** How this process reaches its own server: a wildcard address is reached on loopback. */
+function loopbackHost(host: string): string {
+  if (host === "0.0.0.0" || host === "") return "127.0.0.1";
+  if (host === "::") return "[::1]";
+  return host.includes(":") ? `[${host}]` : host;
 }
 
 main().catch((err) => {

@@ -56,6 +56,52 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly slowConsumers = new Counter({
+    name: "chat_slow_consumer_disconnects_total",
+    help: "Sockets disconnected because more than SOCKET_MAX_BUFFERED_BYTES waited to be written to them",
+    registers: [this.registry],
+  });
+
+  readonly webhookEventsPending = new Gauge({
+    name: "chat_webhook_events_pending",
+    help: "Events for the app's backend waiting to be delivered (sampled every few seconds)",
+    registers: [this.registry],
+  });
+
+  readonly webhookEventsFailed = new Gauge({
+    name: "chat_webhook_events_failed",
+    help: "Events whose retries ran out, waiting to be requeued (POST /service/v1/webhooks/failed/requeue)",
+    registers: [this.registry],
+  });
+
+  readonly webhookDelivered = new Counter({
+    name: "chat_webhook_delivered_total",
+    help: "Events delivered to the app's backend (a 2xx answer), by type",
+    labelNames: ["type"] as const,
+    registers: [this.registry],
+  });
+
+  readonly webhookAttemptsFailed = new Counter({
+    name: "chat_webhook_failed_attempts_total",
+    help: "Webhook attempts that failed (timeout, refused, 3xx/4xx/5xx) and will be retried or given up, by type",
+    labelNames: ["type"] as const,
+    registers: [this.registry],
+  });
+
+  readonly webhookGaveUp = new Counter({
+    name: "chat_webhook_gave_up_total",
+    help: "Events whose retries ran out (APP_WEBHOOK_RETRY_FOR_SECONDS), by type",
+    labelNames: ["type"] as const,
+    registers: [this.registry],
+  });
+
+  readonly webhookLatency = new Histogram({
+    name: "chat_webhook_delivery_latency_seconds",
+    help: "Time from storing an event (the message's transaction) to its webhook's 2xx answer",
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600],
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: "chat_" });
   }

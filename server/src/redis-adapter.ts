@@ -34,6 +34,16 @@ export function createRedisAdapter(
       logger.warn({ err: String(err) }, "redis publish failed: cross-node event dropped");
       return 0;
     })) as typeof pub.publish;
+  // Nor its unsubscribes when it closes: a reply still on its way when the connection quits
+  // (a slow link at shutdown) would reject unhandled.
+  for (const name of ["unsubscribe", "punsubscribe", "sunsubscribe"] as const) {
+    const original = sub[name].bind(sub) as (...args: unknown[]) => Promise<unknown>;
+    (sub[name] as unknown) = (...args: unknown[]) => {
+      const result = original(...args);
+      result.catch(() => {});
+      return result;
+    };
+  }
   for (const [role, client] of [
     ["pub", pub],
     ["sub", sub],

@@ -5,15 +5,16 @@
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { migrationsFolder, runMigrations } from "../../server/src/db/migrate.js";
 import { adminSql, databaseUrl } from "../helpers/db.js";
 import { type FileDb, makeChat, makeUser, openFileDb } from "./fixtures.js";
 
-/** Every migration the journal lists. */
+/** Every migration in the journal (drizzle-kit appends one entry per migration file). */
 const MIGRATIONS = (
-  JSON.parse(readFileSync(`${migrationsFolder}/meta/_journal.json`, "utf8")) as {
+  JSON.parse(readFileSync(join(migrationsFolder, "meta", "_journal.json"), "utf8")) as {
     entries: unknown[];
   }
 ).entries.length;
@@ -134,12 +135,24 @@ describe("a brand-new empty database", () => {
     sql = postgres(url, { max: 1, onnotice: () => {} });
     const fp = await schemaFingerprint(sql);
     expect(fp?.migrations).toBe(MIGRATIONS);
-    expect(fp?.tables).toEqual(["chat_memory", "chat_sessions", "search_sessions", "users"]);
+    expect(fp?.tables).toEqual([
+      "app_event_nodes",
+      "app_event_settings",
+      "app_events",
+      "chat_memory",
+      "chat_sessions",
+      "search_sessions",
+      "user_tombstones",
+      "users",
+    ]);
     expect(fp?.triggers).toEqual([
       "before_chat_message_created",
       "on_chat_message_created",
+      "on_chat_messages_enqueue_events",
       "on_chat_session_created",
+      "on_chats_deleted_enqueue_events",
       "on_search_session_created",
+      "on_user_deleted_enqueue_events",
       "trigger_update_chat_sessions_timestamp",
       "update_users_timestamp",
     ]);

@@ -21,8 +21,8 @@ let chatId: string;
 beforeAll(async () => {
   fdb = await openFileDb();
   handle = createDatabase(fdb.tdb.url, { max: 4 });
-  chats = new ChatRepository(handle.db);
-  messages = new MessageRepository(handle.db, handle.sql);
+  chats = new ChatRepository(handle.db, handle.sql);
+  messages = new MessageRepository(handle.sql);
   owner = (await makeUser(fdb.sql, "user_owner")).id;
   intruder = (await makeUser(fdb.sql, "user_intruder")).id;
   chatId = await makeChat(fdb.sql, owner, "Owner's secret chat");
@@ -51,7 +51,7 @@ describe("repositories scope every user query by owner", () => {
 
   test("another user's id reads nothing: not the chat, not a page in any direction", async () => {
     expect(await chats.find(intruder, chatId)).toBeUndefined();
-    expect((await chats.list(intruder, 50)).map((c) => c.id)).not.toContain(chatId);
+    expect((await chats.list(intruder, 50)).rows.map((c) => c.id)).not.toContain(chatId);
     for (const position of [{}, { after: 0 }, { before: 100 }]) {
       const page = await messages.page(intruder, chatId, 10, position);
       expect(page).toEqual({ rows: [], hasMore: false });

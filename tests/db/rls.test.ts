@@ -5,14 +5,17 @@
  */
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { clientIdSchema, contentSchema } from "../../protocol/index.js";
 import { asRole, type Claims } from "../helpers/db.js";
 import {
+  acceptedUserContents,
   addMessage,
   addSearch,
   authed,
   chatState,
   counters,
   type FileDb,
+  forgedUserMessages,
   makeChat,
   makeUser,
   openFileDb,
@@ -315,6 +318,61 @@ describe("authenticated: chat_memory", () => {
     }
     const [row] = await sql`select count(*)::int as n from chat_memory`;
     expect(row?.n).toBe(4);
+  });
+});
+
+describe("authenticated: only what message:send accepts (issue #11, item 2)", () => {
+  test.each(forgedUserMessages)(
+    "refuses a forged message: $name (42501)",
+    async ({ body, content }) => {
+      if (content !== undefined) expect(contentSchema.safeParse(content).success).toBe(false);
+      const before = await chatState(sql, alice.chat);
+      const code = await failure(
+        A,
+        (tx) => tx`
+        insert into chat_memory (session_id, message)
+        values (${alice.chat}, ${JSON.stringify(body)}::jsonb)`,
+      );
+      expect(code).toBe("42501");
+      expect(await chatState(sql, alice.chat)).toEqual(before);
+    },
+  );
+
+  test.each(acceptedUserContents)(
+    "stores a user message the protocol accepts: $name",
+    async ({ content }) => {
+      expect(contentSchema.safeParse(content).success).toBe(true);
+      const row = await asRole(sql, A, async (tx) => {
+        const [m] = await tx`
+        insert into chat_memory (session_id, message)
+        values (${alice.chat}, ${tx.json({ role: "user", content })})
+        returning seq::int as seq, message`;
+        return m;
+      });
+      expect(row).toEqual({ seq: 3, message: { role: "user", content } });
+    },
+  );
+
+  test.each(["has space", "slash/y", "é", "semi;colon"])(
+    "refuses a client_id the protocol refuses: %j (42501)",
+    async (clientId) => {
+      expect(clientIdSchema.safeParse(clientId).success).toBe(false);
+      expect(await failure(A, (tx) => addMessage(tx, alice.chat, "x", clientId))).toBe("42501");
+    },
+  );
+
+  test("service_role may still store assistant and system messages", async () => {
+    const roles = await asRole(sql, service, async (tx) => {
+      const out: unknown[] = [];
+      for (const role of ["assistant", "system"]) {
+        const [m] = await tx`
+          insert into chat_memory (session_id, message)
+          values (${alice.chat}, ${tx.json({ role, content: "reply" })}) returning message->>'role' as role`;
+        out.push(m?.role);
+      }
+      return out;
+    });
+    expect(roles).toEqual(["assistant", "system"]);
   });
 });
 

@@ -122,11 +122,13 @@ describe("production mode", () => {
     );
   });
 
-  test("with no CORS_ORIGINS, only the authorized parties' pages may connect", async () => {
+  test("with no CORS_ORIGINS, only the authorized parties' pages and the server's own origin may connect", async () => {
     const token = await tokenFor("user_prod");
     expect(await attempt(token, AUTHORIZED_PARTY)).toBe("connected");
-    expect(await attempt(token, "https://evil.example")).toBe("websocket error");
-    expect(await attempt(token, "http://127.0.0.1:3000")).toBe("websocket error");
+    expect(await attempt(token, "https://evil.example")).toBe("ORIGIN_NOT_ALLOWED");
+    expect(await attempt(token, "http://127.0.0.1:3000")).toBe("ORIGIN_NOT_ALLOWED");
+    // What python-socketio sends: its own idea of the server's origin (same-origin rule).
+    expect(await attempt(token, new URL(url).origin)).toBe("connected");
   });
 
   test("has no development token route", async () => {

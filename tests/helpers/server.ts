@@ -12,10 +12,17 @@ import type { ClientToServerEvents, ServerToClientEvents } from "../../protocol/
 import { type Application, createApplication } from "../../server/src/app.js";
 import { type MintOptions, mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { createClerkVerifier } from "../../server/src/auth/token-verifier.js";
+import type { AppWebhookConfig } from "../../server/src/config.js";
 import { createDatabase, type DatabaseHandle } from "../../server/src/db/client.js";
+import {
+  DEFAULT_HTTP_TIMEOUTS,
+  type HttpTimeouts,
+  httpServerOptions,
+} from "../../server/src/http/server-options.js";
 import { createLogger } from "../../server/src/logger.js";
 import { Metrics } from "../../server/src/metrics.js";
 import { createRedisAdapter } from "../../server/src/redis-adapter.js";
+import type { AppEvents } from "../../server/src/services/app-events.js";
 import { type RateLimitConfig, RateLimits } from "../../server/src/services/rate-limits.js";
 import type { OriginPolicy } from "../../server/src/socket/origins.js";
 import { createTestDatabase, type TestDatabase } from "./db.js";
@@ -61,15 +68,37 @@ export interface TestServerOptions {
   /** Trusted reverse proxies (X-Forwarded-For hops) for the client address; default 0. */
   trustProxy?: number;
   commandTimeoutMs?: number;
+  /** Milliseconds from the WebSocket handshake to completed authentication (default 10 s). */
+  connectTimeoutMs?: number;
+  /** How long a client may take to send headers and bodies (default as in production). */
+  httpTimeouts?: Partial<HttpTimeouts>;
+  /** Bytes queued for one connection before it is disconnected as a slow consumer. */
+  socketMaxBufferedBytes?: number;
   /** Enables the service-role HTTP API with this key. */
   serviceApiKey?: string;
   /** Enables `POST /webhooks/clerk` with this signing secret (`whsec_…`). */
   webhookSigningSecret?: string;
   /** Milliseconds before a streamed reply with no news is marked failed (default 60 s). */
   streamTimeoutMs?: number;
+  /** Coalescing window of stream deltas (default the server's, 40 ms; 0: one delta per chunk). */
+  streamFlushMs?: number;
+  /** Events for the app's backend (a stop requested); default none. */
+  appEvents?: AppEvents;
   /** Enables the development route `POST /dev/token`, minting with the test key. */
   devTokens?: boolean;
+  /** Webhooks to the app's backend (the outbox's delivery runs in this node); defaults below. */
+  appWebhooks?: Pick<AppWebhookConfig, "url" | "secret"> & Partial<AppWebhookConfig>;
 }
+
+/** Short waits for tests: retries within 100 ms, capped at 1 s; dead nodes noticed in 3 s. */
+export const testWebhookDefaults: Omit<AppWebhookConfig, "url" | "secret"> = {
+  timeoutMs: 2000,
+  retryForSeconds: 86_400,
+  retryFirstDelayMs: 100,
+  retryMaxDelayMs: 1000,
+  concurrency: 4,
+  nodeTimeoutMs: 3000,
+};
 
 export interface TestServer {
   url: string;
@@ -108,6 +137,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   const rateLimits = new RateLimits(
     {
       messagesPerWindow: 100_000,
+      chatCreatesPerMinute: 100_000,
+      chatEditsPerMinute: 100_000,
       messageWindowSeconds: 10,
       connectionsPerMinute: 10_000,
       maxSocketsPerUser: 1000,
@@ -119,11 +150,15 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     redis?.client,
     options.redisKeyPrefix ?? "test",
   );
-  const httpServer = createServer();
+  const httpTimeouts = { ...DEFAULT_HTTP_TIMEOUTS, ...options.httpTimeouts };
+  const httpServer = createServer(httpServerOptions(httpTimeouts));
   const app = createApplication(httpServer, {
     metrics,
     rateLimits,
     commandTimeoutMs: options.commandTimeoutMs,
+    connectTimeoutMs: options.connectTimeoutMs,
+    httpBodyTimeoutMs: httpTimeouts.bodyTimeoutMs,
+    socketMaxBufferedBytes: options.socketMaxBufferedBytes,
     database,
     verifier: createClerkVerifier({
       jwtKey: testKeys.publicKeyPem,
@@ -140,8 +175,14 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     serviceApiKey: options.serviceApiKey,
     webhookSigningSecret: options.webhookSigningSecret,
     streamTimeoutMs: options.streamTimeoutMs,
+    streamFlushMs: options.streamFlushMs,
+    appEvents: options.appEvents,
     mintDevToken: options.devTokens ? (userId) => tokenFor(userId) : undefined,
+    appWebhooks: options.appWebhooks
+      ? { config: { ...testWebhookDefaults, ...options.appWebhooks }, databaseUrl }
+      : undefined,
   });
+  await app.ready;
   await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   const port = (httpServer.address() as AddressInfo).port;
   const url = `http://127.0.0.1:${port}`;

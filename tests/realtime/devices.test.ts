@@ -100,6 +100,8 @@ describe("live events across a user's devices", () => {
       lastSeq: 0,
       createdAt: expect.any(String),
       updatedAt: sameInstant(chat.createdAt),
+      // No reply is being generated in a new chat.
+      generating: null,
     });
     for (const d of [d1, d2, d3]) {
       await eventually(() => expect(d.rec.of("chat:created")).toEqual([{ chat }]));
@@ -160,7 +162,8 @@ describe("live events across a user's devices", () => {
 
     // The sidebar entry the event carried is the one the server now lists.
     const { chats } = await ok(d3.s, "chat:list", {});
-    expect(chats).toEqual([expectedSummary]);
+    // chat:list also says whether a reply is being generated (chat:updated may omit it).
+    expect(chats).toEqual([{ ...expectedSummary, generating: null }]);
     const row = await chatState(sql, chat.id);
     expect(row).toMatchObject({
       last_seq: 1,
@@ -358,7 +361,7 @@ describe("reading what was stored", () => {
     if (!d1 || !d2) throw new Error("devices");
     const { chat } = await ok(d1.s, "chat:create", { title: "long" });
     const empty = await ok(d2.s, "chat:open", { chatId: chat.id });
-    expect(empty).toEqual({ chat, messages: [], hasMore: false });
+    expect(empty).toEqual({ chat, messages: [], hasMore: false, streams: [] });
 
     const sent = await sendSequential(d1.s, chat.id, 60);
     expect(seqs(sent)).toEqual(range(1, 60));

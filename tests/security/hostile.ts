@@ -125,6 +125,31 @@ export class RawSocket {
     return this.ws.readyState === WebSocket.OPEN;
   }
 
+  /**
+   * Stops reading the TCP socket (the kernel's buffers fill, then the server's): a client that
+   * no longer reads but keeps its connection, and can still send.
+   */
+  pauseReading(): void {
+    (this.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+  }
+
+  /** Sends a Socket.IO EVENT with an ack id: `42<id>[name, payload]`. */
+  command(id: number, name: string, payload: unknown): void {
+    this.ws.send(`42${id}${JSON.stringify([name, payload])}`);
+  }
+
+  /** The ack of command `id` (`43<id>[…]`), once it has arrived. */
+  async ack(id: number, timeoutMs = 10_000): Promise<unknown> {
+    const prefix = `43${id}[`;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const frame = this.frames.find((f) => f.startsWith(prefix));
+      if (frame) return (JSON.parse(frame.slice(prefix.length - 1)) as unknown[])[0];
+      if (Date.now() > deadline) throw new Error(`no ack ${id} within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
   terminate(): void {
     this.ws.terminate();
   }

@@ -1,19 +1,23 @@
 /**
  * Origins and transport, against a real server: the `Origin` header of every WebSocket handshake
- * is checked before any Socket.IO code runs (a foreign browser page is refused, a client without
- * Origin is not a browser and goes on to token authentication), the production default is the
- * app's own origins, and the server speaks WebSocket only.
+ * is checked at the handshake, and a foreign browser page is refused with connect_error
+ * ORIGIN_NOT_ALLOWED before any token is verified; a client without Origin, or with the server's
+ * own (python-socketio), is not a foreign page and goes on to token authentication; the
+ * production default is the app's own origins, and the server speaks WebSocket only.
  */
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { loadConfig } from "../../server/src/config.js";
+import { REFUSED_DEADLINE_MS } from "../../server/src/socket/admission.js";
 import {
   type ClientSocket,
+  eventually,
   startTestServer,
   type TestServer,
   testKeys,
   tokenFor,
 } from "../helpers/server.js";
-import { engineUrl, httpRequest, upgradeRequest } from "./hostile.js";
+import { openSql } from "../realtime/support.js";
+import { engineUrl, httpRequest, RawSocket, upgradeRequest } from "./hostile.js";
 
 const APP = "https://app.example.com";
 const servers: TestServer[] = [];
@@ -43,13 +47,35 @@ async function attempt(
   });
 }
 
-/** Handshakes (of any kind) the Socket.IO middlewares have seen, from /metrics. */
-async function handshakesSeen(server: TestServer): Promise<number> {
+/** Handshakes the Socket.IO middlewares have seen, by outcome, from /metrics. */
+async function outcomes(server: TestServer): Promise<Record<string, number>> {
   const text = await (await fetch(`${server.url}/metrics`)).text();
-  return [...text.matchAll(/^chat_handshakes_total\{[^}]*\} (\d+)$/gm)].reduce(
-    (sum, m) => sum + Number(m[1]),
-    0,
+  return Object.fromEntries(
+    [...text.matchAll(/^chat_handshakes_total\{outcome="([^"]*)"\} (\d+)$/gm)].map((m) => [
+      m[1],
+      Number(m[2]),
+    ]),
   );
+}
+
+/** What changed between two readings of `outcomes` (zero changes left out). */
+function diff(before: Record<string, number>, after: Record<string, number>) {
+  return Object.fromEntries(
+    Object.entries(after)
+      .map(([k, v]) => [k, v - (before[k] ?? 0)] as const)
+      .filter(([, v]) => v !== 0),
+  );
+}
+
+/** `promise`, or "timeout" after `ms`: bounds a wait on the server. */
+function bounded<T>(promise: Promise<T>, ms: number): Promise<T | "timeout"> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), ms);
+    }),
+  ]);
 }
 
 const production = loadConfig({
@@ -75,27 +101,75 @@ describe("production default: the app's own origins (CLERK_AUTHORIZED_PARTIES)",
     expect(await attempt(server, "https://admin.example.com")).toEqual({ outcome: "connected" });
   });
 
-  test("any other browser origin is refused at the WebSocket handshake, before Socket.IO runs", async () => {
-    const before = await handshakesSeen(server);
-    for (const origin of [
+  test("any other browser origin gets connect_error ORIGIN_NOT_ALLOWED, before any token is verified or row written, and is closed", async () => {
+    const before = await outcomes(server);
+    const foreign = [
       "https://evil.example",
       "http://app.example.com", // other scheme
       "https://app.example.com:8443", // other port
       "https://app.example.com.evil.example",
       "http://localhost:3000", // loopback is for development only
       "null", // sandboxed frames, file: pages
+    ];
+    for (const origin of foreign) {
+      // A valid token of a user never seen: had it been verified and the user provisioned,
+      // a users row would exist.
+      const result = await attempt(
+        server,
+        origin,
+        `user_origin_refused_${foreign.indexOf(origin)}`,
+      );
+      expect(result, origin).toMatchObject({ outcome: "refused", code: "ORIGIN_NOT_ALLOWED" });
+
+      // A raw client that ignores the refusal is closed by the server right after it.
+      const raw = new RawSocket(server.url, { headers: { Origin: origin } });
+      await raw.connect({ token: "not-a-token" });
+      expect(await bounded(raw.closed, 5000), origin).not.toBe("timeout");
+      expect(raw.connectError(), origin).toEqual({
+        message: "Origin not allowed",
+        data: { code: "ORIGIN_NOT_ALLOWED" },
+      });
+    }
+    // Only the admission middleware ran: no token was verified (the garbage token would have
+    // been TOKEN_INVALID), no handshake got further, and no users row was written.
+    expect(diff(before, await outcomes(server))).toEqual({
+      ORIGIN_NOT_ALLOWED: foreign.length * 2,
+    });
+    const sql = openSql(server.databaseUrl);
+    try {
+      const rows = await sql`select 1 from users where clerk_id like 'user_origin_refused_%'`;
+      expect(rows.length).toBe(0);
+    } finally {
+      await sql.end({ timeout: 5 });
+    }
+    await eventually(() => expect(server.app.io.engine.clientsCount).toBe(0));
+  });
+
+  test("a refused origin that never sends CONNECT is closed within the refusal deadline", async () => {
+    const started = Date.now();
+    const raw = new RawSocket(server.url, { headers: { Origin: "https://evil.example" } });
+    await raw.opened;
+    expect(await bounded(raw.closed, REFUSED_DEADLINE_MS + 5000)).not.toBe("timeout");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(REFUSED_DEADLINE_MS - 100);
+  });
+
+  test("the server's own origin is allowed (same-origin: python-socketio sends Origin http://<host>:<port>)", async () => {
+    const host = `127.0.0.1:${server.port}`;
+    for (const origin of [`http://${host}`, `https://${host}`, `HTTP://${host}`]) {
+      const raw = new RawSocket(server.url, { headers: { Origin: origin } });
+      await raw.connect({ token: await tokenFor("user_same_origin") });
+      await eventually(() => expect(raw.frames.some((f) => f.startsWith("40{"))).toBe(true));
+      expect(raw.connectError(), origin).toBeUndefined();
+      raw.terminate();
+    }
+    // Another port or host of the same machine is another origin.
+    for (const origin of [
+      `http://127.0.0.1:${server.port + 1}`,
+      `http://localhost:${server.port}`,
     ]) {
       const result = await attempt(server, origin);
-      // socket.io-client only learns that the WebSocket failed: there is no Socket.IO session.
-      expect(result, origin).toMatchObject({ outcome: "refused", message: "websocket error" });
-      const raw = await upgradeRequest(engineUrl(server.url).replace(/^ws/, "http"), {
-        Origin: origin,
-      });
-      expect(raw, origin).toMatchObject({ status: 400, body: "Origin not allowed" });
+      expect(result, origin).toMatchObject({ outcome: "refused", code: "ORIGIN_NOT_ALLOWED" });
     }
-    // No middleware ran: no token was verified and no handshake was counted.
-    expect(await handshakesSeen(server)).toBe(before);
-    expect(server.app.io.engine.clientsCount).toBe(0);
   });
 
   test("a client without Origin is not a browser: it is let through to token authentication", async () => {

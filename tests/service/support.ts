@@ -167,6 +167,27 @@ export function clerkUser(id: string, email: string, imageUrl: string) {
   };
 }
 
+/**
+ * The text a device shows from a stream's deltas, placed by offset as docs/protocol.md says
+ * (the server coalesces chunks, and deltas through different nodes may arrive out of order).
+ * Also checks they tile the text exactly: no overlap, no hole, first indexes increasing.
+ */
+export function streamedText(
+  deltas: readonly { offset: number; index: number; delta: string }[],
+  from = "",
+): string {
+  const sorted = [...deltas].sort((a, b) => a.offset - b.offset);
+  let text = from;
+  let lastIndex = -1;
+  for (const d of sorted) {
+    expect(d.offset, `delta at ${d.offset} after ${text.length} characters`).toBe(text.length);
+    expect(d.index).toBeGreaterThan(lastIndex);
+    lastIndex = d.index;
+    text += d.delta;
+  }
+  return text;
+}
+
 /** Creates a chat as `s` and opens it on every socket in `viewers`. */
 export async function chatOpenOn(s: ClientSocket, viewers: ClientSocket[], title = "Service") {
   const { chat } = await ok(s, "chat:create", { title });

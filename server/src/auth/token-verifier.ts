@@ -2,6 +2,7 @@ import { verifyToken } from "@clerk/backend";
 import { ConnectErrorCode } from "../../../protocol/constants.js";
 import { isStorableText } from "../../../protocol/index.js";
 import { ExpiringMap } from "../expiring-map.js";
+import { createLocalKeyVerify, type LocalKeyHooks } from "./local-key.js";
 
 /** What the server keeps of a verified Clerk session token. */
 export interface VerifiedToken {
@@ -35,6 +36,8 @@ export interface ClerkVerifierOptions {
   secretKey?: string | undefined;
   /** Accepted `azp` values; undefined accepts any (development only). */
   authorizedParties?: string[] | undefined;
+  /** Test hooks of the jwtKey path (local-key.ts). */
+  hooks?: LocalKeyHooks | undefined;
 }
 
 // Clerk's TokenVerificationError reasons that are the client's fault and mean something
@@ -58,8 +61,8 @@ const MAX_REMEMBERED_TOKENS = 10_000;
 /**
  * The results of `verify` for tokens that passed, until their `exp`. A token is a signed,
  * immutable string: the same string verifies to the same claims, and nothing about it can
- * change but the clock. So a hit is only used before `exp`; past it the token goes through
- * `verifyToken` again (which applies Clerk's clock skew). Refusals are never remembered, and
+ * change but the clock. So a hit is only used before `exp`; past it the token is verified
+ * again (which applies Clerk's clock skew). Refusals are never remembered, and
  * revocation is checked by the callers on every use.
  */
 export class VerifiedTokenCache extends ExpiringMap<string, VerifiedToken> {
@@ -74,8 +77,10 @@ export class VerifiedTokenCache extends ExpiringMap<string, VerifiedToken> {
 }
 
 /**
- * Verifies Clerk session tokens with @clerk/backend's `verifyToken`. Development mode uses the
- * same function with a locally generated key (see dev-keys.ts), so both paths are one path.
+ * Verifies Clerk session tokens. With a secret key, through @clerk/backend's `verifyToken`
+ * (JWKS fetched and cached by the library). With a PEM key, through local-key.ts: the same
+ * checks and refusal reasons as `verifyToken`, on a key imported once instead of on every
+ * call. Development mode uses the PEM path with a locally generated key (see dev-keys.ts).
  */
 export function createClerkVerifier(
   options: ClerkVerifierOptions,
@@ -84,6 +89,15 @@ export function createClerkVerifier(
   if (!options.jwtKey && !options.secretKey) {
     throw new Error("createClerkVerifier needs jwtKey or secretKey");
   }
+  const clerkVerify = (token: string) =>
+    verifyToken(token, {
+      jwtKey: options.jwtKey,
+      secretKey: options.jwtKey ? undefined : options.secretKey,
+      authorizedParties: options.authorizedParties,
+    });
+  const verifyClaims = options.jwtKey
+    ? createLocalKeyVerify(options.jwtKey, options.authorizedParties, clerkVerify, options.hooks)
+    : clerkVerify;
   return {
     async verify(token) {
       if (!token) throw new TokenError(ConnectErrorCode.TOKEN_MISSING, "No token was sent");
@@ -94,11 +108,7 @@ export function createClerkVerifier(
       if (remembered) return remembered;
       let payload: Awaited<ReturnType<typeof verifyToken>>;
       try {
-        payload = await verifyToken(token, {
-          jwtKey: options.jwtKey,
-          secretKey: options.jwtKey ? undefined : options.secretKey,
-          authorizedParties: options.authorizedParties,
-        });
+        payload = await verifyClaims(token);
       } catch (e) {
         const reason = (e as { reason?: string }).reason ?? "";
         const code = reasonToCode[reason] ?? ConnectErrorCode.TOKEN_INVALID;

@@ -12,11 +12,16 @@ export interface DatabaseHandle {
   close(): Promise<void>;
 }
 
+/** `application_name` of the server's connections (pg_stat_activity), so operators can find them. */
+export const APPLICATION_NAME = "chat-backend";
+
 export interface DatabaseOptions {
   /** Maximum pooled connections. */
   max?: number;
   /** Seconds to wait for a connection before failing. */
   connectTimeoutSeconds?: number;
+  /** Session settings of every connection (e.g. `synchronous_commit`). */
+  settings?: Record<string, string>;
 }
 
 export function createDatabase(url: string, options: DatabaseOptions = {}): DatabaseHandle {
@@ -24,7 +29,14 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
     max: options.max ?? 10,
     connect_timeout: options.connectTimeoutSeconds ?? 5,
     onnotice: () => {},
-    connection: { application_name: "chat-backend" },
+    // Off: postgres.js would otherwise query pg_type for array types as the first statement of
+    // every new connection, and an error there (the connection terminated by a failover, a
+    // pooler restart or an idle reaper) escapes as an unhandled rejection that no caller can
+    // catch (porsager/postgres#1192, #1205, #1223); until those types arrive it also sends
+    // `sql.array()` parameters as text ("malformed array literal", #789). Nothing here needs
+    // them: no query sends or returns an array parameter (insertMany sends one jsonb value).
+    fetch_types: false,
+    connection: { application_name: APPLICATION_NAME, ...options.settings },
   });
   const db = drizzle(sql, { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };

@@ -8,6 +8,7 @@
 import { sql } from "drizzle-orm";
 import {
   bigint,
+  boolean,
   check,
   foreignKey,
   index,
@@ -25,7 +26,8 @@ import {
  * The content of one stored message. The server writes `{ role, content }`; rows written by
  * other tools may hold any JSON, so readers check the fields (see services/mappers.ts).
  */
-export type MessageJson = { role: string; content: string };
+/** `stopped: true` marks a streamed reply stopped by the user before it finished. */
+export type MessageJson = { role: string; content: string; stopped?: boolean };
 
 /**
  * One row per Clerk user. Created by the server on the user's first connection.
@@ -50,6 +52,12 @@ export const users = pgTable(
     clerkId: text("clerk_id").notNull().unique("users_clerk_id_key"),
     /** Points back at chat_sessions; the constraint is added after both tables exist (defect 4). */
     lastSessionId: uuid("last_session_id"),
+    /**
+     * Clerk's timestamp of the last `user.created`/`user.updated` applied to this row. Webhooks
+     * arrive at least once and in any order: an event older than this one changes nothing.
+     * NULL until the first one (a row created by the user's first connection).
+     */
+    profileEventAt: timestamp("profile_event_at", { withTimezone: true }),
   },
   // Annotated: the foreign key back to chat_sessions would otherwise make the type circular.
   (t): PgTableExtraConfigValue[] => [
@@ -148,6 +156,91 @@ export const searchSessions = pgTable(
     index("idx_search_sessions_user_id").on(t.userId, t.createdAt.desc()),
   ],
 );
+
+/**
+ * Users Clerk deleted, kept so that they stay deleted: nothing may create their `users` row
+ * again (not a handshake with a token still in hand, not a late or retried `user.updated`),
+ * on any node and whenever it happens, until a `user.created` newer than the deletion (Clerk
+ * created the user again) removes the tombstone. Written in the deletion's transaction.
+ */
+export const userTombstones = pgTable("user_tombstones", {
+  clerkId: text("clerk_id").primaryKey(),
+  /** When this server recorded the deletion (the first delivery). */
+  deletedAt: timestamp("deleted_at", { withTimezone: true }).notNull().defaultNow(),
+  /** Clerk's timestamp of the newest `user.deleted` event: a `user.created` must be newer. */
+  eventAt: timestamp("event_at", { withTimezone: true }).notNull().defaultNow(),
+  /**
+   * The deleted row's id, given back to the row if Clerk creates the user again: a node that
+   * still remembers the user's row id (UserService's known users) then remembers it rightly.
+   * No foreign key: the row it named is gone.
+   */
+  userId: uuid("user_id"),
+});
+
+/**
+ * The transactional outbox: events for the app's own backend (docs/service-api.md, "Webhooks to
+ * your backend"). Rows are written by the database itself (triggers on chat_memory, chat_sessions
+ * and users) in the transaction of the change they describe, or by the server for events that
+ * have no row of their own (a stop request). A row is deleted once its webhook was delivered;
+ * one whose retries ran out stays, with `failed_at` set, until it is requeued.
+ */
+export const appEvents = pgTable(
+  "app_events",
+  {
+    /** The delivery order: a chat's events are delivered by ascending id, one at a time. */
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    /** The webhook's `webhook-id` (`evt_<uuid>`): the same on every retry, for de-duplication. */
+    eventId: uuid("event_id").notNull().defaultRandom().unique("app_events_event_id_key"),
+    /** No foreign key: a chat's `chat.deleted` event outlives the chat. */
+    chatId: uuid("chat_id").notNull(),
+    type: text("type").notNull(),
+    /** The body's `data`. */
+    data: jsonb("data").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+    /** Failed delivery attempts so far. */
+    attempts: integer("attempts").notNull().default(0),
+    /** When the next attempt is due (the backoff after a failure). */
+    nextAttemptAt: timestamp("next_attempt_at", { withTimezone: true }).notNull().defaultNow(),
+    lastAttemptAt: timestamp("last_attempt_at", { withTimezone: true }),
+    lastError: text("last_error"),
+    /** When the event was last requeued after failing: its retries are counted from then. */
+    requeuedAt: timestamp("requeued_at", { withTimezone: true }),
+    /** Set when the retries ran out (APP_WEBHOOK_RETRY_FOR_SECONDS); null while pending. */
+    failedAt: timestamp("failed_at", { withTimezone: true }),
+  },
+  (t) => [
+    // The per-chat queue: the oldest pending event of a chat.
+    index("app_events_chat_id_idx").on(t.chatId, t.id),
+    // The sweep for overdue events (a lost wake-up) and the pending count.
+    index("app_events_pending_idx").on(t.nextAttemptAt).where(sql`${t.failedAt} is null`),
+    // The failed-deliveries listing.
+    index("app_events_failed_idx").on(t.id).where(sql`${t.failedAt} is not null`),
+  ],
+);
+
+/**
+ * One row, written by each node at start: whether events are enqueued at all (true when the
+ * node has APP_WEBHOOK_URL). Read by the outbox triggers, so that a deployment without a backend
+ * pays nothing per message.
+ */
+export const appEventSettings = pgTable(
+  "app_event_settings",
+  {
+    /** Always true: the table holds at most one row. */
+    id: boolean("id").primaryKey().default(true),
+    enabled: boolean("enabled").notNull().default(false),
+  },
+  (t) => [check("app_event_settings_single_row", sql`${t.id}`)],
+);
+
+/**
+ * The delivering nodes' heartbeats, by graphile-worker pool id. A pool that stopped beating has
+ * its locked jobs released by the other nodes within seconds (graphile-worker itself waits 4 h).
+ */
+export const appEventNodes = pgTable("app_event_nodes", {
+  poolId: text("pool_id").primaryKey(),
+  heartbeatAt: timestamp("heartbeat_at", { withTimezone: true }).notNull().defaultNow(),
+});
 
 export type User = typeof users.$inferSelect;
 export type ChatSession = typeof chatSessions.$inferSelect;

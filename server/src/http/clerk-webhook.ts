@@ -6,7 +6,7 @@
  *
  * Answers: 200 when handled or deliberately ignored (so Svix stops retrying), 400 for missing
  * headers, a body that is not JSON or a malformed event, 401 for a bad signature or a stale timestamp (a replay), 413
- * for an oversized body, 503 when the database is unavailable (Svix retries later).
+ * for an oversized body, 408 for a body that does not arrive within HTTP_BODY_TIMEOUT_MS, 503 when the database is unavailable (Svix retries later).
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { verifyWebhook } from "@clerk/backend/webhooks";
@@ -18,8 +18,8 @@ import type { Inflight } from "../socket/inflight.js";
 import {
   invalidJson,
   parseJson,
-  payloadTooLarge,
   readBody,
+  sendBodyFailure,
   sendError,
   sendFailure,
 } from "./http-json.js";
@@ -36,6 +36,8 @@ export interface ClerkWebhookDeps {
   service: ClerkWebhookService;
   logger: Logger;
   inflight: Inflight;
+  /** Milliseconds the body may take to arrive (408 past it); default DEFAULT_BODY_TIMEOUT_MS. */
+  bodyTimeoutMs?: number | undefined;
 }
 
 /** Text Postgres can store: no NUL, no lone surrogate (a 500 from the database otherwise). */
@@ -51,6 +53,11 @@ const userData = z.looseObject({
   image_url: storable.nullish(),
 });
 const deletedData = z.looseObject({ id: clerkUserId });
+/**
+ * Clerk's event timestamp (epoch ms, the envelope's `timestamp`): orders a user's events, which
+ * Svix delivers at least once and in no particular order. Bounded to what a Date can hold.
+ */
+const eventTimestamp = z.number().int().min(0).max(8_640_000_000_000_000).optional();
 const sessionData = z.looseObject({ id: z.string().min(1), user_id: z.string().nullish() });
 
 const notAnObject = {
@@ -62,8 +69,12 @@ function isObject(value: unknown): boolean {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** The event this server acts on, or undefined for a type it ignores. Throws on malformed data. */
-function toClerkEvent(type: string, data: unknown): ClerkEvent | undefined {
+/**
+ * The event this server acts on, or undefined for a type it ignores. Throws on malformed data.
+ * An event without Clerk's `timestamp` (Clerk always sends one) is ordered by its arrival.
+ */
+function toClerkEvent(type: string, data: unknown, timestamp: unknown): ClerkEvent | undefined {
+  const eventAt = () => eventTimestamp.parse(timestamp) ?? Date.now();
   switch (type) {
     case "user.created":
     case "user.updated": {
@@ -74,10 +85,11 @@ function toClerkEvent(type: string, data: unknown): ClerkEvent | undefined {
         userId: u.id,
         email: primary?.email_address ?? null,
         avatarUrl: u.image_url || null,
+        eventAt: eventAt(),
       };
     }
     case "user.deleted":
-      return { type, userId: deletedData.parse(data).id };
+      return { type, userId: deletedData.parse(data).id, eventAt: eventAt() };
     case "session.revoked":
     case "session.ended":
     case "session.removed": {
@@ -111,9 +123,9 @@ export function createClerkWebhookRoute(deps: ClerkWebhookDeps): HttpRoute {
         sendError(res, { code: ErrorCode.UNAVAILABLE, message: "Shutting down; retry" });
         return true;
       }
-      const read = await readBody(req, res, WEBHOOK_MAX_BODY_BYTES);
+      const read = await readBody(req, res, WEBHOOK_MAX_BODY_BYTES, deps.bodyTimeoutMs);
       if (!read.ok) {
-        sendError(res, payloadTooLarge(WEBHOOK_MAX_BODY_BYTES), 413);
+        sendBodyFailure(res, read, WEBHOOK_MAX_BODY_BYTES, deps.bodyTimeoutMs);
         return true;
       }
 
@@ -149,7 +161,7 @@ export function createClerkWebhookRoute(deps: ClerkWebhookDeps): HttpRoute {
 
       let clerkEvent: ClerkEvent | undefined;
       try {
-        clerkEvent = toClerkEvent(event.type, event.data);
+        clerkEvent = toClerkEvent(event.type, event.data, event.timestamp);
       } catch (err) {
         deps.logger.warn({ ...context, type: event.type, err: String(err) }, "malformed event");
         sendError(res, {

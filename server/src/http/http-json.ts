@@ -55,36 +55,89 @@ export const payloadTooLarge = (maxBytes: number): ProtocolError => ({
   message: `The body is larger than ${maxBytes} bytes`,
 });
 
-export type BodyResult = { ok: true; text: string } | { ok: false; tooLarge: true };
+export type BodyResult =
+  | { ok: true; text: string }
+  | { ok: false; tooLarge: true }
+  | { ok: false; timedOut: true };
 
 /**
- * Reads a request body of at most `maxBytes`. A larger body is read on and discarded (up to
- * four times the limit, so that the client gets its 413 on a healthy connection); past that, or
- * when Content-Length already says so, the connection is closed after the answer.
+ * Milliseconds a request body to the service API or the webhooks may take to arrive, by
+ * default. Real callers send a few kilobytes at once; without a bound a stalled body held its
+ * connection and buffer for Node's `requestTimeout` (300 s), unauthenticated on the webhook.
  */
-export async function readBody(
+export const DEFAULT_BODY_TIMEOUT_MS = 10_000;
+
+/**
+ * Reads a request body of at most `maxBytes` within `timeoutMs`. A larger body is read on and
+ * discarded (up to four times the limit, so that the client gets its 413 on a healthy
+ * connection); past that, or when Content-Length already says so, the connection is closed
+ * after the answer. A body not complete within `timeoutMs` is `timedOut`: the caller answers
+ * (sendBodyFailure: 408) and the connection is closed after that answer.
+ */
+export function readBody(
   req: IncomingMessage,
   res: ServerResponse,
   maxBytes: number,
+  timeoutMs = DEFAULT_BODY_TIMEOUT_MS,
 ): Promise<BodyResult> {
   const hardLimit = maxBytes * 4;
   const declared = Number(req.headers["content-length"] ?? Number.NaN);
   if (Number.isFinite(declared) && declared > hardLimit) {
     res.setHeader("connection", "close");
-    return { ok: false, tooLarge: true };
+    return Promise.resolve({ ok: false, tooLarge: true });
   }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > hardLimit) {
-      res.setHeader("connection", "close");
-      return { ok: false, tooLarge: true };
-    }
-    if (size <= maxBytes) chunks.push(chunk as Buffer);
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = (result: BodyResult | Error) => {
+      clearTimeout(timer);
+      req.off("data", onData).off("end", onEnd).off("error", onError);
+      if (result instanceof Error) return reject(result);
+      if (!result.ok && (size > hardLimit || "timedOut" in result)) {
+        // Stop reading, and drop the connection once the answer is out: what is left of the
+        // body would otherwise be read as the next request.
+        req.pause();
+        res.setHeader("connection", "close");
+        res.once("finish", () => req.socket.destroy());
+      }
+      resolve(result);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > hardLimit) return finish({ ok: false, tooLarge: true });
+      if (size <= maxBytes) chunks.push(chunk);
+    };
+    const onEnd = () =>
+      finish(
+        size > maxBytes
+          ? { ok: false, tooLarge: true }
+          : { ok: true, text: Buffer.concat(chunks).toString("utf8") },
+      );
+    const onError = (err: Error) => finish(err);
+    const timer = setTimeout(() => finish({ ok: false, timedOut: true }), timeoutMs);
+    req.on("data", onData).on("end", onEnd).on("error", onError);
+  });
+}
+
+/** Answers a body readBody refused: 413 when too large, 408 when it did not arrive in time. */
+export function sendBodyFailure(
+  res: ServerResponse,
+  read: Exclude<BodyResult, { ok: true }>,
+  maxBytes: number,
+  timeoutMs = DEFAULT_BODY_TIMEOUT_MS,
+): void {
+  if ("timedOut" in read) {
+    sendError(
+      res,
+      {
+        code: ErrorCode.INVALID_PAYLOAD,
+        message: `The request body did not arrive within ${timeoutMs / 1000} s`,
+      },
+      408,
+    );
+    return;
   }
-  if (size > maxBytes) return { ok: false, tooLarge: true };
-  return { ok: true, text: Buffer.concat(chunks).toString("utf8") };
+  sendError(res, payloadTooLarge(maxBytes), 413);
 }
 
 /** Parses JSON text; an empty body is `{}`. */

@@ -9,6 +9,7 @@ import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { z } from "zod";
 import {
+  chatIdSchema,
   clientIdSchema,
   contentSchema,
   ErrorCode,
@@ -17,6 +18,7 @@ import {
   storableText,
 } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
+import type { AppEventRepository } from "../repositories/app-event.repository.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { ServiceRoleService } from "../services/service-role.service.js";
 import type { StreamService } from "../services/stream.service.js";
@@ -24,8 +26,8 @@ import type { Inflight } from "../socket/inflight.js";
 import {
   invalidJson,
   parseJson,
-  payloadTooLarge,
   readBody,
+  sendBodyFailure,
   sendError,
   sendFailure,
 } from "./http-json.js";
@@ -39,11 +41,15 @@ export interface ServiceApiDeps {
   apiKey: string;
   service: ServiceRoleService;
   streams: StreamService;
+  /** The outbox: failed webhook deliveries are listed and requeued through it. */
+  webhooks: AppEventRepository;
   logger: Logger;
   inflight: Inflight;
   /** A request not done by then is answered 503 UNAVAILABLE (the work itself goes on). */
   timeoutMs: number;
   maxBodyBytes?: number;
+  /** Milliseconds the body may take to arrive (408 past it); default DEFAULT_BODY_TIMEOUT_MS. */
+  bodyTimeoutMs?: number | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -55,10 +61,19 @@ const userIdSchema = z
   .min(1)
   .max(191)
   .regex(/^[A-Za-z0-9._:@|-]+$/, "must be a Clerk user id");
-const chatIdSchema = z.uuid({ message: "must be a UUID" });
 const replyRole = z.enum(["assistant", "system"]);
 
 const storable = (max: number) => storableText(max).min(1);
+
+/** A webhook's `webhook-id`: `evt_` + uuid; the uuid is what is stored. */
+const eventIdSchema = z
+  .string()
+  .regex(
+    /^evt_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i,
+    "must be an event id (evt_<uuid>)",
+  )
+  .transform((id) => id.slice(4).toLowerCase());
+const MAX_REQUEUE_IDS = 1000;
 
 const chunk = z.strictObject({
   index: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
@@ -138,6 +153,14 @@ const schemas = {
         ),
     }),
   ]),
+  failedWebhooksQuery: z.strictObject({
+    after: eventIdSchema.optional(),
+    limit: digits(Limits.MAX_PAGE_SIZE).pipe(z.number().min(1)).optional(),
+  }),
+  requeueWebhooks: z.union([
+    z.strictObject({ all: z.literal(true) }),
+    z.strictObject({ ids: z.array(eventIdSchema).min(1).max(MAX_REQUEUE_IDS) }),
+  ]),
   finish: z.strictObject({ content: contentSchema.optional() }),
   fail: z.strictObject({ message: storable(500).optional() }),
   tokenUsage: z.strictObject({
@@ -168,6 +191,8 @@ interface Request {
   url: URL;
   /** The parsed JSON body (POST only). */
   body: unknown;
+  /** Aborts when the request timed out or its connection closed: reads not yet sent are dropped. */
+  signal: AbortSignal;
 }
 
 /** What a handler answers: a status and a JSON body. */
@@ -215,7 +240,7 @@ function checkParams(raw: Params): Params {
 const param = (r: Request, name: string): string => r.params[name] ?? "";
 
 function routes(deps: ServiceApiDeps): Route[] {
-  const { service, streams } = deps;
+  const { service, streams, webhooks } = deps;
   const base = "/service/v1";
   return [
     route("POST", `${base}/users/:userId/chats/:chatId/messages`, async (r) => {
@@ -229,10 +254,11 @@ function routes(deps: ServiceApiDeps): Route[] {
     }),
     route("GET", `${base}/users/:userId/chats/:chatId/messages`, async (r) => {
       const query = schemas.messagesQuery.parse(Object.fromEntries(r.url.searchParams));
-      const page = await service.chatMessages(param(r, "userId"), {
-        chatId: param(r, "chatId"),
-        ...query,
-      });
+      const page = await service.chatMessages(
+        param(r, "userId"),
+        { chatId: param(r, "chatId"), ...query },
+        r.signal,
+      );
       return { status: 200, body: page };
     }),
     route("GET", `${base}/users/:userId/chats`, async (r) => ({
@@ -289,6 +315,21 @@ function routes(deps: ServiceApiDeps): Route[] {
     route("POST", `${base}/streams/:streamId/fail`, async (r) => {
       const body = schemas.fail.parse(r.body);
       return { status: 200, body: await streams.fail(param(r, "streamId"), body.message) };
+    }),
+    route("GET", `${base}/webhooks/failed`, async (r) => {
+      const query = schemas.failedWebhooksQuery.parse(Object.fromEntries(r.url.searchParams));
+      const limit = query.limit ?? 50;
+      const failed = await webhooks.listFailed({ after: query.after, limit });
+      const last = failed.at(-1);
+      return {
+        status: 200,
+        body: { failed, next: failed.length === limit && last ? last.id : null },
+      };
+    }),
+    route("POST", `${base}/webhooks/failed/requeue`, async (r) => {
+      const body = schemas.requeueWebhooks.parse(r.body);
+      const requeued = await webhooks.requeue("ids" in body ? body.ids : undefined);
+      return { status: 200, body: { requeued } };
     }),
   ];
 }
@@ -354,9 +395,9 @@ export function createServiceApi(deps: ServiceApiDeps): HttpRoute {
       }
       let body: unknown;
       if (req.method === "POST") {
-        const read = await readBody(req, res, maxBodyBytes);
+        const read = await readBody(req, res, maxBodyBytes, deps.bodyTimeoutMs);
         if (!read.ok) {
-          sendError(res, payloadTooLarge(maxBodyBytes), 413);
+          sendBodyFailure(res, read, maxBodyBytes, deps.bodyTimeoutMs);
           return true;
         }
         const parsed = parseJson(read.text);
@@ -367,10 +408,16 @@ export function createServiceApi(deps: ServiceApiDeps): HttpRoute {
         body = parsed.value;
       }
       const { route: r, params } = matched;
+      const controller = new AbortController();
+      const abort = () => controller.abort();
+      res.once("close", abort);
       const work = deps.inflight.track(
-        (async () => r.handle({ params: checkParams(params), url, body }))(),
+        (async () =>
+          r.handle({ params: checkParams(params), url, body, signal: controller.signal }))(),
       );
-      const reply = await withTimeout(work, deps.timeoutMs);
+      const reply = await withTimeout(work, deps.timeoutMs, abort).finally(() =>
+        res.off("close", abort),
+      );
       sendJson(res, reply.status, reply.body);
     } catch (err) {
       sendFailure(res, err, context, deps.logger);

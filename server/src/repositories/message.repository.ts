@@ -1,8 +1,8 @@
-import { and, asc, desc, eq, gt, inArray, lt } from "drizzle-orm";
 import type postgres from "postgres";
-import type { Database } from "../db/client.js";
+import { Limits } from "../../../protocol/constants.js";
+import { compact, unlessAborted } from "../db/abortable.js";
 import { errorCode } from "../db/errors.js";
-import { type ChatMessageRow, chatMemory, chatSessions, type MessageJson } from "../db/schema.js";
+import type { ChatMessageRow, MessageJson } from "../db/schema.js";
 import { isoFromMicros } from "../db/time.js";
 import type { Metrics } from "../metrics.js";
 
@@ -80,7 +80,6 @@ const FOREIGN_KEY_VIOLATION = "23503";
 
 export class MessageRepository {
   constructor(
-    private readonly db: Database,
     private readonly sql: postgres.Sql,
     private readonly metrics?: Metrics,
   ) {}
@@ -121,23 +120,20 @@ export class MessageRepository {
     const order = groups
       .map((g, index) => ({ g, index }))
       .sort((a, b) => compare(a.g.userId, b.g.userId) || compare(a.g.chatId, b.g.chatId));
-    const userIds: string[] = [];
-    const chatIds: string[] = [];
-    const clientIds: string[] = [];
-    const bodies: string[] = [];
+    // One jsonb parameter rather than four arrays: no array type to look up on the connection
+    // (the driver runs with fetch_types off, see db/client.ts), and the rows stay together.
+    const input: { u: string; s: string; c: string; m: MessageJson }[] = [];
     for (const { g } of order) {
       for (const item of g.items) {
-        userIds.push(g.userId);
-        chatIds.push(g.chatId);
-        clientIds.push(item.clientId);
-        bodies.push(JSON.stringify(item.message));
+        input.push({ u: g.userId, s: g.chatId, c: item.clientId, m: item.message });
       }
     }
+    const json = JSON.stringify(input);
     const run = () => this.sql<BatchRow[]>`
       with input as (
-        select * from unnest(${this.sql.array(userIds)}::uuid[], ${this.sql.array(chatIds)}::uuid[],
-                             ${this.sql.array(clientIds)}::text[], ${this.sql.array(bodies)}::text[])
-          with ordinality as t(user_id, session_id, client_id, message, ord)
+        select (e->>'u')::uuid as user_id, (e->>'s')::uuid as session_id, e->>'c' as client_id,
+               e->'m' as message, ord
+          from jsonb_array_elements(${json}::jsonb) with ordinality as t(e, ord)
       ), chat as (
         -- Only the chats each group's user owns: every join below matches chat and user both.
         select c.id, c.user_id, c.title, c.created_at from public.chat_sessions c
@@ -150,7 +146,7 @@ export class MessageRepository {
           join mine i on i.session_id = m.session_id and i.client_id = m.client_id
       ), inserted as (
         insert into public.chat_memory (session_id, client_id, message)
-        select i.session_id, i.client_id, i.message::jsonb from mine i
+        select i.session_id, i.client_id, i.message from mine i
          where not exists (select 1 from existing e
                             where e.session_id = i.session_id and e.client_id = i.client_id)
          order by i.ord
@@ -165,7 +161,7 @@ export class MessageRepository {
         join chat c on c.id = r.session_id`;
     let rows: BatchRow[];
     try {
-      rows = await this.retryDeadlocks(run);
+      rows = compact(await this.retryDeadlocks(run));
     } catch (e) {
       const code = errorCode(e);
       if (code !== UNIQUE_VIOLATION && code !== FOREIGN_KEY_VIOLATION) throw e;
@@ -180,7 +176,7 @@ export class MessageRepository {
       // and the chat is not found, exactly as if the delete had come first.
       if (code === FOREIGN_KEY_VIOLATION) return [undefined];
       // A clientId raced in from another node and won: the retry finds it in `existing`.
-      rows = await this.retryDeadlocks(run).catch((again: unknown) => {
+      rows = await this.retryDeadlocks(run).then(compact, (again: unknown) => {
         if (errorCode(again) === FOREIGN_KEY_VIOLATION) return [];
         throw again;
       });
@@ -218,47 +214,96 @@ export class MessageRepository {
   }
 
   /**
-   * A page of a chat's messages, always returned oldest first. `before`: the `limit` messages
-   * just older than that seq; `after`: the `limit` just newer; neither: the latest `limit`.
-   * Fetches one extra row to tell whether more exist. Like every user-scoped query, it carries
-   * the owner in its WHERE clause: a chat that is not `userId`'s reads as empty, so a service
-   * that forgot its ownership check still could not leak another user's messages.
+   * A page of a chat's messages, always returned oldest first. `before`: the messages just
+   * older than that seq; `after`: the ones just newer; neither: the latest. At most `limit`
+   * messages, and at most `maxBytes` of them as JSON (estimated: see pageBytes below), but
+   * always at least one, so that paging moves on: Postgres adds the sizes up and returns only
+   * what fits, so a page of large messages never leaves the database whole. `hasMore` is true
+   * when more messages exist beyond the page in its direction (cut by count or by bytes).
+   *
+   * Like every user-scoped query, it carries the owner in its WHERE clause: a chat that is not
+   * `userId`'s reads as empty, so a service that forgot its ownership check still could not
+   * leak another user's messages. With `signal` aborted, the query is not sent (db/abortable.ts).
    */
   async page(
     userId: string,
     chatId: string,
     limit: number,
     position: { before?: number | undefined; after?: number | undefined } = {},
+    options: { maxBytes?: number; signal?: AbortSignal | undefined } = {},
   ): Promise<{ rows: ChatMessageRow[]; hasMore: boolean }> {
+    const sql = this.sql;
     const forward = position.after !== undefined;
+    const maxBytes = options.maxBytes ?? Limits.MAX_PAGE_BYTES;
     const bound =
       position.after !== undefined
-        ? gt(chatMemory.seq, position.after)
+        ? sql`and m.seq > ${position.after}`
         : position.before !== undefined
-          ? lt(chatMemory.seq, position.before)
-          : undefined;
-    const rows = await this.timed("message_page", () =>
-      this.db
-        .select()
-        .from(chatMemory)
-        .where(
-          and(
-            eq(chatMemory.sessionId, chatId),
-            inArray(
-              chatMemory.sessionId,
-              this.db
-                .select({ id: chatSessions.id })
-                .from(chatSessions)
-                .where(and(eq(chatSessions.id, chatId), eq(chatSessions.userId, userId))),
-            ),
-            bound,
-          ),
-        )
-        .orderBy(forward ? asc(chatMemory.seq) : desc(chatMemory.seq))
-        .limit(limit + 1),
+          ? sql`and m.seq < ${position.before}`
+          : sql``;
+    const direction = forward ? sql`asc` : sql`desc`;
+    // At most limit + 1 rows leave the index; a recursive walk then adds up their JSON sizes
+    // in page order (jsonb's text form escapes like JSON.stringify: U+0001 is six bytes), each
+    // with its other fields (ids, seq, dates: PER_MESSAGE_BYTES), and stops at the first row
+    // past the budget, so no more rows are measured than are returned, plus one.
+    const size = (m: string) =>
+      sql.unsafe(
+        `octet_length(${m}.message::text) + octet_length(${m}.client_id) + ${PER_MESSAGE_BYTES}`,
+      );
+    const query = sql<PageRow[]>`
+      with recursive page as (
+        select m.id, m.session_id, m.seq, m.client_id, m.message, m.created_at
+          from public.chat_memory m
+         where m.session_id = ${chatId}
+           and m.session_id in (select c.id from public.chat_sessions c
+                                 where c.id = ${chatId} and c.user_id = ${userId})
+           ${bound}
+         order by m.seq ${direction}
+         limit ${limit + 1}
+      ), numbered as (
+        select p.*, row_number() over (order by p.seq ${direction}) as rn,
+               count(*) over () as page_rows
+          from page p
+      ), walk as (
+        select n.rn, ${size("n")} as total from numbered n where n.rn = 1
+        union all
+        select n.rn, w.total + ${size("n")}
+          from walk w join numbered n on n.rn = w.rn + 1
+         where w.total <= ${maxBytes} and n.rn <= ${limit}
+      )
+      select n.id, n.session_id, n.seq, n.client_id, n.message, n.created_at, n.page_rows
+        from numbered n join walk w on w.rn = n.rn
+       where n.rn = 1 or w.total <= ${maxBytes}
+       order by n.seq asc`;
+    const rows = compact(
+      await this.timed("message_page", () => unlessAborted(query, options.signal)),
     );
-    const hasMore = rows.length > limit;
-    const page = rows.slice(0, limit);
-    return { rows: forward ? page : page.reverse(), hasMore };
+    return {
+      rows: rows.map((r) => ({
+        id: r.id,
+        sessionId: r.session_id,
+        seq: Number(r.seq),
+        clientId: r.client_id,
+        message: r.message,
+        createdAt: new Date(r.created_at),
+      })),
+      hasMore: rows.length > 0 && Number(rows[0]?.page_rows) > rows.length,
+    };
   }
 }
+
+/**
+ * What a message adds to a page's JSON besides its content and clientId: the keys, the two
+ * UUIDs, seq, role and the timestamp (about 150 bytes), rounded up.
+ */
+const PER_MESSAGE_BYTES = 200;
+
+type PageRow = {
+  id: string;
+  session_id: string;
+  seq: string;
+  client_id: string;
+  message: MessageJson;
+  created_at: string;
+  page_rows: string;
+};

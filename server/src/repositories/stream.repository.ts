@@ -3,10 +3,13 @@
  * chunks, finish, fail), which a load balancer may send to different nodes.
  *
  * - With Redis (REDIS_URL, i.e. more than one node): one hash per stream
- *   (`<prefix>:stream:<id>`, with a TTL) and one sorted set of deadlines
- *   (`<prefix>:streams:deadlines`). Every change is one Lua script, so it is atomic across
- *   nodes: two nodes appending the same chunk apply it once, and of several nodes sweeping for
- *   abandoned streams exactly one marks each one failed (and broadcasts that).
+ *   (`<prefix>:stream:<id>`, with a TTL), one sorted set of deadlines
+ *   (`<prefix>:streams:deadlines`) and, per chat, a sorted set of its open streams by start time
+ *   (`<prefix>:chat-streams:<chatId>`, for `chat:open`'s snapshots and the sidebar's generating
+ *   state). Every change is one Lua script that keeps all three in step, so it is atomic across
+ *   nodes: two nodes appending the same chunk apply it once, a stop and a finish racing end in
+ *   one of them, and of several nodes sweeping for abandoned streams exactly one marks each one
+ *   failed (and broadcasts that).
  * - Without Redis (one node): the same rules in this process's memory.
  *
  * Postgres is not used: the state is short-lived and written on every chunk, and only the
@@ -14,7 +17,17 @@
  */
 import type { Redis } from "ioredis";
 
-export type StreamStatus = "active" | "finishing" | "finished" | "failed";
+/**
+ * `active` → `finishing` → `finished` (stored), `active` → `failed` (by the backend or
+ * abandoned), `active` → `stopping` → `stopped` (a user's `message:stop`: the text so far is
+ * being stored). `finishing` and `stopping` hold a lease (`deadline`): a node that dies inside
+ * one leaves it to the sweeper, which fails a `finishing` stream and finishes storing a
+ * `stopping` one.
+ */
+export type StreamStatus = "active" | "finishing" | "finished" | "failed" | "stopping" | "stopped";
+
+/** Statuses in which a reply is still being generated (shown as in progress). */
+export const OPEN_STATUSES: ReadonlySet<StreamStatus> = new Set(["active", "finishing"]);
 
 export interface StreamRecord {
   streamId: string;
@@ -33,7 +46,10 @@ export interface StreamRecord {
   content: string;
   /** Epoch milliseconds. */
   startedAt: number;
-  /** Epoch milliseconds: an active or finishing stream not touched by then is abandoned. */
+  /**
+   * Epoch milliseconds: an active or finishing stream not touched by then is abandoned; a
+   * stopping one is taken over by the sweeper.
+   */
   deadline: number;
   failureReason: string | null;
   failureMessage: string | null;
@@ -83,16 +99,28 @@ export interface StreamStore {
     options: TransitionOptions,
   ): Promise<TransitionOutcome>;
   /**
-   * Marks failed (with `failure`) up to `limit` active or finishing streams whose deadline is
-   * at or before `now`, and returns them. Each stream is returned by one call only, whichever
-   * node makes it.
+   * Takes up to `limit` streams whose deadline is at or before `now`: active or finishing ones
+   * are marked failed (with `failure`, kept `ttlMs`); stopping ones (their stored reply is not
+   * recorded yet) keep their status and get the new deadline `leaseUntil`, for the caller to
+   * finish storing them. Returns them (status after the change). Each stream is returned by one
+   * call only, whichever node makes it.
    */
   expire(
     now: number,
     limit: number,
     ttlMs: number,
     failure: { reason: string; message: string },
+    leaseUntil: number,
   ): Promise<StreamRecord[]>;
+  /** The chat's open (active or finishing) streams, oldest first. */
+  openStreams(chatId: string): Promise<StreamRecord[]>;
+  /**
+   * For each chat, its latest open stream (id and start), if any: the sidebar's generating
+   * state for a page of chats in one round trip.
+   */
+  generating(
+    chatIds: readonly string[],
+  ): Promise<Map<string, { streamId: string; startedAt: number }>>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,19 +128,40 @@ export interface StreamStore {
 
 export class MemoryStreamStore implements StreamStore {
   private readonly streams = new Map<string, { record: StreamRecord; expiresAt: number }>();
+  /** Per chat, the ids of its open streams (the Redis store's `chat-streams` set). */
+  private readonly byChat = new Map<string, Set<string>>();
 
   private live(streamId: string): StreamRecord | undefined {
     const entry = this.streams.get(streamId);
     if (!entry) return undefined;
     if (entry.expiresAt <= Date.now()) {
-      this.streams.delete(streamId);
+      this.forget(streamId);
       return undefined;
     }
     return entry.record;
   }
 
+  private forget(streamId: string): void {
+    const entry = this.streams.get(streamId);
+    this.streams.delete(streamId);
+    if (entry) this.index(entry.record);
+  }
+
+  /** Keeps the per-chat index in step with the record's status. */
+  private index(r: StreamRecord): void {
+    const open = OPEN_STATUSES.has(r.status) && this.streams.get(r.streamId)?.record === r;
+    const set = this.byChat.get(r.chatId);
+    if (open) {
+      if (set) set.add(r.streamId);
+      else this.byChat.set(r.chatId, new Set([r.streamId]));
+    } else if (set?.delete(r.streamId) && set.size === 0) {
+      this.byChat.delete(r.chatId);
+    }
+  }
+
   private put(record: StreamRecord, ttlMs: number): void {
     this.streams.set(record.streamId, { record, expiresAt: Date.now() + ttlMs });
+    this.index(record);
   }
 
   async create(record: StreamRecord, ttlMs: number) {
@@ -173,20 +222,44 @@ export class MemoryStreamStore implements StreamStore {
     limit: number,
     ttlMs: number,
     failure: { reason: string; message: string },
+    leaseUntil: number,
   ): Promise<StreamRecord[]> {
     const out: StreamRecord[] = [];
     for (const [id, entry] of this.streams) {
       if (entry.expiresAt <= now) {
-        this.streams.delete(id);
+        this.forget(id);
         continue;
       }
       const r = entry.record;
-      if ((r.status === "active" || r.status === "finishing") && r.deadline <= now) {
+      if (r.deadline > now) continue;
+      if (OPEN_STATUSES.has(r.status)) {
         applyTransition(r, "failed", { ttlMs, failure });
         this.put(r, ttlMs);
-        out.push({ ...r });
-        if (out.length >= limit) break;
+      } else if (r.status === "stopping") {
+        r.deadline = leaseUntil;
+      } else {
+        continue;
       }
+      out.push({ ...r });
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  async openStreams(chatId: string): Promise<StreamRecord[]> {
+    const out: StreamRecord[] = [];
+    for (const id of this.byChat.get(chatId) ?? []) {
+      const r = this.live(id);
+      if (r && OPEN_STATUSES.has(r.status)) out.push({ ...r });
+    }
+    return out.sort((a, b) => a.startedAt - b.startedAt);
+  }
+
+  async generating(chatIds: readonly string[]) {
+    const out = new Map<string, { streamId: string; startedAt: number }>();
+    for (const chatId of chatIds) {
+      const latest = (await this.openStreams(chatId)).at(-1);
+      if (latest) out.set(chatId, { streamId: latest.streamId, startedAt: latest.startedAt });
     }
     return out;
   }
@@ -208,17 +281,30 @@ function applyTransition(r: StreamRecord, to: StreamStatus, options: TransitionO
 // ---------------------------------------------------------------------------------------------
 // Redis (several nodes)
 
-const CREATE = `
+// Extends a key's TTL to at least ARGV-given milliseconds (never shortens: the chat's set holds
+// streams of different ages).
+const KEEP = `
+local function keep(key, ttl)
+  if redis.call('PTTL', key) < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
+end
+`;
+
+// KEYS: stream, deadlines, chat's streams. ARGV: id, ttl, deadline, startedAt, field/value…
+const CREATE = `${KEEP}
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGETALL', KEYS[1])}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+keep(KEYS[3], ARGV[2])
 return {1, redis.call('HGETALL', KEYS[1])}`;
 
-// ARGV: id, firstIndex, n, maxLength, deadline, ttl, length_1..length_n, delta_1..delta_n
-const APPEND = `
+// KEYS: stream, deadlines.
+// ARGV: id, firstIndex, n, maxLength, deadline, ttl, chat-streams prefix,
+//       length_1..length_n, delta_1..delta_n
+const APPEND = `${KEEP}
 local st = redis.call('HMGET', KEYS[1], 'status', 'nextIndex', 'length', 'chatId')
 if not st[1] then return {'missing'} end
 if st[1] ~= 'active' then return {'status', st[1]} end
@@ -231,8 +317,8 @@ local skip = nextIndex - first
 local added = 0
 local parts = {}
 for i = skip + 1, n do
-  added = added + tonumber(ARGV[6 + i])
-  parts[#parts + 1] = ARGV[6 + n + i]
+  added = added + tonumber(ARGV[7 + i])
+  parts[#parts + 1] = ARGV[7 + n + i]
 end
 if length + added > tonumber(ARGV[4]) then return {'too_long', length} end
 local applied = #parts
@@ -244,13 +330,16 @@ end
 redis.call('HSET', KEYS[1], 'deadline', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+keep(ARGV[7] .. st[4], ARGV[6])
 return {'ok', applied, nextIndex + applied, st[4], length + added}`;
 
-// ARGV: id, from, to, ttl, deadline|'', hasContent, content, contentLength, reason|'', message
-const TRANSITION = `
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing'} end
-if st ~= ARGV[2] then return {'status', st} end
+// KEYS: stream, deadlines.
+// ARGV: id, from, to, ttl, deadline|'', hasContent, content, contentLength, reason|'', message,
+//       chat-streams prefix
+const TRANSITION = `${KEEP}
+local st = redis.call('HMGET', KEYS[1], 'status', 'chatId', 'startedAt')
+if not st[1] then return {'missing'} end
+if st[1] ~= ARGV[2] then return {'status', st[1]} end
 redis.call('HSET', KEYS[1], 'status', ARGV[3])
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'content', ARGV[7], 'length', ARGV[8])
@@ -265,25 +354,71 @@ else
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local chat = ARGV[11] .. st[2]
+if ARGV[3] == 'active' or ARGV[3] == 'finishing' then
+  redis.call('ZADD', chat, st[3], ARGV[1])
+  keep(chat, ARGV[4])
+else
+  redis.call('ZREM', chat, ARGV[1])
+end
 return {'ok', redis.call('HGETALL', KEYS[1])}`;
 
-// KEYS: deadlines. ARGV: now, limit, ttl, key prefix, reason, message
+// KEYS: deadlines.
+// ARGV: now, limit, ttl, stream key prefix, reason, message, chat-streams prefix, leaseUntil
 const EXPIRE = `
 local now = tonumber(ARGV[1])
+local lease = tonumber(ARGV[8])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, id in ipairs(ids) do
   local key = ARGV[4] .. id
-  local st = redis.call('HMGET', key, 'status', 'deadline')
-  if (st[1] == 'active' or st[1] == 'finishing') and tonumber(st[2]) > now then
+  local st = redis.call('HMGET', key, 'status', 'deadline', 'chatId')
+  local open = st[1] == 'active' or st[1] == 'finishing'
+  if (open or st[1] == 'stopping') and tonumber(st[2]) > now then
     redis.call('ZADD', KEYS[1], st[2], id)
+  elseif open then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HSET', key, 'status', 'failed', 'failureReason', ARGV[5],
+      'failureMessage', ARGV[6])
+    redis.call('PEXPIRE', key, ARGV[3])
+    redis.call('ZREM', ARGV[7] .. st[3], id)
+    out[#out + 1] = redis.call('HGETALL', key)
+  elseif st[1] == 'stopping' then
+    redis.call('HSET', key, 'deadline', lease)
+    redis.call('ZADD', KEYS[1], lease, id)
+    redis.call('PEXPIRE', key, lease - now + tonumber(ARGV[3]))
+    out[#out + 1] = redis.call('HGETALL', key)
   else
     redis.call('ZREM', KEYS[1], id)
-    if st[1] == 'active' or st[1] == 'finishing' then
-      redis.call('HSET', key, 'status', 'failed', 'failureReason', ARGV[5],
-        'failureMessage', ARGV[6])
-      redis.call('PEXPIRE', key, ARGV[3])
-      out[#out + 1] = redis.call('HGETALL', key)
+  end
+end
+return out`;
+
+// KEYS: chat's streams. ARGV: stream key prefix. Drops members that are no longer open.
+const OPEN = `
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local st = redis.call('HGET', ARGV[1] .. id, 'status')
+  if st == 'active' or st == 'finishing' then
+    out[#out + 1] = redis.call('HGETALL', ARGV[1] .. id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out`;
+
+// KEYS: chats' streams. ARGV: stream key prefix. Per chat {streamId, startedAt} of its latest
+// open stream, or {}.
+const GENERATING = `
+local out = {}
+for i, chat in ipairs(KEYS) do
+  out[i] = {}
+  local members = redis.call('ZREVRANGE', chat, 0, -1, 'WITHSCORES')
+  for j = 1, #members, 2 do
+    local st = redis.call('HGET', ARGV[1] .. members[j], 'status')
+    if st == 'active' or st == 'finishing' then
+      out[i] = {members[j], members[j + 1]}
+      break
     end
   end
 end
@@ -296,6 +431,8 @@ type ScriptClient = Redis & {
   chatStreamAppend(...args: (string | number)[]): Promise<Reply>;
   chatStreamTransition(...args: (string | number)[]): Promise<Reply>;
   chatStreamExpire(...args: (string | number)[]): Promise<Reply>;
+  chatStreamOpen(...args: (string | number)[]): Promise<Reply>;
+  chatStreamGenerating(...args: (string | number)[]): Promise<Reply>;
 };
 
 /** How long a call waits for a Redis connection that is (re)connecting before failing. */
@@ -305,20 +442,27 @@ export class RedisStreamStore implements StreamStore {
   private readonly redis: ScriptClient;
   private readonly deadlines: string;
   private readonly keyPrefix: string;
+  private readonly chatPrefix: string;
   private waiting: Promise<void> | undefined;
 
   constructor(redis: Redis, prefix: string) {
     this.deadlines = `${prefix}:streams:deadlines`;
     this.keyPrefix = `${prefix}:stream:`;
+    this.chatPrefix = `${prefix}:chat-streams:`;
     const scripts = [
-      ["chatStreamCreate", CREATE, 2],
+      ["chatStreamCreate", CREATE, 3],
       ["chatStreamAppend", APPEND, 2],
       ["chatStreamTransition", TRANSITION, 2],
       ["chatStreamExpire", EXPIRE, 1],
+      ["chatStreamOpen", OPEN, 1],
+      // The number of keys varies (a page of chats): given as the first argument.
+      ["chatStreamGenerating", GENERATING, undefined],
     ] as const;
     for (const [name, lua, numberOfKeys] of scripts) {
       // Idempotent: defining the same command again on a shared client is harmless.
-      if (!(name in redis)) redis.defineCommand(name, { lua, numberOfKeys });
+      if (!(name in redis)) {
+        redis.defineCommand(name, numberOfKeys === undefined ? { lua } : { lua, numberOfKeys });
+      }
     }
     this.redis = redis as ScriptClient;
   }
@@ -356,9 +500,11 @@ export class RedisStreamStore implements StreamStore {
     const [created, flat] = await this.redis.chatStreamCreate(
       this.key(record.streamId),
       this.deadlines,
+      this.chatPrefix + record.chatId,
       record.streamId,
       ttlMs,
       record.deadline,
+      record.startedAt,
       ...fields,
     );
     return { created: created === 1, record: fromFlat(flat as Reply) };
@@ -387,6 +533,7 @@ export class RedisStreamStore implements StreamStore {
       options.maxLength,
       options.deadline,
       options.ttlMs,
+      this.chatPrefix,
       ...deltas.map((d) => d.length),
       ...deltas,
     );
@@ -430,6 +577,7 @@ export class RedisStreamStore implements StreamStore {
       options.content?.length ?? 0,
       options.failure?.reason ?? "",
       options.failure?.message ?? "",
+      this.chatPrefix,
     );
     if (reply[0] === "ok") return { ok: true, record: fromFlat(reply[1] as Reply) };
     if (reply[0] === "status") return { ok: false, status: reply[1] as StreamStatus };
@@ -441,6 +589,7 @@ export class RedisStreamStore implements StreamStore {
     limit: number,
     ttlMs: number,
     failure: { reason: string; message: string },
+    leaseUntil: number,
   ): Promise<StreamRecord[]> {
     await this.ready();
     const reply = await this.redis.chatStreamExpire(
@@ -451,8 +600,34 @@ export class RedisStreamStore implements StreamStore {
       this.keyPrefix,
       failure.reason,
       failure.message,
+      this.chatPrefix,
+      leaseUntil,
     );
     return reply.map((flat) => fromFlat(flat as Reply));
+  }
+
+  async openStreams(chatId: string): Promise<StreamRecord[]> {
+    await this.ready();
+    const reply = await this.redis.chatStreamOpen(this.chatPrefix + chatId, this.keyPrefix);
+    return reply.map((flat) => fromFlat(flat as Reply));
+  }
+
+  async generating(chatIds: readonly string[]) {
+    const out = new Map<string, { streamId: string; startedAt: number }>();
+    if (chatIds.length === 0) return out;
+    await this.ready();
+    const reply = await this.redis.chatStreamGenerating(
+      chatIds.length,
+      ...chatIds.map((id) => this.chatPrefix + id),
+      this.keyPrefix,
+    );
+    reply.forEach((entry, i) => {
+      const chatId = chatIds[i];
+      if (chatId !== undefined && Array.isArray(entry) && entry.length === 2) {
+        out.set(chatId, { streamId: String(entry[0]), startedAt: Number(entry[1]) });
+      }
+    });
+    return out;
   }
 }
 

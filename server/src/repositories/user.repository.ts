@@ -2,6 +2,36 @@ import { eq, inArray, sql } from "drizzle-orm";
 import type { Database } from "../db/client.js";
 import { type MessageJson, users } from "../db/schema.js";
 
+/**
+ * The class of the per-user advisory lock (`pg_advisory_xact_lock(class, hashtext(clerk_id))`;
+ * the two-key form never collides with the migrations' one-key lock; `provision_users` in
+ * drizzle/0007_provision_user.sql uses the same). Every statement that may create a user's row
+ * holds it (shared for a handshake, exclusive for a webhook), and so does every deletion
+ * (exclusive), so a row is only ever created by a statement that started after the last
+ * deletion committed, and sees its tombstone. Under READ COMMITTED an `INSERT … WHERE NOT EXISTS (tombstone)` alone
+ * is not enough: a deletion that commits while the insert runs deletes nothing (the new row is
+ * not visible to it yet), and the insert commits after it. A hash collision only makes two
+ * users' writes take turns.
+ */
+const USER_LOCK_CLASS = 0x75736572; // "user"
+
+/** What applying a Clerk profile event did. */
+export type ProfileResult =
+  /** Created or updated the row (the event was the newest seen); `lifted` a tombstone first. */
+  | { applied: true; id: string; lifted: boolean }
+  /** Nothing: the user is deleted (a tombstone), or the row holds a newer event. */
+  | { applied: false; reason: "deleted" | "stale" };
+
+/** What applying a Clerk deletion did. */
+export type DeletionResult =
+  /** Tombstone written; `deleted` says whether there was a row to delete. */
+  | { applied: true; deleted: boolean }
+  /** Nothing: the row holds a profile event newer than the deletion (the user was created again). */
+  | { applied: false };
+
+/** An epoch-milliseconds time as a timestamptz parameter (exact: ISO text keeps milliseconds). */
+const at = (epochMs: number) => sql`${new Date(epochMs).toISOString()}::timestamptz`;
+
 /** Stats as `get_user_stats` returns them. */
 export type UserStatsRow = {
   total_conversations: number;
@@ -30,15 +60,25 @@ export type TokenUsageResult =
 export class UserRepository {
   constructor(private readonly db: Database) {}
 
-  /** Creates the user's row on first sight; otherwise records that they were seen. Returns the row id. */
-  async upsertSeen(clerkId: string): Promise<string> {
-    const [row] = await this.db
-      .insert(users)
-      .values({ clerkId })
-      .onConflictDoUpdate({ target: users.clerkId, set: { lastSeenAt: sql`now()` } })
-      .returning({ id: users.id });
-    if (!row) throw new Error("upsert returned no row");
-    return row.id;
+  /**
+   * Creates the rows of users seen for the first time, or records that they were seen, in one
+   * statement (the first handshakes a node takes at the same time). Returns Clerk id → row id
+   * and subscription tier (which picks the user's rate limits); a deleted user (a tombstone) is
+   * missing from the result: their row is never recreated. The function takes each user's lock
+   * (shared) before its insert (migration 0007), in sorted order, so two nodes creating
+   * overlapping sets never deadlock.
+   */
+  async upsertSeenMany(
+    clerkIds: string[],
+  ): Promise<Map<string, { id: string; subscriptionTier: string | null }>> {
+    const ids = sql.join(
+      [...new Set(clerkIds)].sort().map((id) => sql`${id}`),
+      sql`, `,
+    );
+    const rows = await this.db.execute<{ clerk_id: string; user_id: string; tier: string | null }>(
+      sql`select clerk_id, user_id, tier from public.provision_users(array[${ids}]::text[])`,
+    );
+    return new Map(rows.map((r) => [r.clerk_id, { id: r.user_id, subscriptionTier: r.tier }]));
   }
 
   /**
@@ -88,32 +128,71 @@ export class UserRepository {
   }
 
   /**
-   * Creates or updates the user's profile fields from Clerk (webhooks). Writing the same values
-   * again changes nothing but `updated_at`, so a redelivered event is harmless.
+   * Applies a Clerk profile event (`user.created`, `user.updated`) stamped `eventAt` (epoch ms):
+   * creates or updates the row's email and avatar, unless the row holds a newer event or the
+   * user is deleted. With `lift` (a `user.created`), a tombstone older than the event goes
+   * first: Clerk created the user again. The same event again changes nothing (a redelivery).
    */
-  async upsertProfile(
+  async applyProfile(
     clerkId: string,
     profile: { email: string | null; avatarUrl: string | null },
-  ): Promise<string> {
-    const [row] = await this.db
-      .insert(users)
-      .values({ clerkId, email: profile.email, avatarUrl: profile.avatarUrl })
-      .onConflictDoUpdate({
-        target: users.clerkId,
-        set: { email: profile.email, avatarUrl: profile.avatarUrl },
-      })
-      .returning({ id: users.id });
-    if (!row) throw new Error("upsert returned no row");
-    return row.id;
+    eventAt: number,
+    lift: boolean,
+  ): Promise<ProfileResult> {
+    return this.db.transaction(async (tx) => {
+      await tx.execute(sql`select pg_advisory_xact_lock(${USER_LOCK_CLASS}, hashtext(${clerkId}))`);
+      // The row comes back under its old id, which nodes that still know the user remember.
+      const [lifted] = lift
+        ? await tx.execute<{ user_id: string | null }>(sql`
+            delete from public.user_tombstones
+             where clerk_id = ${clerkId} and event_at < ${at(eventAt)}
+            returning user_id`)
+        : [];
+      const [row] = await tx.execute<{ id: string }>(sql`
+        insert into public.users (id, clerk_id, email, avatar_url, profile_event_at)
+        select coalesce(${lifted?.user_id ?? null}::uuid, gen_random_uuid()), ${clerkId},
+               ${profile.email}, ${profile.avatarUrl}, ${at(eventAt)}
+         where not exists (select 1 from public.user_tombstones where clerk_id = ${clerkId})
+        on conflict (clerk_id) do update
+           set email = excluded.email, avatar_url = excluded.avatar_url,
+               profile_event_at = excluded.profile_event_at
+         where users.profile_event_at is null
+            or users.profile_event_at <= excluded.profile_event_at
+        returning id`);
+      if (row) return { applied: true, id: row.id, lifted: lifted !== undefined };
+      const [tombstone] = await tx.execute(
+        sql`select 1 from public.user_tombstones where clerk_id = ${clerkId}`,
+      );
+      return { applied: false, reason: tombstone ? "deleted" : "stale" };
+    });
   }
 
-  /** Deletes the user's row; their chats, messages and searches cascade. True when one was deleted. */
-  async deleteByClerkId(clerkId: string): Promise<boolean> {
-    const rows = await this.db
-      .delete(users)
-      .where(eq(users.clerkId, clerkId))
-      .returning({ id: users.id });
-    return rows.length > 0;
+  /**
+   * Applies a Clerk `user.deleted` stamped `eventAt` (epoch ms), in one transaction: writes the
+   * tombstone (keeping the newest event time) and deletes the row (chats, messages and searches
+   * cascade). Changes nothing when the row holds a newer profile event: the user was created
+   * again after this deletion, which is a late redelivery.
+   */
+  async deleteByClerkId(clerkId: string, eventAt: number): Promise<DeletionResult> {
+    return this.db.transaction(async (tx) => {
+      await tx.execute(sql`select pg_advisory_xact_lock(${USER_LOCK_CLASS}, hashtext(${clerkId}))`);
+      const [newer] = await tx.execute(sql`
+        select 1 from public.users
+         where clerk_id = ${clerkId} and profile_event_at > ${at(eventAt)}`);
+      if (newer) return { applied: false };
+      await tx.execute(sql`
+        insert into public.user_tombstones (clerk_id, event_at, user_id)
+        values (${clerkId}, ${at(eventAt)},
+                (select id from public.users where clerk_id = ${clerkId}))
+        on conflict (clerk_id) do update
+           set event_at = greatest(user_tombstones.event_at, excluded.event_at),
+               user_id = coalesce(user_tombstones.user_id, excluded.user_id)`);
+      const rows = await tx
+        .delete(users)
+        .where(eq(users.clerkId, clerkId))
+        .returning({ id: users.id });
+      return { applied: true, deleted: rows.length > 0 };
+    });
   }
 
   /**

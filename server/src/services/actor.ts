@@ -4,4 +4,9 @@ export interface Actor {
   userId: string;
   /** Primary key of the `users` row. */
   dbUserId: string;
+  /**
+   * `users.subscription_tier` as read when the socket connected (a socket's actor only): picks
+   * the per-user write limits. Absent or unknown: the free tier.
+   */
+  subscriptionTier?: string | null | undefined;
 }

@@ -1,3 +1,5 @@
+import type { AppEventRepository } from "../repositories/app-event.repository.js";
+
 /**
  * Events for the app's own backend that the services raise outside a database transaction of
  * their own. They are stored durably (the transactional outbox, docs/service-api.md "Webhooks to
@@ -24,3 +26,20 @@ export interface AppEvents {
 export const noAppEvents: AppEvents = {
   async stopRequested() {},
 };
+
+/**
+ * Stores each event in the transactional outbox (app_events), which every node delivers. Used
+ * when APP_WEBHOOK_URL is set.
+ */
+export class OutboxAppEvents implements AppEvents {
+  constructor(private readonly repository: AppEventRepository) {}
+
+  async stopRequested(event: Parameters<AppEvents["stopRequested"]>[0]): Promise<void> {
+    await this.repository.enqueue(event.chatId, "stream.stop_requested", {
+      userId: event.userId,
+      chatId: event.chatId,
+      streamId: event.streamId,
+      requestedAt: event.requestedAt,
+    });
+  }
+}

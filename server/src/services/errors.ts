@@ -25,17 +25,17 @@ export class AppError extends Error {
 export const notFound = (what = "Chat") => new AppError(ErrorCode.NOT_FOUND, `${what} not found`);
 
 /**
- * Answers UNAVAILABLE when `work` takes longer than `ms` (a stalled database). The work itself
- * goes on: if it commits later, the client's retry with the same clientId finds it.
+ * Answers UNAVAILABLE when `work` takes longer than `ms` (a stalled database), and then calls
+ * `onTimeout` (which aborts the work's signal: reads not yet sent are dropped). A write goes
+ * on: if it commits later, the client's retry with the same clientId finds it.
  */
-export function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+export function withTimeout<T>(work: Promise<T>, ms: number, onTimeout?: () => void): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(new AppError(ErrorCode.UNAVAILABLE, "The service did not answer in time; retry")),
-      ms,
-    );
+    timer = setTimeout(() => {
+      reject(new AppError(ErrorCode.UNAVAILABLE, "The service did not answer in time; retry"));
+      onTimeout?.();
+    }, ms);
   });
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }

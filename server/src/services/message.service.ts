@@ -6,6 +6,7 @@ import {
   Limits,
   type MessageBody,
 } from "../../../protocol/index.js";
+import type { MessageJson } from "../db/schema.js";
 import type { MessageRepository, StoredBatch } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";
@@ -14,7 +15,13 @@ import { toChatMessage, toMessageBody } from "./mappers.js";
 import type { Notifier } from "./notifier.js";
 import type { RateLimits } from "./rate-limits.js";
 
-type PostInput = { chatId: string; clientId: string; body: MessageBody };
+type PostInput = {
+  chatId: string;
+  clientId: string;
+  body: MessageBody;
+  /** A streamed reply stopped by the user (stored as `stopped: true` in the message JSON). */
+  stopped?: true;
+};
 type PostResult = CommandResults["message:send"];
 
 interface Pending {
@@ -115,9 +122,12 @@ export class MessageService {
         chats.map((sends) => {
           const first = sends[0] as Pending;
           // The first send of a clientId is the one stored; later ones in the batch are retries.
-          const unique = new Map<string, MessageBody>();
-          for (const p of sends)
-            if (!unique.has(p.input.clientId)) unique.set(p.input.clientId, p.input.body);
+          const unique = new Map<string, MessageJson>();
+          for (const p of sends) {
+            if (unique.has(p.input.clientId)) continue;
+            const { body, stopped } = p.input;
+            unique.set(p.input.clientId, stopped ? { ...body, stopped } : body);
+          }
           return {
             userId: first.actor.dbUserId,
             chatId: first.input.chatId,
@@ -185,9 +195,9 @@ export class MessageService {
     this.notifier.statsChanged(actor.userId);
   }
 
-  /** A user's own send: rate-limited per user across devices and nodes. */
+  /** A user's own send: rate-limited per user across devices and nodes, by tier. */
   async send(actor: Actor, input: CommandPayload<"message:send">) {
-    await this.rateLimits.consumeMessage(actor.userId);
+    await this.rateLimits.consumeWrite(actor, "message");
     return this.post(actor, {
       chatId: input.chatId,
       clientId: input.clientId,
@@ -198,6 +208,7 @@ export class MessageService {
   async history(
     actor: Actor,
     input: CommandPayload<"message:history">,
+    signal?: AbortSignal,
   ): Promise<CommandResults["message:history"]> {
     await this.chats.requireOwned(actor, input.chatId);
     const { rows, hasMore } = await this.messages.page(
@@ -205,6 +216,7 @@ export class MessageService {
       input.chatId,
       input.limit ?? Limits.DEFAULT_PAGE_SIZE,
       { before: input.before, after: input.after },
+      { signal },
     );
     return { messages: rows.map(toChatMessage), hasMore };
   }
@@ -213,6 +225,7 @@ export class MessageService {
   async sync(
     actor: Actor,
     input: CommandPayload<"message:sync">,
+    signal?: AbortSignal,
   ): Promise<CommandResults["message:sync"]> {
     await this.chats.requireOwned(actor, input.chatId);
     const { rows, hasMore } = await this.messages.page(
@@ -220,6 +233,7 @@ export class MessageService {
       input.chatId,
       input.limit ?? Limits.MAX_PAGE_SIZE,
       { after: input.afterSeq },
+      { signal },
     );
     const messages = rows.map(toChatMessage);
     return { messages, hasMore, lastSeq: messages.at(-1)?.seq ?? input.afterSeq };

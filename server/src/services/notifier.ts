@@ -1,8 +1,10 @@
 import type {
+  ChatGenerating,
   ChatMessage,
   ChatSummary,
   ConnectionClosing,
   MessageDelta,
+  MessageStopped,
   MessageStreamFailed,
   MessageStreaming,
 } from "../../../protocol/index.js";
@@ -28,6 +30,10 @@ export interface Notifier {
   messageDelta(event: MessageDelta): void;
   /** A streamed reply failed or was abandoned: to every socket that has the chat open. */
   messageFailed(event: MessageStreamFailed): void;
+  /** A streamed reply was stopped by the user: to every socket that has the chat open. */
+  messageStopped(event: MessageStopped): void;
+  /** A reply started or stopped being generated: to every socket of the user (the sidebar). */
+  chatGenerating(userId: string, event: ChatGenerating): void;
   /** Tells every socket of the user, on every node, `closing`, then disconnects them. */
   disconnectUser(userId: string, closing: ConnectionClosing): void;
   /** The same for every socket authenticated with one Clerk session (`sid`), on every node. */

@@ -1,8 +1,10 @@
 /**
  * Limits against floods, cluster-wide through Redis when there is one:
- * - connection attempts per client address (checked before the token is verified), message
- *   rate and connection attempts per user: rate-limiter-flexible, falling back to this node's
- *   memory while Redis is down; every entry expires with its window;
+ * - connection attempts per client address (checked at the WebSocket handshake, before the
+ *   token is verified), connection attempts per user, and every write a user can make
+ *   (messages, chat creates, chat renames and deletes) per user, with limits by subscription
+ *   tier: rate-limiter-flexible, falling back to this node's memory while Redis is down; every
+ *   entry expires with its window;
  * - open sockets: a Redis sorted set per user of leases (socket id → expiry), added atomically
  *   when under the cap, renewed by the node holding the socket, removed on disconnect. A
  *   crashed node's leases lapse after LEASE_MS. While Redis is down, each node counts only its
@@ -15,9 +17,42 @@ import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from "rate-limite
 import { ErrorCode } from "../../../protocol/constants.js";
 import { AppError } from "./errors.js";
 
+/** A user's writes, each limited per user (across devices and nodes) by subscription tier. */
+export type WriteKind = "message" | "chatCreate" | "chatEdit";
+
+/** The per-user write limits of one subscription tier. */
+export interface TierLimits {
+  /** `message:send` per message window (RateLimitConfig.messageWindowSeconds). */
+  messages: number;
+  /** `chat:create` per minute. */
+  chatCreates: number;
+  /** `chat:rename` and `chat:delete` together, per minute. */
+  chatEdits: number;
+}
+
+/**
+ * The built-in tiers beyond `free`, as multiples of the free limits: paying users may write
+ * more, and raising the free limits raises theirs. A tier named in RateLimitConfig.tiers
+ * overrides any of its fields; any other tier (or none) is `free`.
+ */
+export const TIER_MULTIPLIERS: Readonly<Record<string, number>> = { pro: 4, enterprise: 10 };
+
+/** The window of the chat write limits, in seconds. */
+const CHAT_WINDOW_SECONDS = 60;
+
 export interface RateLimitConfig {
-  /** Messages a user may send per window, across all their devices and nodes. */
+  /** Messages a user of the free tier may send per window, across all their devices and nodes. */
   messagesPerWindow: number;
+  /** Chats a user of the free tier may create per minute, across all their devices and nodes. */
+  chatCreatesPerMinute: number;
+  /** Renames and deletes a user of the free tier may make per minute, together. */
+  chatEditsPerMinute: number;
+  /**
+   * Limits by subscription tier (`users.subscription_tier`, lower case), each field optional:
+   * overrides the defaults (free: the three fields above; pro and enterprise: multiples of
+   * free, TIER_MULTIPLIERS). A tier not named here nor built in is free.
+   */
+  tiers?: Record<string, Partial<TierLimits>> | undefined;
   /** Length of the message window, in seconds. */
   messageWindowSeconds: number;
   /** Connection attempts a user may make per minute, across all nodes. */
@@ -112,6 +147,12 @@ export class CommandBucket {
   }
 }
 
+const WRITE_REFUSALS: Record<WriteKind, string> = {
+  message: "Too many messages; slow down",
+  chatCreate: "Too many chats created; slow down",
+  chatEdit: "Too many chat renames or deletes; slow down",
+};
+
 /** How long a socket lease lives without renewal; renewed every third of it. */
 const LEASE_MS = 90_000;
 
@@ -123,8 +164,37 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1`;
 
+/** The limits of every tier: the free limits, the built-in multiples, then the overrides. */
+export function resolveTiers(config: RateLimitConfig): Map<string, TierLimits> {
+  const overrides = new Map(
+    Object.entries(config.tiers ?? {}).map(([name, limits]) => [name.toLowerCase(), limits]),
+  );
+  const free: TierLimits = {
+    messages: config.messagesPerWindow,
+    chatCreates: config.chatCreatesPerMinute,
+    chatEdits: config.chatEditsPerMinute,
+    ...overrides.get("free"),
+  };
+  const table = new Map<string, TierLimits>([["free", free]]);
+  for (const [name, factor] of Object.entries(TIER_MULTIPLIERS)) {
+    table.set(name, {
+      messages: free.messages * factor,
+      chatCreates: free.chatCreates * factor,
+      chatEdits: free.chatEdits * factor,
+    });
+  }
+  for (const [name, limits] of overrides) {
+    table.set(name, { ...(table.get(name) ?? free), ...limits });
+  }
+  return table;
+}
+
+type Limiter = ReturnType<typeof limiter>;
+
 export class RateLimits {
-  private readonly messages;
+  /** Per-user write limiters, by `${kind}:${tier}`, made on first use. */
+  private readonly writes = new Map<string, Limiter>();
+  private readonly tiers: Map<string, TierLimits>;
   private readonly connections;
   private readonly addresses;
   /** This node's open sockets, by user. */
@@ -136,12 +206,7 @@ export class RateLimits {
     private readonly redis?: Redis,
     private readonly keyPrefix = "chat",
   ) {
-    this.messages = limiter(
-      config.messagesPerWindow,
-      config.messageWindowSeconds,
-      `${keyPrefix}:rl:msg`,
-      redis,
-    );
+    this.tiers = resolveTiers(config);
     this.connections = limiter(config.connectionsPerMinute, 60, `${keyPrefix}:rl:conn`, redis);
     this.addresses = limiter(
       config.connectionsPerAddressPerMinute,
@@ -160,13 +225,47 @@ export class RateLimits {
     return `${this.keyPrefix}:sockets:${userId}`;
   }
 
-  /** Counts one message; throws RATE_LIMITED (with retryAfterMs) past the limit. */
-  async consumeMessage(userId: string): Promise<void> {
+  /** The tier whose limits apply to `subscriptionTier`: itself if known, else free. */
+  tierOf(subscriptionTier: string | null | undefined): string {
+    const name = subscriptionTier?.trim().toLowerCase() ?? "free";
+    return this.tiers.has(name) ? name : "free";
+  }
+
+  /** The write limits of `subscriptionTier` (free for an unknown or missing tier). */
+  limitsFor(subscriptionTier: string | null | undefined): TierLimits {
+    return this.tiers.get(this.tierOf(subscriptionTier)) ?? (this.tiers.get("free") as TierLimits);
+  }
+
+  private writeLimiter(kind: WriteKind, tier: string): Limiter {
+    const key = `${kind}:${tier}`;
+    let found = this.writes.get(key);
+    if (!found) {
+      const limits = this.limitsFor(tier);
+      const [points, window] =
+        kind === "message"
+          ? [limits.messages, this.config.messageWindowSeconds]
+          : [kind === "chatCreate" ? limits.chatCreates : limits.chatEdits, CHAT_WINDOW_SECONDS];
+      found = limiter(points, window, `${this.keyPrefix}:rl:${kind}:${tier}`, this.redis);
+      this.writes.set(key, found);
+    }
+    return found;
+  }
+
+  /**
+   * Counts one write of a user (`userId`: the Clerk id, so the count is the same on every node)
+   * against the limits of their tier; throws RATE_LIMITED (with retryAfterMs) past the limit.
+   */
+  async consumeWrite(
+    user: { userId: string; subscriptionTier?: string | null | undefined },
+    kind: WriteKind,
+  ): Promise<void> {
     try {
-      await this.messages.limiter.consume(userId);
+      await this.writeLimiter(kind, this.tierOf(user.subscriptionTier)).limiter.consume(
+        user.userId,
+      );
     } catch (e) {
       if (e instanceof RateLimiterRes) {
-        throw new AppError(ErrorCode.RATE_LIMITED, "Too many messages; slow down", {
+        throw new AppError(ErrorCode.RATE_LIMITED, WRITE_REFUSALS[kind], {
           retryAfterMs: Math.max(1, Math.ceil(e.msBeforeNext)),
         });
       }
@@ -201,7 +300,7 @@ export class RateLimits {
   memoryUse(): { limiterKeys: number; usersWithSockets: number } {
     return {
       limiterKeys:
-        memoryKeys(this.messages.memory) +
+        [...this.writes.values()].reduce((sum, l) => sum + memoryKeys(l.memory), 0) +
         memoryKeys(this.connections.memory) +
         memoryKeys(this.addresses.memory),
       usersWithSockets: this.open.size,

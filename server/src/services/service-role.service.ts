@@ -59,9 +59,10 @@ export class ServiceRoleService {
       after?: number | undefined;
       limit?: number | undefined;
     },
+    signal?: AbortSignal,
   ): Promise<CommandResults["message:history"]> {
     const actor = await this.users.requireActor(userId);
-    return this.messages.history(actor, input);
+    return this.messages.history(actor, input, signal);
   }
 
   async addTokenUsage(userId: string, tokens: number): Promise<{ tokenUsage: number }> {

@@ -1,4 +1,6 @@
 import {
+  type ChatMessage,
+  type CommandPayload,
   type CommandResults,
   contentSchema,
   ErrorCode,
@@ -12,7 +14,10 @@ import type {
   StreamStore,
   TransitionOptions,
 } from "../repositories/stream.repository.js";
+import type { Actor } from "./actor.js";
+import { type AppEvents, noAppEvents } from "./app-events.js";
 import type { ChatService } from "./chat.service.js";
+import { DeltaCoalescer } from "./delta-coalescer.js";
 import { AppError, notFound } from "./errors.js";
 import type { MessageService } from "./message.service.js";
 import type { Notifier } from "./notifier.js";
@@ -30,6 +35,11 @@ export interface StreamOptions {
   finishLeaseMs?: number;
   /** How often this node looks for abandoned streams; default a quarter of the timeout (≤ 5 s). */
   sweepIntervalMs?: number;
+  /**
+   * Milliseconds the chunks of a stream are gathered into one `message:delta` (DeltaCoalescer);
+   * 0 sends one delta per chunk. Default 40.
+   */
+  flushMs?: number;
 }
 
 /** A stream as the service API shows it. */
@@ -38,7 +48,8 @@ export interface StreamView {
   userId: string;
   chatId: string;
   role: "assistant" | "system";
-  status: StreamStatus;
+  /** `stopping` (a stop whose reply is being stored) is shown as `stopped`. */
+  status: Exclude<StreamStatus, "stopping">;
   /** The index the next chunk must have. */
   nextIndex: number;
   /** Characters received so far. */
@@ -52,17 +63,25 @@ export interface StreamView {
 const DEFAULT_RETENTION_MS = 10 * 60_000;
 const DEFAULT_FINISH_LEASE_MS = 10_000;
 const SWEEP_BATCH = 100;
+const DEFAULT_FLUSH_MS = 40;
+/** How long a stop waits for a finish in progress to end (stored, or back to active). */
+const STOP_WAIT_MS = 3000;
+const STOP_POLL_MS = 25;
 
 /**
  * Streamed assistant replies: start, chunks, finish (stored once, through MessageService.post,
- * with `clientId` = `streamId`) or fail. Devices with the chat open see it live
- * (`message:streaming`, `message:delta`, then `message:created` or `message:failed`). A stream
- * the backend stops talking about is marked failed after `timeoutMs` by whichever node sweeps
- * first; the state lives in a StreamStore shared by the nodes (Redis) or in memory (one node).
+ * with `clientId` = `streamId`), fail, or a user's stop (the text so far stored once, marked
+ * stopped). Devices with the chat open see it live (`message:streaming`, coalesced
+ * `message:delta`s, then `message:created`, `message:stopped` or `message:failed`), and every
+ * device of the user sees `chat:generating` when it starts and ends. A stream the backend stops
+ * talking about is marked failed after `timeoutMs` by whichever node sweeps first; the state
+ * lives in a StreamStore shared by the nodes (Redis) or in memory (one node), whose atomic
+ * transitions make stop, finish, fail and abandonment racing each other end in one outcome.
  */
 export class StreamService {
   private readonly retentionMs: number;
   private readonly finishLeaseMs: number;
+  private readonly deltas: DeltaCoalescer;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping = false;
 
@@ -74,9 +93,14 @@ export class StreamService {
     private readonly notifier: Notifier,
     private readonly logger: Logger,
     private readonly options: StreamOptions,
+    private readonly appEvents: AppEvents = noAppEvents,
   ) {
     this.retentionMs = options.retentionMs ?? DEFAULT_RETENTION_MS;
     this.finishLeaseMs = options.finishLeaseMs ?? DEFAULT_FINISH_LEASE_MS;
+    this.deltas = new DeltaCoalescer(
+      (delta) => this.notifier.messageDelta(delta),
+      options.flushMs ?? DEFAULT_FLUSH_MS,
+    );
   }
 
   /**
@@ -120,11 +144,18 @@ export class StreamService {
       }
       return { stream: view(stored), created: false };
     }
+    const startedAt = new Date(stored.startedAt).toISOString();
     this.notifier.messageStreaming({
       streamId: stored.streamId,
       chatId: stored.chatId,
       role: stored.role,
-      startedAt: new Date(stored.startedAt).toISOString(),
+      startedAt,
+    });
+    this.notifier.chatGenerating(stored.userId, {
+      chatId: stored.chatId,
+      streamId: stored.streamId,
+      active: true,
+      startedAt,
     });
     return { stream: view(stored), created: true };
   }
@@ -138,7 +169,8 @@ export class StreamService {
   /**
    * Appends consecutive chunks, the first with index `firstIndex`. A chunk already applied (a
    * retry) is skipped without a broadcast; a chunk after a missing one is refused (CONFLICT,
-   * with the expected index). Each applied chunk goes live as `message:delta`.
+   * with the expected index). Applied chunks go live as `message:delta`, coalesced over
+   * `flushMs`. A stopped stream answers STREAM_STOPPED: the backend must stop generating.
    */
   async append(
     streamId: string,
@@ -175,13 +207,7 @@ export class StreamService {
     const fresh = deltas.slice(deltas.length - outcome.applied);
     let offset = outcome.length - fresh.reduce((n, d) => n + d.length, 0);
     fresh.forEach((delta, i) => {
-      this.notifier.messageDelta({
-        streamId,
-        chatId: outcome.chatId,
-        index: first + i,
-        offset,
-        delta,
-      });
+      this.deltas.add({ streamId, chatId: outcome.chatId, index: first + i, offset, delta });
       offset += delta.length;
     });
     return { streamId, nextIndex: outcome.nextIndex, applied: outcome.applied };
@@ -236,6 +262,8 @@ export class StreamService {
     }
 
     let result: CommandResults["message:send"];
+    // The text this node still holds goes out before the stored message.
+    this.deltas.flush(streamId);
     try {
       result = await this.storeReply(record, text);
     } catch (err) {
@@ -244,6 +272,7 @@ export class StreamService {
         await this.settle(streamId, "finishing", "failed", {
           failure: { reason: StreamFailureReason.FAILED, message: "The chat no longer exists" },
         });
+        this.generatingEnded(record);
       } else {
         // Transient (database unavailable) or a conflict: the backend may retry the finish.
         await this.settle(streamId, "finishing", "active", {
@@ -253,6 +282,7 @@ export class StreamService {
       throw err;
     }
     await this.settle(streamId, "finishing", "finished", { content: result.message.content });
+    this.generatingEnded(record);
     return result;
   }
 
@@ -269,12 +299,14 @@ export class StreamService {
       this.store.transition(streamId, "active", "failed", { ttlMs: this.retentionMs, failure }),
     );
     if (outcome.ok) {
+      this.deltas.flush(streamId);
       this.notifier.messageFailed({
         streamId,
         chatId: outcome.record.chatId,
         reason: failure.reason,
         message: failure.message,
       });
+      this.generatingEnded(outcome.record);
       return { stream: view(outcome.record) };
     }
     if (outcome.status === "missing") throw notFound("Stream");
@@ -283,8 +315,81 @@ export class StreamService {
   }
 
   /**
+   * Stops a reply in progress in one of the actor's chats (`message:stop`). At once: the stream
+   * is `stopping` (the backend's next chunk, finish or fail answers STREAM_STOPPED),
+   * `message:stopped` goes to the chat's room and `chat:generating` (inactive) to the user's
+   * devices, and the backend is told (AppEvents.stopRequested). Then the text so far is stored
+   * once (clientId = streamId, `stopped: true`; nothing when there is no text), which
+   * broadcasts `message:created`. A stream that finished or failed first is reported as such;
+   * a stop of a stopped stream answers the same again. Another user's stream, or a stream of
+   * another chat, is NOT_FOUND.
+   */
+  async stop(
+    actor: Actor,
+    input: CommandPayload<"message:stop">,
+  ): Promise<CommandResults["message:stop"]> {
+    const { streamId } = input;
+    const waitUntil = Date.now() + STOP_WAIT_MS;
+    for (let attempt = 0; ; attempt++) {
+      const record = await this.guard(this.store.get(streamId));
+      if (!record || record.userId !== actor.userId || record.chatId !== input.chatId) {
+        throw notFound("Stream");
+      }
+      switch (record.status) {
+        case "active": {
+          const stoppedAt = Date.now();
+          const claimed = await this.guard(
+            this.store.transition(streamId, "active", "stopping", {
+              deadline: stoppedAt + this.finishLeaseMs,
+              ttlMs: this.finishLeaseMs + this.retentionMs,
+            }),
+          );
+          // Changed meanwhile (a chunk cannot change the status: a finish, fail or sweep did).
+          if (!claimed.ok) break;
+          this.announceStop(claimed.record, stoppedAt);
+          const told = this.appEvents
+            .stopRequested({
+              userId: record.userId,
+              chatId: record.chatId,
+              streamId,
+              requestedAt: new Date(stoppedAt).toISOString(),
+            })
+            .catch((err: unknown) => {
+              // The backend still learns it from STREAM_STOPPED on its next call.
+              this.logger.warn({ streamId, err: String(err) }, "could not record stop event");
+            });
+          const message = await this.storeStopped(claimed.record);
+          await told;
+          return { streamId, status: "stopped", message };
+        }
+        case "stopping":
+        case "stopped":
+          // A repeated stop (another device, a retry): the same outcome. Storing is idempotent.
+          return { streamId, status: "stopped", message: await this.storeStopped(record) };
+        case "finished":
+          return {
+            streamId,
+            status: "finished",
+            message: (await this.storeReply(record, record.content)).message,
+          };
+        case "failed":
+          return { streamId, status: "failed", message: null };
+        case "finishing":
+          // A finish is storing the reply: its outcome decides.
+          break;
+      }
+      if (Date.now() >= waitUntil || attempt > STOP_WAIT_MS / STOP_POLL_MS) {
+        throw new AppError(ErrorCode.UNAVAILABLE, "The reply is being stored; retry the stop");
+      }
+      await new Promise((r) => setTimeout(r, STOP_POLL_MS));
+    }
+  }
+
+  /**
    * Marks the streams whose deadline has passed as failed (ABANDONED) and broadcasts
-   * `message:failed` for each. Every node runs this; the store hands each stream to one node.
+   * `message:failed` for each; finishes storing stopped replies whose storing did not complete
+   * (a node that died, or Postgres down at the stop). Every node runs this; the store hands each
+   * stream to one node.
    */
   async sweep(now = Date.now()): Promise<number> {
     const seconds = Math.round(this.options.timeoutMs / 100) / 10;
@@ -294,15 +399,31 @@ export class StreamService {
     };
     let total = 0;
     for (;;) {
-      const expired = await this.store.expire(now, SWEEP_BATCH, this.retentionMs, failure);
+      const expired = await this.store.expire(
+        now,
+        SWEEP_BATCH,
+        this.retentionMs,
+        failure,
+        now + this.finishLeaseMs,
+      );
+      const stops: Promise<unknown>[] = [];
       for (const r of expired) {
+        if (r.status === "stopping") {
+          // Devices may have missed the stop if its node died at once: told again (idempotent).
+          this.announceStop(r, now);
+          stops.push(this.storeStopped(r));
+          continue;
+        }
+        this.deltas.flush(r.streamId);
         this.notifier.messageFailed({
           streamId: r.streamId,
           chatId: r.chatId,
           reason: failure.reason,
           message: failure.message,
         });
+        this.generatingEnded(r);
       }
+      await Promise.all(stops);
       total += expired.length;
       if (expired.length < SWEEP_BATCH) return total;
     }
@@ -329,21 +450,70 @@ export class StreamService {
     this.sweeper.unref();
   }
 
-  stop(): void {
+  /** Stops the sweeper and sends the deltas this node still holds (shutdown). */
+  close(): void {
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = undefined;
+    this.deltas.flushAll();
   }
 
   /** Stores the reply through the one message path (idempotent per streamId). */
-  private storeReply(record: StreamRecord, content: string) {
+  private storeReply(record: StreamRecord, content: string, stopped = false) {
     return this.messages.post(
       { userId: record.userId, dbUserId: record.dbUserId },
       {
         chatId: record.chatId,
         clientId: record.streamId,
         body: { role: record.role, content },
+        ...(stopped ? { stopped: true as const } : {}),
       },
     );
+  }
+
+  /** `message:stopped` to the chat's room and the end of `chat:generating` to the user. */
+  private announceStop(record: StreamRecord, stoppedAt: number): void {
+    this.deltas.flush(record.streamId);
+    this.notifier.messageStopped({
+      streamId: record.streamId,
+      chatId: record.chatId,
+      stoppedAt: new Date(stoppedAt).toISOString(),
+    });
+    this.generatingEnded(record);
+  }
+
+  private generatingEnded(record: StreamRecord): void {
+    this.notifier.chatGenerating(record.userId, {
+      chatId: record.chatId,
+      streamId: record.streamId,
+      active: false,
+      startedAt: new Date(record.startedAt).toISOString(),
+    });
+  }
+
+  /**
+   * Stores a stopped stream's text (once: clientId = streamId) and marks it `stopped`. With no
+   * text, or its chat deleted, there is nothing to store. If storing fails otherwise (database
+   * unavailable) it stays `stopping`, and the sweeper stores it once its lease has passed.
+   */
+  private async storeStopped(record: StreamRecord): Promise<ChatMessage | null> {
+    let message: ChatMessage | null = null;
+    if (contentSchema.safeParse(record.content).success) {
+      try {
+        message = (await this.storeReply(record, record.content, true)).message;
+      } catch (err) {
+        if (!(err instanceof AppError && err.code === ErrorCode.NOT_FOUND)) {
+          this.logger.warn(
+            { streamId: record.streamId, err: String(err) },
+            "could not store a stopped reply; the sweeper will retry",
+          );
+          return null;
+        }
+      }
+    }
+    if (record.status === "stopping") {
+      await this.settle(record.streamId, "stopping", "stopped", {});
+    }
+    return message;
   }
 
   /** A transition after the decisive step; losing it to a concurrent change is only logged. */
@@ -380,7 +550,13 @@ export class StreamService {
 }
 
 function notActive(status: StreamStatus): AppError {
-  const what: Record<StreamStatus, string> = {
+  if (status === "stopping" || status === "stopped") {
+    return new AppError(
+      ErrorCode.STREAM_STOPPED,
+      "The reply was stopped by the user: stop generating it (the text so far is stored)",
+    );
+  }
+  const what: Record<Exclude<StreamStatus, "stopping" | "stopped">, string> = {
     active: "is active",
     finishing: "is being finished",
     finished: "is already finished",
@@ -396,7 +572,7 @@ function view(r: StreamRecord): StreamView {
     userId: r.userId,
     chatId: r.chatId,
     role: r.role,
-    status: r.status,
+    status: r.status === "stopping" ? "stopped" : r.status,
     nextIndex: r.nextIndex,
     length: r.length,
     startedAt: new Date(r.startedAt).toISOString(),

@@ -4,6 +4,10 @@ import { TokenError, type TokenVerifier } from "../auth/token-verifier.js";
 import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
+import {
+  SESSION_REVOKED_CLOSING,
+  USER_DELETED_CLOSING,
+} from "../services/clerk-webhook.service.js";
 import type { RateLimits } from "../services/rate-limits.js";
 import type { Revocations } from "../services/revocations.js";
 import type { UserService } from "../services/user.service.js";
@@ -34,7 +38,7 @@ function refuse(data: RefusalData, message: string): ExtendedError {
 /**
  * Refuses a handshake: the client gets `connect_error` with `data`, then the connection is
  * closed. A well-behaved client closes it itself; a hostile one would otherwise keep the bare
- * connection (and retry on it) until Socket.IO's connect timeout, 45 s later.
+ * connection (and retry on it) until the connect timeout (CONNECT_TIMEOUT_MS, 10 s) ends it.
  */
 export function refuseHandshake(
   socket: ChatSocket,
@@ -73,7 +77,9 @@ export function authMiddleware(deps: {
     try {
       const token = tokenFromHandshake(socket.handshake);
       const verified = await verifier.verify(token);
-      if (await revocations.isRevoked(verified.userId, verified.sessionId)) {
+      const revoked = await revocations.revoked(verified.userId, verified.sessionId);
+      if (revoked) {
+        if (revoked === "user") users.forget(verified.userId);
         return refuseWith(
           ConnectErrorCode.TOKEN_INVALID,
           "The session was revoked or the user deleted",
@@ -88,7 +94,13 @@ export function authMiddleware(deps: {
         );
       }
       reserved = verified.userId; // released on disconnect (app.ts) or refusal below
-      const dbUserId = await users.provision(verified.userId);
+      const provisioned = await users.provisionUser(verified.userId);
+      if (!provisioned) {
+        // Deleted (a tombstone): the check above ran before the deletion, or on a node whose
+        // revocation had expired. The row is not created again.
+        return refuseWith(ConnectErrorCode.TOKEN_INVALID, "The user was deleted");
+      }
+      const { dbUserId, subscriptionTier } = provisioned;
       if (socket.conn.readyState !== "open") {
         // The client left mid-handshake: Socket.IO drops this socket without a "disconnect",
         // so the slot taken above would never be released.
@@ -99,6 +111,7 @@ export function authMiddleware(deps: {
       socket.data = {
         userId: verified.userId,
         dbUserId,
+        subscriptionTier,
         sessionId: verified.sessionId,
         tokenExpiresAt: verified.expiresAt,
       };
@@ -117,4 +130,27 @@ export function authMiddleware(deps: {
       }
     }
   };
+}
+
+/**
+ * Checks the revocations again once a new socket is in its user's and session's rooms, and
+ * closes it if the user was deleted or the session revoked meanwhile. The handshake checks
+ * before it provisions, and a deletion or revocation whose disconnect reached this node between
+ * that check and the joins found the socket in no room and missed it. Every revocation is
+ * recorded (this node's memory, Redis) before its disconnect is sent, so one of the two always
+ * catches the socket. Commands it sends meanwhile find the user's row gone.
+ */
+export async function closeIfRevoked(
+  socket: ChatSocket,
+  deps: { revocations: Revocations; users: UserService; logger: Logger },
+): Promise<void> {
+  const kind = await deps.revocations.revoked(socket.data.userId, socket.data.sessionId);
+  if (!kind || !socket.connected) return;
+  if (kind === "user") deps.users.forget(socket.data.userId);
+  deps.logger.info({ userId: socket.data.userId, kind }, "revoked while connecting: closed");
+  socket.emit(
+    "connection:closing",
+    kind === "user" ? USER_DELETED_CLOSING : SESSION_REVOKED_CLOSING,
+  );
+  socket.disconnect(true);
 }

@@ -1,8 +1,10 @@
 import type {
+  ChatGenerating,
   ChatMessage,
   ChatSummary,
   ConnectionClosing,
   MessageDelta,
+  MessageStopped,
   MessageStreamFailed,
   MessageStreaming,
   UserStats,
@@ -64,6 +66,14 @@ export class SocketBroadcaster implements Notifier {
 
   messageFailed(event: MessageStreamFailed): void {
     this.io.to(rooms.chat(event.chatId)).emit("message:failed", event);
+  }
+
+  messageStopped(event: MessageStopped): void {
+    this.io.to(rooms.chat(event.chatId)).emit("message:stopped", event);
+  }
+
+  chatGenerating(userId: string, event: ChatGenerating): void {
+    this.io.to(rooms.user(userId)).emit("chat:generating", event);
   }
 
   disconnectUser(userId: string, closing: ConnectionClosing): void {

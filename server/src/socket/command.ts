@@ -7,6 +7,7 @@ import {
   commandSchemas,
   DisconnectReason,
   ErrorCode,
+  Limits,
   type ProtocolError,
 } from "../../../protocol/index.js";
 import { isUnavailable } from "../db/errors.js";
@@ -15,17 +16,21 @@ import type { Metrics } from "../metrics.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { CommandBucket } from "../services/rate-limits.js";
 import type { Inflight } from "./inflight.js";
+import { PageGate } from "./page-gate.js";
 import type { ChatSocket } from "./types.js";
 
 const MAX_DETAILS = 20;
 
 /**
  * A command's handler: the socket that sent it (its user is `socket.data`, which is an Actor)
- * and the validated payload. It returns the ack's data.
+ * and the validated payload. It returns the ack's data. `signal` aborts when nobody waits for
+ * the answer any more (the command timed out, or the socket is gone): reads pass it to their
+ * queries, which are then not sent if they have not been yet; writes ignore it and finish.
  */
 export type CommandHandler<C extends CommandName> = (
   socket: ChatSocket,
   payload: CommandPayload<C>,
+  signal: AbortSignal,
 ) => Promise<CommandResults[C]>;
 
 /** Every command's handler. Built once per node and shared by all its sockets. */
@@ -38,6 +43,8 @@ export interface CommandContext {
   metrics: Metrics;
   /** A command not done after this many milliseconds is answered UNAVAILABLE. */
   timeoutMs: number;
+  /** Page commands one socket may have running; default Limits.MAX_PAGES_IN_FLIGHT. */
+  maxPagesInFlight?: number;
   /** Checked before every command but `auth:refresh`; throws an AppError to refuse. */
   guard?: (socket: ChatSocket, command: CommandName) => void;
 }
@@ -50,7 +57,12 @@ export interface CommandContext {
  * 2. an unknown event is answered UNKNOWN_COMMAND when it carries an ack;
  * 3. a command (payload, ack) is validated with the protocol's zod schema, run, and acked
  *    `{ ok: true, data }` or `{ ok: false, error }`. One without an ack callback is dropped:
- *    there is nobody to answer.
+ *    there is nobody to answer. Page commands pass the socket's PageGate first: a few run at
+ *    once, some more wait, and beyond that they are refused RATE_LIMITED, so one socket cannot
+ *    have the node build many large answers at once. The wait is part of the command's time.
+ *
+ * A command that timed out has its signal aborted (its reads not yet sent are dropped); so do
+ * all of a socket's commands when it disconnects, and nothing is acked to a socket that is gone.
  */
 export function serveCommands(
   socket: ChatSocket,
@@ -58,6 +70,13 @@ export function serveCommands(
   bucket: CommandBucket,
   ctx: CommandContext,
 ): void {
+  const maxPages = ctx.maxPagesInFlight ?? Limits.MAX_PAGES_IN_FLIGHT;
+  const gate = new PageGate(maxPages, maxPages * PAGES_WAITING_PER_SLOT);
+  // This socket's commands in progress; aborted together when it goes.
+  const running = new Set<AbortController>();
+  socket.once("disconnect", () => {
+    for (const c of running) c.abort();
+  });
   socket.use((event) => {
     if (!admit(socket, event, bucket, ctx)) return;
     // Arguments come from the network: typed as unknown and checked here.
@@ -81,15 +100,39 @@ export function serveCommands(
     }
     const raw = args.length >= 2 ? args[0] : {};
     const end = ctx.metrics.commandDuration.startTimer({ command: name });
-    void run(socket, name, raw, handlers[name] as CommandHandler<typeof name>, ctx).then(
-      (result) => {
-        ack(result);
-        end();
-        ctx.metrics.commands.inc({ command: name, outcome: result.ok ? "ok" : result.error.code });
-      },
-    );
+    const controller = new AbortController();
+    running.add(controller);
+    const release = () => running.delete(controller);
+    const handler = handlers[name] as CommandHandler<typeof name>;
+    const gated: CommandHandler<typeof name> = pageCommands.has(name)
+      ? async (s, payload, signal) => {
+          await gate.acquire(signal);
+          try {
+            return await handler(s, payload, signal);
+          } finally {
+            gate.release();
+          }
+        }
+      : handler;
+    void run(socket, name, raw, gated, ctx, controller, release).then((result) => {
+      end();
+      ctx.metrics.commands.inc({ command: name, outcome: result.ok ? "ok" : result.error.code });
+      // A socket that is gone gets nothing (its answer may be large, and nobody reads it).
+      if (socket.connected) ack(result);
+    });
   });
 }
+
+/** Page commands that may wait for a slot, per slot (8 running: 32 waiting). */
+const PAGES_WAITING_PER_SLOT = 4;
+
+/** The commands whose answers are pages of stored data, up to Limits.MAX_PAGE_BYTES each. */
+const pageCommands: ReadonlySet<CommandName> = new Set<CommandName>([
+  "chat:list",
+  "chat:open",
+  "message:history",
+  "message:sync",
+]);
 
 async function run<C extends CommandName>(
   socket: ChatSocket,
@@ -97,7 +140,11 @@ async function run<C extends CommandName>(
   raw: unknown,
   handler: CommandHandler<C>,
   ctx: CommandContext,
+  controller: AbortController,
+  /** Called once the command's work has settled (or never started). */
+  release: () => void,
 ): Promise<Ack<CommandResults[C]>> {
+  let started = false;
   try {
     if (ctx.inflight.draining) {
       throw new AppError(
@@ -107,9 +154,19 @@ async function run<C extends CommandName>(
     }
     if (name !== "auth:refresh") ctx.guard?.(socket, name);
     const payload = commandSchemas[name].parse(raw) as CommandPayload<C>;
-    const work = ctx.inflight.track(handler(socket, payload));
-    return { ok: true, data: await withTimeout(work, ctx.timeoutMs) };
+    const work = ctx.inflight.track(handler(socket, payload, controller.signal));
+    started = true;
+    void work.then(release, release);
+    return {
+      ok: true,
+      data: await withTimeout(work, ctx.timeoutMs, () => controller.abort()),
+    };
   } catch (err) {
+    if (!started) release();
+    if (controller.signal.aborted && !socket.connected) {
+      // Cancelled because the socket went away: nobody to answer, nothing to log.
+      return { ok: false, error: { code: ErrorCode.UNAVAILABLE, message: "Disconnected" } };
+    }
     return {
       ok: false,
       error: toProtocolError(err, { command: name, userId: socket.data.userId }, ctx.logger),

@@ -10,11 +10,20 @@ type ChatCommands = Pick<
 /** The chat commands. The socket's user (`socket.data`) is the actor. */
 export function chatHandlers(chats: ChatService): ChatCommands {
   return {
-    "chat:list": (socket, p) => chats.list(socket.data, p),
+    "chat:list": (socket, p, signal) => chats.list(socket.data, p, signal),
     "chat:create": async (socket, p) => ({ chat: await chats.create(socket.data, p) }),
     "chat:rename": async (socket, p) => ({ chat: await chats.rename(socket.data, p) }),
     "chat:delete": (socket, p) => chats.delete(socket.data, p),
-    "chat:open": (socket, p) => chats.open(socket.data, p, () => socket.join(rooms.chat(p.chatId))),
+    // Socket.IO would add a socket that disconnected meanwhile to the room for good.
+    "chat:open": (socket, p, signal) =>
+      chats.open(
+        socket.data,
+        p,
+        () => {
+          if (socket.connected) socket.join(rooms.chat(p.chatId));
+        },
+        signal,
+      ),
     "chat:close": async (socket, p) => {
       socket.leave(rooms.chat(p.chatId));
       return { chatId: p.chatId };

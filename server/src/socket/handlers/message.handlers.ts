@@ -1,5 +1,5 @@
-import { notFound } from "../../services/errors.js";
 import type { MessageService } from "../../services/message.service.js";
+import type { StreamService } from "../../services/stream.service.js";
 import type { CommandHandlers } from "../command.js";
 
 type MessageCommands = Pick<
@@ -8,14 +8,11 @@ type MessageCommands = Pick<
 >;
 
 /** The message commands. The socket's user (`socket.data`) is the actor. */
-export function messageHandlers(messages: MessageService): MessageCommands {
+export function messageHandlers(messages: MessageService, streams: StreamService): MessageCommands {
   return {
     "message:send": (socket, p) => messages.send(socket.data, p),
-    "message:history": (socket, p) => messages.history(socket.data, p),
-    "message:sync": (socket, p) => messages.sync(socket.data, p),
-    // TODO(assistant loop): StreamService.stop. Until then no stream can be found.
-    "message:stop": async () => {
-      throw notFound("Stream");
-    },
+    "message:history": (socket, p, signal) => messages.history(socket.data, p, signal),
+    "message:sync": (socket, p, signal) => messages.sync(socket.data, p, signal),
+    "message:stop": (socket, p) => streams.stop(socket.data, p),
   };
 }

@@ -1,0 +1,430 @@
+/**
+ * `npm run bench:webhooks -- [--runs 3] [--users 200] [--rate 1000] [--seconds 10]
+ *   [--saturate 8] [--concurrency 10] [--skip-overhead] [--profile dir]`
+ *
+ * The outbox's webhooks, measured (docs/benchmarks.md, "Webhooks to the app's backend"):
+ *
+ * - latency: one server node (a child process, as in production) stores user messages sent by
+ *   `--users` sockets at `--rate` messages/s (the c10k preset's rate) and delivers their events
+ *   to a local receiver that verifies every signature; per message, the time from the send's ack
+ *   (at the client) to the webhook's arrival (at the receiver), p50 / p99;
+ * - throughput: every socket sends as fast as it is acked (four in flight) for `--saturate`
+ *   seconds: the rate the server stores messages at, beside the rate the outbox delivers them at
+ *   (over the same window, and until the backlog is drained);
+ * - overhead: what enqueueing adds to the message insert itself (the trigger, the outbox row and
+ *   graphile-worker's job): the same inserts with enqueueing on and off, interleaved, on a
+ *   database of their own with no worker running.
+ *
+ * Each phase runs `--runs` times; medians are printed with the ratios. Loopback only; every loop
+ * is bounded in count and time.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
+import { createServer } from "node:http";
+import { type AddressInfo, createServer as createNetServer } from "node:net";
+import { parseArgs } from "node:util";
+import { runMigrations as runWorkerMigrations } from "graphile-worker";
+import postgres from "postgres";
+import { io as connect, type Socket } from "socket.io-client";
+import { Webhook } from "standardwebhooks";
+import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
+import { runMigrations } from "../../server/src/db/migrate.js";
+import { nowMs, percentile, round } from "../loadtest/stats.js";
+
+const { values: args } = parseArgs({
+  options: {
+    runs: { type: "string", default: "3" },
+    users: { type: "string", default: "200" },
+    rate: { type: "string", default: "1000" },
+    seconds: { type: "string", default: "10" },
+    saturate: { type: "string", default: "8" },
+    concurrency: { type: "string", default: "10" },
+    "skip-overhead": { type: "boolean", default: false },
+    /** Writes a CPU profile of the server node to this folder. */
+    profile: { type: "string" },
+    "database-url": { type: "string" },
+  },
+});
+const runs = Math.min(9, Math.max(1, Number(args.runs)));
+const users = Math.min(2000, Math.max(1, Number(args.users)));
+const rate = Math.min(20_000, Math.max(1, Number(args.rate)));
+const seconds = Math.min(120, Math.max(1, Number(args.seconds)));
+const saturate = Math.min(120, Math.max(1, Number(args.saturate)));
+const concurrency = Math.min(100, Math.max(1, Number(args.concurrency)));
+const CHATS_PER_USER = 2;
+const IN_FLIGHT = 4;
+const DRAIN_LIMIT_MS = 120_000;
+const AUTHORIZED_PARTY = "http://localhost:3000";
+const adminUrl =
+  args["database-url"] ??
+  process.env.TEST_DATABASE_URL ??
+  "postgres://postgres@127.0.0.1:5432/postgres";
+if (!/^postgres(ql)?:\/\/[^@]*@?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\//.test(adminUrl)) {
+  console.error("the database must be on loopback (127.0.0.0/8, localhost or [::1])");
+  process.exit(2);
+}
+
+const log = (...a: unknown[]) => console.log(...a);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const median = (xs: number[]) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
+const children: ChildProcess[] = [];
+const dropLater: string[] = [];
+
+async function freePort(): Promise<number> {
+  const s = createNetServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+async function newDatabase(admin: postgres.Sql, label: string): Promise<string> {
+  const name = `bench_${label}_${Date.now()}_${randomBytes(3).toString("hex")}`;
+  await admin.unsafe(`create database "${name}"`);
+  dropLater.push(name);
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  await runMigrations(url.toString());
+  return url.toString();
+}
+
+/** The app's backend: verifies each webhook and notes when each message's event arrived. */
+async function startReceiver(secret: string) {
+  const verifier = new Webhook(secret);
+  const arrivals = new Map<string, number>();
+  let bad = 0;
+  let requests = 0;
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const at = nowMs();
+      requests++;
+      try {
+        const body = verifier.verify(
+          Buffer.concat(chunks).toString("utf8"),
+          req.headers as Record<string, string>,
+        ) as { data: { message?: { clientId?: string } } };
+        const clientId = body.data.message?.clientId;
+        if (clientId && !arrivals.has(clientId)) arrivals.set(clientId, at);
+        res.writeHead(204).end();
+      } catch {
+        bad++;
+        res.writeHead(400).end();
+      }
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`,
+    arrivals,
+    bad: () => bad,
+    requests: () => requests,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+async function waitReady(url: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(1000) });
+      if (res.ok) return;
+    } catch {
+      // not up yet
+    }
+    await sleep(100);
+  }
+  throw new Error(`${url} did not become ready`);
+}
+
+type Client = { socket: Socket; chats: string[] };
+
+function send(c: Client, chatId: string, clientId: string): Promise<number> {
+  return c.socket
+    .timeout(30_000)
+    .emitWithAck("message:send", { chatId, clientId, content: `bench ${clientId}` })
+    .then((ack: { ok: boolean; error?: unknown }) => {
+      if (!ack.ok) throw new Error(`send refused: ${JSON.stringify(ack.error)}`);
+      return nowMs();
+    });
+}
+
+/** Waits until every id in `ids` arrived, or the limit passes; returns the missing count. */
+async function drained(arrivals: Map<string, number>, ids: string[], limitMs: number) {
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    const missing = ids.filter((id) => !arrivals.has(id)).length;
+    if (missing === 0 || Date.now() > deadline) return missing;
+    await sleep(50);
+  }
+}
+
+async function latencyPhase(clients: Client[], arrivals: Map<string, number>, run: number) {
+  const total = rate * seconds;
+  const acks = new Map<string, number>();
+  const pending: Promise<void>[] = [];
+  const started = nowMs();
+  for (let i = 0; i < total; i++) {
+    const due = started + (i * 1000) / rate;
+    const wait = due - nowMs();
+    if (wait > 1) await sleep(wait);
+    const c = clients[i % clients.length] as Client;
+    const chatId = c.chats[Math.floor(i / clients.length) % c.chats.length] as string;
+    const clientId = `r${run}-l-${i}`;
+    pending.push(send(c, chatId, clientId).then((at) => void acks.set(clientId, at)));
+  }
+  await Promise.all(pending);
+  const offered = total / ((nowMs() - started) / 1000);
+  const missing = await drained(arrivals, [...acks.keys()], DRAIN_LIMIT_MS);
+  const latencies = [...acks].flatMap(([id, ack]) => {
+    const at = arrivals.get(id);
+    return at === undefined ? [] : [at - ack];
+  });
+  const sorted = latencies.sort((a, b) => a - b);
+  return {
+    offered: round(offered, 0),
+    p50: round(percentile(sorted, 50), 1),
+    p99: round(percentile(sorted, 99), 1),
+    max: round(sorted.at(-1) ?? Number.NaN, 1),
+    missing,
+  };
+}
+
+async function saturatePhase(clients: Client[], arrivals: Map<string, number>, run: number) {
+  const ids: string[] = [];
+  const started = nowMs();
+  const stopAt = started + saturate * 1000;
+  let acked = 0;
+  let n = 0;
+  await Promise.all(
+    clients.flatMap((c) =>
+      Array.from({ length: IN_FLIGHT }, async () => {
+        while (nowMs() < stopAt) {
+          const clientId = `r${run}-s-${n++}`;
+          ids.push(clientId);
+          const chatId = c.chats[n % c.chats.length] as string;
+          await send(c, chatId, clientId);
+          acked++;
+        }
+      }),
+    ),
+  );
+  const windowEnd = nowMs();
+  const inWindow = ids.filter((id) => (arrivals.get(id) ?? Infinity) <= windowEnd).length;
+  const missing = await drained(arrivals, ids, DRAIN_LIMIT_MS);
+  const last = Math.max(...ids.map((id) => arrivals.get(id) ?? 0));
+  const windowS = (windowEnd - started) / 1000;
+  return {
+    stored: round(acked / windowS, 0),
+    deliveredInWindow: round(inWindow / windowS, 0),
+    deliveredOverall: round((ids.length - missing) / ((last - started) / 1000), 0),
+    drainAfterMs: round(Math.max(0, last - windowEnd), 0),
+    missing,
+  };
+}
+
+/** The insert with enqueueing on and off: rows per second, and the statement's p50. */
+async function overheadPhase(admin: postgres.Sql) {
+  const url = await newDatabase(admin, "outbox_overhead");
+  await runWorkerMigrations({ connectionString: url, logger: undefined });
+  const WRITERS = 20;
+  const BATCH = 10;
+  const SECONDS = 3;
+  const sql = postgres(url, { max: WRITERS, onnotice: () => {} });
+  try {
+    const chats: string[] = [];
+    for (let i = 0; i < WRITERS; i++) {
+      const [u] = await sql<{ id: string }[]>`
+        insert into users (clerk_id) values (${`user_bench_${i}`}) returning id`;
+      const [c] = await sql<{ id: string }[]>`
+        insert into chat_sessions (user_id, title) values (${u?.id ?? ""}, 'bench') returning id`;
+      chats.push(c?.id ?? "");
+    }
+    const body = sql.json({ role: "user", content: "a benchmark message of ordinary length" });
+    const results: Record<string, { rows: number[]; p50: number[] }> = {
+      "on, 1 row": { rows: [], p50: [] },
+      "off, 1 row": { rows: [], p50: [] },
+      [`on, ${BATCH} rows`]: { rows: [], p50: [] },
+      [`off, ${BATCH} rows`]: { rows: [], p50: [] },
+    };
+    for (let round_ = 0; round_ < runs; round_++) {
+      for (const [size, enabled] of [
+        [1, true],
+        [1, false],
+        [BATCH, true],
+        [BATCH, false],
+      ] as const) {
+        await sql`update app_event_settings set enabled = ${enabled}`;
+        const durations: number[] = [];
+        let rows = 0;
+        const stopAt = nowMs() + SECONDS * 1000;
+        await Promise.all(
+          chats.map(async (chatId) => {
+            while (nowMs() < stopAt) {
+              const values = Array.from({ length: size }, () => ({
+                session_id: chatId,
+                message: body,
+                client_id: randomUUID(),
+              }));
+              const t = nowMs();
+              await sql`insert into chat_memory ${sql(values, "session_id", "message", "client_id")}`;
+              durations.push(nowMs() - t);
+              rows += size;
+            }
+          }),
+        );
+        const key = `${enabled ? "on" : "off"}, ${size === 1 ? "1 row" : `${BATCH} rows`}`;
+        results[key]?.rows.push(rows / SECONDS);
+        results[key]?.p50.push(
+          percentile(
+            durations.sort((a, b) => a - b),
+            50,
+          ),
+        );
+      }
+    }
+    return { results, BATCH, WRITERS };
+  } finally {
+    await sql.end();
+  }
+}
+
+async function main() {
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  const secret = `whsec_${randomBytes(32).toString("base64")}`;
+  const receiver = await startReceiver(secret);
+  try {
+    const url = await newDatabase(admin, "webhooks");
+    const { privateKey, publicKey } = generateKeyPairSync("rsa", {
+      modulusLength: 2048,
+      publicKeyEncoding: { type: "spki", format: "pem" },
+      privateKeyEncoding: { type: "pkcs8", format: "pem" },
+    });
+    const port = await freePort();
+    const profile = args.profile ? ["--cpu-prof", `--cpu-prof-dir=${args.profile}`] : [];
+    const child = spawn(process.execPath, [...profile, "--import", "tsx", "server/src/main.ts"], {
+      env: {
+        ...process.env,
+        NODE_ENV: "production",
+        HOST: "127.0.0.1",
+        PORT: String(port),
+        DATABASE_URL: url,
+        CLERK_JWT_KEY: publicKey,
+        CLERK_AUTHORIZED_PARTIES: AUTHORIZED_PARTY,
+        LOG_LEVEL: "warn",
+        MIGRATE_ON_START: "false",
+        RATE_LIMIT_MESSAGES: "1000000",
+        RATE_LIMIT_CONNECTIONS_PER_MINUTE: "1000000",
+        RATE_LIMIT_CONNECTIONS_PER_IP_PER_MINUTE: "1000000",
+        RATE_LIMIT_COMMANDS_PER_SECOND: "1000000",
+        RATE_LIMIT_COMMAND_BURST: "1000000",
+        APP_WEBHOOK_URL: receiver.url,
+        APP_WEBHOOK_SECRET: secret,
+        APP_WEBHOOK_CONCURRENCY: String(concurrency),
+      },
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    children.push(child);
+    const base = `http://127.0.0.1:${port}`;
+    await waitReady(base);
+
+    const clients: Client[] = [];
+    for (let i = 0; i < users; i++) {
+      const token = await mintSessionToken(privateKey, `user_bench_${i}`, {
+        authorizedParty: AUTHORIZED_PARTY,
+        ttlSeconds: 3600,
+      });
+      const socket = connect(base, {
+        transports: ["websocket"],
+        auth: { token },
+        reconnection: false,
+      });
+      await new Promise<void>((resolve, reject) => {
+        socket.once("connect", resolve);
+        socket.once("connect_error", reject);
+      });
+      const chats: string[] = [];
+      for (let k = 0; k < CHATS_PER_USER; k++) {
+        const ack = (await socket
+          .timeout(10_000)
+          .emitWithAck("chat:create", { title: `bench chat ${k}` })) as {
+          data: { chat: { id: string } };
+        };
+        chats.push(ack.data.chat.id);
+      }
+      clients.push({ socket, chats });
+    }
+    log(
+      `server: 1 node, APP_WEBHOOK_CONCURRENCY=${concurrency}; ${users} sockets, ${users * CHATS_PER_USER} chats`,
+    );
+
+    const lat: Awaited<ReturnType<typeof latencyPhase>>[] = [];
+    const sat: Awaited<ReturnType<typeof saturatePhase>>[] = [];
+    for (let run = 1; run <= runs; run++) {
+      const l = await latencyPhase(clients, receiver.arrivals, run);
+      log(
+        `run ${run} latency @${l.offered} msg/s: ack→webhook p50 ${l.p50} ms, p99 ${l.p99} ms, max ${l.max} ms, missing ${l.missing}`,
+      );
+      lat.push(l);
+      const s = await saturatePhase(clients, receiver.arrivals, run);
+      log(
+        `run ${run} saturate: stored ${s.stored}/s, delivered ${s.deliveredInWindow}/s in the window, ${s.deliveredOverall}/s until drained (+${s.drainAfterMs} ms), missing ${s.missing}`,
+      );
+      sat.push(s);
+    }
+    for (const c of clients) c.socket.disconnect();
+    log("");
+    log(`medians of ${runs} runs`);
+    log(
+      `| ack → webhook at ${median(lat.map((l) => l.offered))} msg/s | p50 ${median(lat.map((l) => l.p50))} ms | p99 ${median(lat.map((l) => l.p99))} ms |`,
+    );
+    const stored = median(sat.map((s) => s.stored));
+    const inWindow = median(sat.map((s) => s.deliveredInWindow));
+    const overall = median(sat.map((s) => s.deliveredOverall));
+    log(`| storing rate (saturated) | ${stored} msg/s |`);
+    log(`| delivery rate, same window | ${inWindow} events/s | ${round(inWindow / stored, 2)}× |`);
+    log(`| delivery rate, until drained | ${overall} events/s | ${round(overall / stored, 2)}× |`);
+    log(`| backlog drained after the window | ${median(sat.map((s) => s.drainAfterMs))} ms |`);
+    log(`signature failures at the receiver: ${receiver.bad()}; requests: ${receiver.requests()}`);
+
+    if (!args["skip-overhead"]) {
+      const o = await overheadPhase(admin);
+      log("");
+      log(`insert overhead (${o.WRITERS} writers, medians of ${runs} interleaved rounds)`);
+      for (const size of ["1 row", `${o.BATCH} rows`]) {
+        const on = o.results[`on, ${size}`];
+        const off = o.results[`off, ${size}`];
+        if (!on || !off) continue;
+        const onRows = median(on.rows);
+        const offRows = median(off.rows);
+        log(
+          `| ${size} per statement | off ${round(offRows, 0)} rows/s, p50 ${round(median(off.p50), 2)} ms | on ${round(onRows, 0)} rows/s, p50 ${round(median(on.p50), 2)} ms | on/off ${round(onRows / offRows, 2)}× |`,
+        );
+      }
+    }
+  } finally {
+    for (const c of children) c.kill("SIGTERM");
+    await sleep(1500);
+    for (const c of children) c.kill("SIGKILL");
+    await receiver.close();
+    for (const name of dropLater) {
+      await admin.unsafe(`drop database if exists "${name}" with (force)`).catch(() => {});
+    }
+    await admin.end();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    for (const c of children) c.kill("SIGKILL");
+    process.exit(1);
+  },
+);

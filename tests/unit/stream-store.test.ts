@@ -1,0 +1,146 @@
+/**
+ * The stream store's contract, one suite for both implementations (memory, and Redis with a
+ * unique key prefix): the per-chat index of open streams follows every transition, the
+ * generating state of many chats comes in one call, a stop and a finish cannot both win, and
+ * the sweep fails overdue open streams but hands overdue stopping ones back with a new lease.
+ */
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import { afterAll, describe, expect, test } from "vitest";
+import {
+  MemoryStreamStore,
+  RedisStreamStore,
+  type StreamRecord,
+  type StreamStore,
+} from "../../server/src/repositories/stream.repository.js";
+import { testRedisUrl } from "../helpers/server.js";
+
+const prefix = `test-store-${randomBytes(4).toString("hex")}`;
+const redis = new Redis(testRedisUrl, { maxRetriesPerRequest: 1 });
+afterAll(async () => {
+  const keys = await redis.keys(`${prefix}:*`);
+  if (keys.length > 0) await redis.del(...keys);
+  redis.disconnect();
+});
+
+const TTL = 60_000;
+const failure = { reason: "ABANDONED", message: "gone" };
+
+function record(chatId: string, streamId: string, startedAt: number): StreamRecord {
+  return {
+    streamId,
+    userId: "user_x",
+    dbUserId: "00000000-0000-4000-8000-000000000001",
+    chatId,
+    role: "assistant",
+    status: "active",
+    nextIndex: 0,
+    length: 0,
+    content: "",
+    startedAt,
+    deadline: startedAt + 1000,
+    failureReason: null,
+    failureMessage: null,
+  };
+}
+
+const stores: [string, () => StreamStore][] = [
+  ["memory", () => new MemoryStreamStore()],
+  ["redis", () => new RedisStreamStore(redis, prefix)],
+];
+
+for (const [name, make] of stores) {
+  describe(`${name} stream store`, () => {
+    const id = (s: string) => `${name}-${s}-${randomBytes(3).toString("hex")}`;
+
+    test("the chat index holds the open streams, oldest first, and drops them when they end", async () => {
+      const store = make();
+      const chat = id("chat");
+      const other = id("other");
+      const now = Date.now();
+      const [a, b, c] = [id("a"), id("b"), id("c")];
+      await store.create(record(chat, a, now), TTL);
+      await store.create(record(chat, b, now + 5), TTL);
+      await store.create(record(other, c, now + 10), TTL);
+      await store.append(a, 0, ["Hel", "lo"], { maxLength: 100, deadline: now + 1000, ttlMs: TTL });
+
+      const open = await store.openStreams(chat);
+      expect(open.map((r) => [r.streamId, r.content, r.nextIndex])).toEqual([
+        [a, "Hello", 2],
+        [b, "", 0],
+      ]);
+      const gen = await store.generating([chat, other, id("empty")]);
+      expect([...gen]).toEqual([
+        [chat, { streamId: b, startedAt: now + 5 }],
+        [other, { streamId: c, startedAt: now + 10 }],
+      ]);
+
+      // finishing keeps it open; finished, stopping and failed end it.
+      await store.transition(a, "active", "finishing", { ttlMs: TTL, deadline: now + 2000 });
+      expect((await store.openStreams(chat)).map((r) => r.streamId)).toEqual([a, b]);
+      await store.transition(a, "finishing", "finished", { ttlMs: TTL });
+      await store.transition(b, "active", "stopping", { ttlMs: TTL, deadline: now + 2000 });
+      expect(await store.openStreams(chat)).toEqual([]);
+      expect((await store.generating([chat])).size).toBe(0);
+      // A finish that went back to active (a transient failure) is open again.
+      await store.transition(c, "active", "finishing", { ttlMs: TTL, deadline: now + 2000 });
+      await store.transition(c, "finishing", "active", { ttlMs: TTL, deadline: now + 2000 });
+      expect((await store.openStreams(other)).map((r) => r.streamId)).toEqual([c]);
+    });
+
+    test("a stop and a finish racing: exactly one transition wins", async () => {
+      const store = make();
+      const chat = id("chat");
+      for (let i = 0; i < 20; i++) {
+        const s = id(`race${i}`);
+        await store.create(record(chat, s, Date.now()), TTL);
+        const results = await Promise.all([
+          store.transition(s, "active", "stopping", { ttlMs: TTL, deadline: Date.now() + 1000 }),
+          store.transition(s, "active", "finishing", { ttlMs: TTL, deadline: Date.now() + 1000 }),
+        ]);
+        expect(results.filter((r) => r.ok)).toHaveLength(1);
+        // A chunk after either is refused with the status.
+        const late = await store.append(s, 0, ["x"], {
+          maxLength: 10,
+          deadline: Date.now() + 1000,
+          ttlMs: TTL,
+        });
+        expect(late.kind).toBe("status");
+      }
+    });
+
+    test("the sweep fails overdue open streams and re-leases overdue stopping ones", async () => {
+      const store = make();
+      const chat = id("chat");
+      const now = Date.now();
+      const [open, stopping, fresh] = [id("open"), id("stopping"), id("fresh")];
+      await store.create(record(chat, open, now - 5000), TTL);
+      await store.create(record(chat, stopping, now - 5000), TTL);
+      await store.create({ ...record(chat, fresh, now), deadline: now + 60_000 }, TTL);
+      await store.append(stopping, 0, ["partial"], {
+        maxLength: 100,
+        deadline: now - 100,
+        ttlMs: TTL,
+      });
+      await store.transition(stopping, "active", "stopping", { ttlMs: TTL, deadline: now - 50 });
+
+      const swept = await store.expire(now, 100, TTL, failure, now + 10_000);
+      const mine = swept.filter((r) => r.chatId === chat);
+      expect(mine.map((r) => [r.streamId, r.status]).sort()).toEqual(
+        [
+          [open, "failed"],
+          [stopping, "stopping"],
+        ].sort(),
+      );
+      expect(mine.find((r) => r.streamId === stopping)).toMatchObject({
+        content: "partial",
+        deadline: now + 10_000,
+      });
+      // Handed to one sweeper only: within its new lease nobody else gets it.
+      const again = await store.expire(now + 1, 100, TTL, failure, now + 20_000);
+      expect(again.filter((r) => r.chatId === chat)).toEqual([]);
+      expect((await store.openStreams(chat)).map((r) => r.streamId)).toEqual([fresh]);
+      expect(await store.get(open)).toMatchObject({ status: "failed", failureReason: "ABANDONED" });
+    });
+  });
+}
