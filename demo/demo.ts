@@ -65,6 +65,8 @@ let cleanup: (() => void)[] = [];
 let chatCleanup: (() => void) | undefined;
 /** The reply streaming in the open chat, if any (what the Stop button stops). */
 let streaming: { chatId: string; streamId: string } | undefined;
+/** The chat named in the address when the page loaded (a reload, or a link), opened at sign-in. */
+let linked = /^#chat=([0-9a-f-]{36})$/.exec(location.hash)?.[1];
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -144,8 +146,8 @@ async function signIn(userId: string): Promise<void> {
   renderState();
   renderSidebar();
   (window as { chatDemo?: unknown }).chatDemo = { client: c, userId };
-  const linked = /^#chat=([0-9a-f-]{36})$/.exec(location.hash)?.[1];
   if (linked) showChat(linked);
+  linked = undefined;
 }
 
 async function signOut({ forget }: { forget: boolean }): Promise<void> {
@@ -225,7 +227,8 @@ function statusLine(item: ChatItem): (Node | string)[] {
     case "sending":
       return ["Sending…"];
     case "failed": {
-      if (item.role !== "user") return [`Reply failed${item.error ? `: ${item.error.message}` : ""}`];
+      if (item.role !== "user")
+        return [`Reply failed${item.error ? `: ${item.error.message}` : ""}`];
       const retry = el("button", { type: "button", "data-action": "retry" }, "Retry");
       const discard = el("button", { type: "button", "data-action": "discard" }, "Discard");
       retry.addEventListener("click", () => client?.outbox.retry(item.clientId));
@@ -275,7 +278,9 @@ function renderMessages(items: readonly ChatItem[]): void {
   for (const item of items) {
     keep.add(item.key);
     const li = renderItem(item);
-    const expected: Element | null = previous ? previous.nextElementSibling : list.firstElementChild;
+    const expected: Element | null = previous
+      ? previous.nextElementSibling
+      : list.firstElementChild;
     if (expected !== li) list.insertBefore(li, expected);
     previous = li;
   }
@@ -315,8 +320,7 @@ function showChat(chatId: string | undefined): void {
       queueMicrotask(() => {
         if (currentChat === chatId) showChat(undefined);
       });
-    }
-    else if (currentChat === chatId) renderMessages(snapshot.items);
+    } else if (currentChat === chatId) renderMessages(snapshot.items);
   };
   chatCleanup = store.subscribe(render);
   render();
@@ -347,12 +351,18 @@ function send(): void {
   autosize();
   const chatId = currentChat;
   // Shown as pending at once; the outbox delivers it (also after being offline).
-  client.sendMessage({ chatId, content }).catch((err) => report("send", err));
-  // A chat still named by default takes its first message as its title, like assistant apps do.
+  const post = () => client?.sendMessage({ chatId, content }).catch((err) => report("send", err));
+  // A chat still named by default takes its first message as its title, like assistant apps
+  // do: renamed first, so that the message's sidebar entry already carries the new title.
   const chat = client.sidebar.getSnapshot().chats.find((c) => c.id === chatId);
   if (chat && chat.title === DEFAULT_TITLE && !chat.lastMessage) {
     const title = content.trim().replace(/\s+/g, " ").slice(0, 60);
-    client.renameChat({ chatId, title }).catch((err) => report("rename", err));
+    client
+      .renameChat({ chatId, title })
+      .catch((err) => report("rename", err))
+      .finally(post);
+  } else {
+    post();
   }
 }
 

@@ -88,13 +88,26 @@ class Device {
     if (this.phone && !(await this.page.isVisible("#app.drawer-open"))) {
       await this.page.click("#menu");
       await this.page.waitForSelector("#app.drawer-open #sidebar", { state: "visible" });
+      await this.drawerSettled(true);
     }
+  }
+
+  /** Waits for the drawer's slide to end (open: at the left edge; closed: off screen). */
+  async drawerSettled(open: boolean): Promise<void> {
+    if (!this.phone) return;
+    await expect
+      .poll(async () => {
+        const box = await this.page.locator("#drawer").boundingBox();
+        return open ? box?.x === 0 : (box?.x ?? 0) + (box?.width ?? 0) <= 0;
+      }, poll)
+      .toBe(true);
   }
 
   async newChat(): Promise<string> {
     await this.showList();
     const before = new Set((await this.sidebar()).map((r) => r.id));
     await this.page.click("#new-chat");
+    await this.drawerSettled(false);
     return expect
       .poll(async () => (await this.sidebar()).find((r) => r.active && !before.has(r.id))?.id, poll)
       .toBeTruthy()
@@ -104,6 +117,7 @@ class Device {
   async open(chatId: string): Promise<void> {
     await this.showList();
     await this.page.click(`#sidebar li[data-chat-id="${chatId}"]`);
+    await this.drawerSettled(false);
     await expect.poll(() => this.page.isVisible("#chat"), poll).toBe(true);
     await expect
       .poll(async () => (await this.sidebar()).find((r) => r.active)?.id, poll)
@@ -132,7 +146,12 @@ const pageErrors: string[] = [];
 async function device(name: string, phoneSized: boolean): Promise<Device> {
   const context = await browser.newContext(
     phoneSized
-      ? { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 }
+      ? {
+          viewport: { width: 390, height: 844 },
+          isMobile: true,
+          hasTouch: true,
+          deviceScaleFactor: 2,
+        }
       : { viewport: { width: 1280, height: 800 } },
   );
   const page = await context.newPage();
@@ -305,7 +324,10 @@ describe("the demo app on a desktop and a phone of one user", () => {
     await desktop.send("offline 1");
     await desktop.send("offline 2");
     await expect
-      .poll(async () => (await desktop.messages()).slice(-2).map((m) => [m.content, m.status]), poll)
+      .poll(
+        async () => (await desktop.messages()).slice(-2).map((m) => [m.content, m.status]),
+        poll,
+      )
       .toEqual([
         ["offline 1", "pending"],
         ["offline 2", "pending"],
@@ -317,11 +339,7 @@ describe("the demo app on a desktop and a phone of one user", () => {
     for (const d of [desktop, phone]) {
       await expect
         .poll(async () => (await d.messages()).map((m) => [m.content, m.status]), poll)
-        .toEqual([
-          ...before.map((c) => [c, "sent"]),
-          ["offline 1", "sent"],
-          ["offline 2", "sent"],
-        ]);
+        .toEqual([...before.map((c) => [c, "sent"]), ["offline 1", "sent"], ["offline 2", "sent"]]);
     }
     const stored = await server.database.sql<{ content: string }[]>`
       select message->>'content' as content from chat_memory
