@@ -1,29 +1,40 @@
 /**
- * The demo page in a real Chromium, as two devices of one user (two browser contexts), against
- * a real server and Postgres: sidebar, messages, rename and delete propagate live, and messages
- * sent while a device is offline arrive exactly once, in order, on both.
+ * The demo app in a real Chromium, as two devices of one user: a desktop window and a phone
+ * (390 px), against a real server and Postgres. The test plays the app's backend through the
+ * service API (it streams the assistant's replies chunk by chunk), so every step is
+ * deterministic: a message and a streamed reply show on both devices as they grow, the
+ * phone's chat list shows a spinner on a chat it has not opened, a reload mid-reply resumes the
+ * reply and stays signed in, a stop on the phone stops the reply everywhere (the backend's next
+ * chunk is refused with STREAM_STOPPED and the partial reply is stored, marked stopped), rename
+ * and delete propagate, and messages sent offline arrive once, in order. Screenshots of every
+ * phase, desktop and phone, go to artifacts/.
  */
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { TestServer } from "../helpers/server.js";
+import { errorOf, newServiceKey, serviceClient } from "../service/support.js";
 import { launchChromium, startDemoServer } from "./helpers.js";
 
 const USER = "browser_user";
+const KEY = newServiceKey();
 const ARTIFACTS = path.resolve(import.meta.dirname, "../../artifacts");
-const poll = { timeout: 8000, interval: 50 };
+const poll = { timeout: 10_000, interval: 50 };
 
 interface SidebarRow {
   id: string;
   title: string;
   preview: string;
   active: boolean;
+  generating: boolean;
 }
 interface MessageRow {
+  role: string;
   content: string;
   status: string;
   seq: string | null;
+  meta: string;
 }
 
 class Device {
@@ -31,6 +42,7 @@ class Device {
     readonly name: string,
     readonly context: BrowserContext,
     readonly page: Page,
+    readonly phone: boolean,
   ) {}
 
   state(): Promise<string | null> {
@@ -44,6 +56,7 @@ class Device {
         title: li.querySelector(".title")?.textContent ?? "",
         preview: li.querySelector(".preview")?.textContent ?? "",
         active: li.classList.contains("active"),
+        generating: li.getAttribute("data-generating") === "true",
       })),
     );
   }
@@ -55,9 +68,11 @@ class Device {
   messages(): Promise<MessageRow[]> {
     return this.page.$$eval("#messages li", (items) =>
       items.map((li) => ({
+        role: li.getAttribute("data-role") ?? "",
         content: li.querySelector(".content")?.textContent ?? "",
         status: li.getAttribute("data-status") ?? "",
         seq: li.getAttribute("data-seq"),
+        meta: li.querySelector(".meta")?.textContent ?? "",
       })),
     );
   }
@@ -68,18 +83,45 @@ class Device {
     await this.page.waitForSelector('#state[data-state="online"]', { timeout: poll.timeout });
   }
 
-  async createChat(title: string): Promise<void> {
-    await this.page.fill("#new-title", title);
-    await this.page.click("#new-chat button");
-    await expect
-      .poll(async () => (await this.sidebar()).find((r) => r.active)?.title, poll)
-      .toBe(title);
+  /** On a phone the chat list is a drawer: open it first. */
+  async showList(): Promise<void> {
+    if (this.phone && !(await this.page.isVisible("#app.drawer-open"))) {
+      await this.page.click("#menu");
+      await this.page.waitForSelector("#app.drawer-open #sidebar", { state: "visible" });
+      await this.drawerSettled(true);
+    }
   }
 
-  async open(title: string): Promise<void> {
-    await this.page.locator("#sidebar li", { hasText: title }).first().click();
-    await expect.poll(() => this.page.inputValue("#title"), poll).toBe(title);
+  /** Waits for the drawer's slide to end (open: at the left edge; closed: off screen). */
+  async drawerSettled(open: boolean): Promise<void> {
+    if (!this.phone) return;
+    await expect
+      .poll(async () => {
+        const box = await this.page.locator("#drawer").boundingBox();
+        return open ? box?.x === 0 : (box?.x ?? 0) + (box?.width ?? 0) <= 0;
+      }, poll)
+      .toBe(true);
+  }
+
+  async newChat(): Promise<string> {
+    await this.showList();
+    const before = new Set((await this.sidebar()).map((r) => r.id));
+    await this.page.click("#new-chat");
+    await this.drawerSettled(false);
+    return expect
+      .poll(async () => (await this.sidebar()).find((r) => r.active && !before.has(r.id))?.id, poll)
+      .toBeTruthy()
+      .then(async () => (await this.sidebar()).find((r) => r.active)?.id as string);
+  }
+
+  async open(chatId: string): Promise<void> {
+    await this.showList();
+    await this.page.click(`#sidebar li[data-chat-id="${chatId}"]`);
+    await this.drawerSettled(false);
     await expect.poll(() => this.page.isVisible("#chat"), poll).toBe(true);
+    await expect
+      .poll(async () => (await this.sidebar()).find((r) => r.active)?.id, poll)
+      .toBe(chatId);
   }
 
   async send(content: string): Promise<void> {
@@ -87,30 +129,64 @@ class Device {
     await this.page.press("#content", "Enter");
   }
 
-  async screenshot(): Promise<void> {
-    await this.page.screenshot({ path: path.join(ARTIFACTS, `demo-${this.name}.png`) });
+  async screenshot(phase: string): Promise<void> {
+    await mkdir(ARTIFACTS, { recursive: true });
+    await this.page.screenshot({ path: path.join(ARTIFACTS, `demo-${phase}-${this.name}.png`) });
   }
 }
 
 let server: TestServer;
 let browser: Browser;
-let a: Device;
-let b: Device;
+let api: ReturnType<typeof serviceClient>;
+let desktop: Device;
+let phone: Device;
 /** Uncaught errors in either page; every test checks there were none. */
 const pageErrors: string[] = [];
 
-async function device(name: string): Promise<Device> {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+async function device(name: string, phoneSized: boolean): Promise<Device> {
+  const context = await browser.newContext(
+    phoneSized
+      ? {
+          viewport: { width: 390, height: 844 },
+          isMobile: true,
+          hasTouch: true,
+          deviceScaleFactor: 2,
+        }
+      : { viewport: { width: 1280, height: 800 } },
+  );
   const page = await context.newPage();
   page.on("pageerror", (err) => pageErrors.push(`${name}: ${err.message}`));
   await page.goto(server.url);
-  return new Device(name, context, page);
+  return new Device(name, context, page, phoneSized);
+}
+
+/** The app's backend: a reply streamed through the service API, chunk by chunk. */
+class Reply {
+  private index = 0;
+  text = "";
+  constructor(readonly streamId: string) {}
+
+  static async start(chatId: string): Promise<Reply> {
+    const streamId = `reply-${Math.random().toString(36).slice(2)}`;
+    const r = await api.post(`/users/${USER}/chats/${chatId}/streams`, { streamId });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    return new Reply(streamId);
+  }
+
+  chunk(delta: string) {
+    const index = this.index++;
+    this.text += delta;
+    return api.post(`/streams/${this.streamId}/chunks`, { index, delta });
+  }
 }
 
 beforeAll(async () => {
-  [server, browser] = await Promise.all([startDemoServer(), launchChromium()]);
-  [a, b] = await Promise.all([device("a"), device("b")]);
-  await Promise.all([a.signIn(USER), b.signIn(USER)]);
+  [server, browser] = await Promise.all([
+    startDemoServer({ serviceApiKey: KEY }),
+    launchChromium(),
+  ]);
+  api = serviceClient(server.url, KEY);
+  [desktop, phone] = await Promise.all([device("desktop", false), device("phone", true)]);
 });
 
 afterEach(() => {
@@ -124,108 +200,151 @@ afterAll(async () => {
 
 const sockets = async () => (await server.app.io.in(`user:${USER}`).fetchSockets()).length;
 
-describe("demo page on two devices of one user", () => {
-  it("shows a chat created on one device in the other's sidebar", async () => {
-    expect(await sockets()).toBe(2);
-    await a.createChat("Alpha");
-    await expect.poll(() => b.titles(), poll).toEqual(["Alpha"]);
-    const [row] = await b.sidebar();
-    expect(row?.preview).toBe("No messages yet");
-    expect(row?.id).toBe((await a.sidebar())[0]?.id);
+describe("the demo app on a desktop and a phone of one user", () => {
+  let chatId: string;
+  let other: string;
+
+  it("signs in on both devices, and a reload stays signed in", async () => {
+    await desktop.screenshot("signin");
+    await Promise.all([desktop.signIn(USER), phone.signIn(USER)]);
+    expect(await desktop.page.isVisible("#signin-screen")).toBe(false);
+    await phone.page.reload();
+    await phone.page.waitForSelector('#state[data-state="online"]', { timeout: poll.timeout });
+    expect(await phone.page.isVisible("#signin-screen")).toBe(false);
+    await expect.poll(sockets, poll).toBe(2);
+    await Promise.all([desktop.screenshot("empty"), phone.screenshot("empty")]);
   });
 
-  it("shows a message on both devices and moves its chat up with the new preview", async () => {
-    await a.createChat("Beta");
-    await expect.poll(() => b.titles(), poll).toEqual(["Beta", "Alpha"]);
-    await Promise.all([a.open("Alpha"), b.open("Alpha")]);
-
-    await a.send("hello from A");
-    for (const d of [a, b]) {
+  it("shows a new chat and a message on both devices, with times, titled by the message", async () => {
+    other = await desktop.newChat();
+    chatId = await desktop.newChat();
+    await desktop.send("What should I pack for Lisbon?");
+    for (const d of [desktop, phone]) {
       await expect
-        .poll(() => d.messages(), poll)
-        .toEqual([{ content: "hello from A", status: "sent", seq: "1" }]);
-      await expect
-        .poll(async () => (await d.sidebar()).map((r) => [r.title, r.preview]), poll)
-        .toEqual([
-          ["Alpha", "hello from A"],
-          ["Beta", "No messages yet"],
-        ]);
+        .poll(async () => (await d.sidebar()).map((r) => r.title), poll)
+        .toEqual(["What should I pack for Lisbon?", "New Chat"]);
     }
+    await expect
+      .poll(async () => (await desktop.messages()).map((m) => [m.role, m.content, m.status]), poll)
+      .toEqual([["user", "What should I pack for Lisbon?", "sent"]]);
+    const [sent] = await desktop.messages();
+    expect(sent?.meta).toMatch(/\d{1,2}:\d{2}/);
+    expect(sent?.meta).not.toMatch(/#/);
+  });
 
-    await b.send("hi from B");
-    for (const d of [a, b]) {
+  let reply: Reply;
+
+  it("streams a reply on the desktop as it grows, with a spinner in the phone's list", async () => {
+    await phone.open(other);
+    reply = await Reply.start(chatId);
+    for (const word of ["Pack ", "light ", "layers, "]) {
+      expect((await reply.chunk(word)).status).toBe(200);
       await expect
-        .poll(async () => (await d.messages()).map((m) => [m.seq, m.content, m.status]), poll)
-        .toEqual([
-          ["1", "hello from A", "sent"],
-          ["2", "hi from B", "sent"],
-        ]);
+        .poll(async () => (await desktop.messages()).at(-1), poll)
+        .toMatchObject({ role: "assistant", status: "streaming", content: reply.text });
     }
-    await expect.poll(async () => (await a.sidebar())[0]?.preview, poll).toBe("hi from B");
+    expect(await desktop.page.isVisible("#stop")).toBe(true);
+    await phone.showList();
+    await expect
+      .poll(async () => (await phone.sidebar()).find((r) => r.id === chatId)?.generating, poll)
+      .toBe(true);
+    expect(await phone.page.isVisible(`#sidebar li[data-chat-id="${chatId}"] .spinner`)).toBe(true);
+    await Promise.all([desktop.screenshot("streaming"), phone.screenshot("spinner")]);
+  });
+
+  it("resumes the reply after a reload mid-reply, then keeps growing", async () => {
+    await desktop.page.reload();
+    await desktop.page.waitForSelector('#state[data-state="online"]', { timeout: poll.timeout });
+    await expect
+      .poll(async () => (await desktop.messages()).at(-1), poll)
+      .toMatchObject({ role: "assistant", status: "streaming", content: reply.text });
+    expect((await reply.chunk("good shoes ")).status).toBe(200);
+    await expect
+      .poll(async () => (await desktop.messages()).at(-1)?.content, poll)
+      .toBe(reply.text);
+  });
+
+  it("stops the reply from the phone: stopped everywhere, kept, and the backend is refused", async () => {
+    await phone.open(chatId);
+    await expect
+      .poll(async () => (await phone.messages()).at(-1), poll)
+      .toMatchObject({ role: "assistant", status: "streaming", content: reply.text });
+    await phone.screenshot("streaming");
+    await phone.page.click("#stop");
+    const partial = reply.text;
+    for (const d of [desktop, phone]) {
+      await expect
+        .poll(async () => {
+          const last = (await d.messages()).at(-1);
+          return [last?.role, last?.content, /Stopped/.test(last?.meta ?? "")];
+        }, poll)
+        .toEqual(["assistant", partial, true]);
+      await expect.poll(() => d.page.isVisible("#stop"), poll).toBe(false);
+    }
+    const late = await reply.chunk("and an umbrella.");
+    expect(late.status).toBe(409);
+    expect(errorOf(late).code).toBe("STREAM_STOPPED");
+    const stored = await server.database.sql<{ content: string; stopped: boolean | null }[]>`
+      select message->>'content' as content, (message->>'stopped')::boolean as stopped
+        from chat_memory where session_id = ${chatId} and client_id = ${reply.streamId}`;
+    expect(stored).toEqual([{ content: partial, stopped: true }]);
+    await phone.showList();
+    await expect
+      .poll(async () => (await phone.sidebar()).find((r) => r.id === chatId)?.generating, poll)
+      .toBe(false);
+    await Promise.all([desktop.screenshot("stopped"), phone.screenshot("list")]);
   });
 
   it("propagates rename and delete", async () => {
-    await b.page.fill("#title", "Alpha (renamed)");
-    await b.page.click("#rename button");
-    await expect.poll(() => a.titles(), poll).toEqual(["Alpha (renamed)", "Beta"]);
-    await expect.poll(() => a.page.inputValue("#title"), poll).toBe("Alpha (renamed)");
+    await desktop.page.fill("#title", "Lisbon trip");
+    await desktop.page.press("#title", "Enter");
+    await expect
+      .poll(async () => (await phone.sidebar()).find((r) => r.id === chatId)?.title, poll)
+      .toBe("Lisbon trip");
 
-    // B looks at Beta while A deletes it: it disappears from B's sidebar and view.
-    await b.open("Beta");
-    await a.open("Beta");
-    await a.page.click("#delete");
-    for (const d of [a, b]) {
-      await expect.poll(() => d.titles(), poll).toEqual(["Alpha (renamed)"]);
+    await phone.open(other);
+    await desktop.open(other);
+    await desktop.page.click("#delete");
+    for (const d of [desktop, phone]) {
+      await expect.poll(() => d.titles(), poll).toEqual(["Lisbon trip"]);
       await expect.poll(() => d.page.isVisible("#chat"), poll).toBe(false);
     }
     const rows = await server.database.sql<{ count: number }[]>`
-      select count(*)::int as count from chat_sessions where title = 'Beta'`;
+      select count(*)::int as count from chat_sessions where id = ${other}`;
     expect(rows[0]?.count).toBe(0);
   });
 
   it("delivers messages sent offline exactly once, in order, on both devices", async () => {
-    await Promise.all([a.open("Alpha (renamed)"), b.open("Alpha (renamed)")]);
-    await expect.poll(async () => (await a.messages()).length, poll).toBe(2);
-
-    await a.context.setOffline(true);
-    await expect.poll(() => a.state(), poll).toBe("offline");
-    // The connection is really gone: only B's socket is left on the server.
+    await Promise.all([desktop.open(chatId), phone.open(chatId)]);
+    const before = (await desktop.messages()).map((m) => m.content);
+    await desktop.context.setOffline(true);
+    await expect.poll(() => desktop.state(), poll).toBe("offline");
     await expect.poll(sockets, poll).toBe(1);
 
-    await a.send("offline 1");
-    await a.send("offline 2");
+    await desktop.send("offline 1");
+    await desktop.send("offline 2");
     await expect
-      .poll(async () => (await a.messages()).map((m) => [m.content, m.status]), poll)
+      .poll(
+        async () => (await desktop.messages()).slice(-2).map((m) => [m.content, m.status]),
+        poll,
+      )
       .toEqual([
-        ["hello from A", "sent"],
-        ["hi from B", "sent"],
         ["offline 1", "pending"],
         ["offline 2", "pending"],
       ]);
-    expect((await b.messages()).map((m) => m.content)).toEqual(["hello from A", "hi from B"]);
+    await desktop.screenshot("offline");
 
-    await a.context.setOffline(false);
-    await expect.poll(() => a.state(), poll).toBe("online");
-    const expected = [
-      ["1", "hello from A", "sent"],
-      ["2", "hi from B", "sent"],
-      ["3", "offline 1", "sent"],
-      ["4", "offline 2", "sent"],
-    ];
-    for (const d of [a, b]) {
+    await desktop.context.setOffline(false);
+    await expect.poll(() => desktop.state(), poll).toBe("online");
+    for (const d of [desktop, phone]) {
       await expect
-        .poll(async () => (await d.messages()).map((m) => [m.seq, m.content, m.status]), poll)
-        .toEqual(expected);
-      await expect.poll(async () => (await d.sidebar())[0]?.preview, poll).toBe("offline 2");
+        .poll(async () => (await d.messages()).map((m) => [m.content, m.status]), poll)
+        .toEqual([...before.map((c) => [c, "sent"]), ["offline 1", "sent"], ["offline 2", "sent"]]);
     }
-    const stored = await server.database.sql<{ seq: number; content: string }[]>`
-      select m.seq::int as seq, m.message->>'content' as content
-      from chat_memory m join chat_sessions s on s.id = m.session_id
-      where s.title = 'Alpha (renamed)' order by m.seq`;
-    expect(stored.map((r) => [String(r.seq), r.content, "sent"])).toEqual(expected);
-    expect(await sockets()).toBe(2);
-
-    await mkdir(ARTIFACTS, { recursive: true });
-    await Promise.all([a.screenshot(), b.screenshot()]);
+    const stored = await server.database.sql<{ content: string }[]>`
+      select message->>'content' as content from chat_memory
+       where session_id = ${chatId} order by seq`;
+    expect(stored.map((r) => r.content)).toEqual([...before, "offline 1", "offline 2"]);
+    await Promise.all([desktop.screenshot("final"), phone.screenshot("final")]);
   });
 });

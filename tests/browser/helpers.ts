@@ -7,7 +7,12 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { type Browser, chromium } from "playwright-core";
 import { createDemoHandler } from "../../server/src/http/demo.js";
 import { sendJson } from "../../server/src/http/routes.js";
-import { startTestServer, type TestServer, tokenFor } from "../helpers/server.js";
+import {
+  startTestServer,
+  type TestServer,
+  type TestServerOptions,
+  tokenFor,
+} from "../helpers/server.js";
 
 export const CHROMIUM = "/usr/bin/chromium";
 
@@ -32,8 +37,8 @@ async function jsonBody(req: IncomingMessage): Promise<unknown> {
  * routes, what development mode adds for the demo: the page (createDemoHandler) and
  * `POST /dev/token {userId}` minting tokens the server accepts (tokenFor).
  */
-export async function startDemoServer(): Promise<TestServer> {
-  const [server, demo] = await Promise.all([startTestServer(), createDemoHandler()]);
+export async function startDemoServer(options: TestServerOptions = {}): Promise<TestServer> {
+  const [server, demo] = await Promise.all([startTestServer(options), createDemoHandler()]);
   const httpServer = server.app.io.httpServer;
   // Socket.IO has wrapped the application's routes in its own request listener.
   const routes = httpServer.listeners("request") as RequestListener[];

@@ -21,8 +21,9 @@ const headers = {
 export async function createDemoHandler(): Promise<DemoHandler> {
   // Loaded here so that a production node never imports the bundler.
   const { build } = await import("esbuild");
-  const [html, bundle] = await Promise.all([
+  const [html, css, bundle] = await Promise.all([
     readFile(new URL("index.html", demoDir)),
+    readFile(new URL("demo.css", demoDir)),
     build({
       entryPoints: [fileURLToPath(new URL("demo.ts", demoDir))],
       bundle: true,
@@ -41,6 +42,7 @@ export async function createDemoHandler(): Promise<DemoHandler> {
     "/": { body: html, type: "text/html; charset=utf-8" },
     "/index.html": { body: html, type: "text/html; charset=utf-8" },
     "/demo.js": { body: script, type: "text/javascript; charset=utf-8" },
+    "/demo.css": { body: css, type: "text/css; charset=utf-8" },
   };
 
   return async (req, res) => {
