@@ -184,6 +184,70 @@ describe("a device that stays connected converges", () => {
     expect(b.state).toBe("online");
   });
 
+  test("a send whose commit succeeded but whose answer was lost: the other devices still see it", async () => {
+    const userId = `user_conv_lost_${randomBytes(3).toString("hex")}`;
+    // Node C reaches Postgres through a proxy that can swallow the database's answers.
+    const dbUrl = new URL(nodeA.databaseUrl);
+    const pgProxy = new TcpProxy(Number(dbUrl.port || 5432), dbUrl.hostname);
+    await pgProxy.start();
+    dbUrl.port = String(pgProxy.port);
+    const nodeC = await startTestServer({
+      redisUrl: redis.url,
+      redisKeyPrefix: prefix,
+      databaseUrl: dbUrl.toString(),
+      clusterHeartbeatMs: 200,
+    });
+    try {
+      const b = client(nodeB, userId);
+      await untilState(b, "online");
+      const { chat } = await b.createChat({ title: "Lost answer" });
+      await b.openChat({ chatId: chat.id });
+      const sender = await nodeC.connectAs(userId);
+      const states: string[] = [];
+      b.on("state", (state) => states.push(state));
+
+      // The insert is prepared on node C's connection first (a first run waits for Postgres to
+      // describe it, which would be held back too).
+      for (let i = 0; i < 3; i++) {
+        const warm = await sender
+          .timeout(10_000)
+          .emitWithAck("message:send", { chatId: chat.id, clientId: `warm-${i}`, content: "warm" });
+        expect(warm.ok).toBe(true);
+      }
+      await until(b.chat(chat.id), (snap) => snap.messages.length === 3, 5000, "the warm-up");
+      pgProxy.holdReplies();
+      const clientId = `lost-${randomBytes(4).toString("hex")}`;
+      const ack = sender
+        .timeout(10_000)
+        .emitWithAck("message:send", { chatId: chat.id, clientId, content: "committed" });
+      // Committed in the database, while node C has not heard back…
+      await eventually(async () => {
+        const rows = await nodeB.database.sql`
+          select 1 from chat_memory where session_id = ${chat.id} and client_id = ${clientId}`;
+        expect(rows).toHaveLength(1);
+      }, 10_000);
+      // …and never will: the connection breaks with the answer in it.
+      pgProxy.cut();
+      const answer = await ack;
+      expect(answer.ok).toBe(false);
+      pgProxy.restore();
+
+      // B's device learns of the message although node C never broadcast it.
+      await until(
+        b.chat(chat.id),
+        (snap) => snap.messages.some((m) => m.clientId === clientId),
+        CONVERGE_MS,
+        "the committed message on B's device",
+      );
+      await expectConverged(b, userId, chat.id);
+      expect(states).toEqual([]);
+      sender.disconnect();
+    } finally {
+      await nodeC.close();
+      await pgProxy.close();
+    }
+  });
+
   test("after Redis is killed and comes back (changes during the outage and right after)", async () => {
     const s = await setUp("redis");
     await redis.kill();
