@@ -15,6 +15,7 @@ import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { parseArgs } from "node:util";
+import { Redis } from "ioredis";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { measureDatabaseCeiling } from "./db-baseline.js";
@@ -215,6 +216,9 @@ async function waitReady(url: string, timeoutMs = 60_000): Promise<void> {
   throw new Error(`${url} did not become ready`);
 }
 
+/** Process ids of the server nodes by URL (the ones this harness started): /proc/<pid>/io. */
+const pidOf = new Map<string, number>();
+
 function startProcess(
   script: string,
   env: Record<string, string>,
@@ -232,6 +236,57 @@ interface ServerSample {
   rss: number;
   heap: number;
   cpu: number;
+  /** Cumulative `le` bucket counts of message:send's server-side time, summed over the nodes. */
+  sendBuckets: Map<number, number>;
+  /** Room broadcasts started, all nodes (chat_broadcasts_total). */
+  broadcasts: number;
+  /** Adapter messages received, per node (chat_adapter_messages_received_total). */
+  adapterReceived: number[];
+  /** Write system calls and bytes written, all nodes (/proc/<pid>/io; NaN when unknown). */
+  writeSyscalls: number;
+  writeBytes: number;
+}
+
+/** syscw and wchar of a process (Linux /proc/<pid>/io), or NaN. */
+async function processIo(pid: number | undefined): Promise<{ syscw: number; wchar: number }> {
+  if (pid === undefined) return { syscw: Number.NaN, wchar: Number.NaN };
+  try {
+    const text = await readFile(`/proc/${pid}/io`, "utf8");
+    const field = (k: string) => Number(new RegExp(`^${k}: (\\d+)$`, "m").exec(text)?.[1]);
+    return { syscw: field("syscw"), wchar: field("wchar") };
+  } catch {
+    return { syscw: Number.NaN, wchar: Number.NaN };
+  }
+}
+
+/**
+ * A quantile of the observations between two samples of a Prometheus histogram (cumulative
+ * bucket counts by upper bound), interpolated linearly inside its bucket as Prometheus'
+ * histogram_quantile does; in ms. NaN without observations.
+ */
+export function histogramQuantile(
+  before: Map<number, number>,
+  after: Map<number, number>,
+  q: number,
+): number {
+  const bounds = [...after.keys()].sort((a, b) => a - b);
+  const counts = bounds.map((b) => (after.get(b) ?? 0) - (before.get(b) ?? 0));
+  const total = counts.at(-1) ?? 0;
+  if (!(total > 0)) return Number.NaN;
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (let i = 0; i < bounds.length; i++) {
+    const upper = bounds[i] as number;
+    const c = counts[i] as number;
+    if (c >= rank) {
+      if (!Number.isFinite(upper)) return round(lower * 1000); // in the +Inf bucket
+      return round((lower + ((upper - lower) * (rank - below)) / Math.max(1, c - below)) * 1000);
+    }
+    lower = upper;
+    below = c;
+  }
+  return Number.NaN;
 }
 
 /** Busy and total CPU time of the whole machine so far (Linux /proc/stat), or undefined. */
@@ -257,18 +312,53 @@ function machineBusy(
 }
 
 async function sample(urls: string[]): Promise<ServerSample> {
-  const total: ServerSample = { rss: 0, heap: 0, cpu: 0 };
+  const total: ServerSample = {
+    rss: 0,
+    heap: 0,
+    cpu: 0,
+    sendBuckets: new Map(),
+    broadcasts: 0,
+    adapterReceived: [],
+    writeSyscalls: 0,
+    writeBytes: 0,
+  };
   for (const url of urls) {
-    const text = await (await fetch(`${url}/metrics`)).text();
-    const read = (name: string) =>
-      Number(
-        new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+]+)$`, "m").exec(text)?.[1] ?? Number.NaN,
-      );
+    const [text, io] = await Promise.all([
+      fetch(`${url}/metrics`).then((r) => r.text()),
+      processIo(pidOf.get(url)),
+    ]);
+    const read = (name: string, or = Number.NaN) =>
+      Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+]+)$`, "m").exec(text)?.[1] ?? or);
     total.rss += read("chat_process_resident_memory_bytes");
     total.heap += read("chat_nodejs_heap_size_used_bytes");
     total.cpu += read("chat_process_cpu_seconds_total");
+    // The bare server has neither counter: 0.
+    total.broadcasts += read("chat_broadcasts_total", 0);
+    total.adapterReceived.push(read("chat_adapter_messages_received_total", 0));
+    total.writeSyscalls += io.syscw;
+    total.writeBytes += io.wchar;
+    const bucket = /^chat_command_duration_seconds_bucket\{([^}]*)\} ([0-9.e+]+)$/gm;
+    for (const m of text.matchAll(bucket)) {
+      const labels = m[1] ?? "";
+      if (!labels.includes('command="message:send"')) continue;
+      const le = /le="([^"]+)"/.exec(labels)?.[1] ?? "";
+      const bound = le === "+Inf" ? Number.POSITIVE_INFINITY : Number(le);
+      total.sendBuckets.set(bound, (total.sendBuckets.get(bound) ?? 0) + Number(m[2]));
+    }
   }
   return total;
+}
+
+/** Redis' own CPU seconds so far (INFO cpu: used_cpu_sys + used_cpu_user), or NaN. */
+async function redisCpu(redis: Redis | undefined): Promise<number> {
+  if (!redis) return Number.NaN;
+  try {
+    const info = await redis.info("cpu");
+    const field = (k: string) => Number(new RegExp(`^${k}:([0-9.]+)`, "m").exec(info)?.[1]);
+    return field("used_cpu_sys") + field("used_cpu_user");
+  } catch {
+    return Number.NaN;
+  }
 }
 
 type Reply = { type: string } & Record<string, unknown>;
@@ -350,6 +440,26 @@ interface RunResult {
      * included), % busy of all cores: near 100, every process waits for a core.
      */
     machineBusyPercent: number;
+    /** Server CPU per acked message during the offered phase, all nodes, µs. */
+    cpuUsPerMessage: number;
+    /**
+     * message:send's server-side time, from receiving the command to writing its ack (the
+     * nodes' chat_command_duration_seconds histogram, interpolated in its buckets), ms.
+     */
+    serverAck: { count: number; p50: number; p99: number };
+    /** Write system calls and bytes the nodes made per acked message (/proc/<pid>/io). */
+    writeSyscallsPerMessage: number;
+    writeBytesPerMessage: number;
+    /** Room broadcasts the nodes started per acked message. */
+    broadcastsPerMessage: number;
+    /**
+     * Adapter messages each node received from Redis per broadcast of the whole cluster (one
+     * figure per node; 0 on one node, about 1 per node with the classic adapter).
+     */
+    adapterReceivedPerBroadcast: number[];
+    /** Redis' CPU (INFO cpu deltas) during the offered phase: % of one core, and µs per message. */
+    redisCpuPercent: number;
+    redisCpuUsPerMessage: number;
   };
   completeness: { expected: number; delivered: number; duplicates: number };
   saturatedPerSecond: number;
@@ -368,6 +478,7 @@ async function drive(
   bare: boolean,
   keys: { privateKeyPem: string },
   roundIndex?: number,
+  redis?: Redis,
 ): Promise<RunResult> {
   // Each round's users are new users: their first handshake provisions a row.
   const tag = `${bare ? "bare" : "prod"}${roundIndex === undefined ? "" : `_r${roundIndex}`}`;
@@ -440,6 +551,7 @@ async function drive(
     log(`  chats created and opened; offering ${p.rate} msg/s for ${p.duration} s`);
     const beforeSend = await sample(urls);
     const machineBefore = await machineCpu();
+    const redisBefore = await redisCpu(redis);
     const sendStarted = nowMs();
     await workers.all(
       { type: "send", ratePerSecond: p.rate / senderWorkers, durationMs: p.duration * 1000 },
@@ -448,13 +560,41 @@ async function drive(
     );
     // Server CPU while the load was offered, as a share of one core per node: at 100% a node is
     // CPU-bound (Node runs the app on one thread) and queueing sets the latency.
+    const afterSend = await sample(urls);
+    const offeredSeconds = (nowMs() - sendStarted) / 1000;
     const offeredCpuPercent = round(
-      (((await sample(urls)).cpu - beforeSend.cpu) / ((nowMs() - sendStarted) / 1000)) *
-        (100 / urls.length),
+      ((afterSend.cpu - beforeSend.cpu) / offeredSeconds) * (100 / urls.length),
       0,
     );
     const machineBusyPercent = machineBusy(machineBefore, await machineCpu());
+    const redisSeconds = (await redisCpu(redis)) - redisBefore;
     const reports = await workers.all({ type: "report" }, "report", 30_000);
+    const ackedOffered = Math.max(
+      1,
+      reports.reduce((n, r) => n + Number(r.acked), 0),
+    );
+    const broadcasts = afterSend.broadcasts - beforeSend.broadcasts;
+    const serverAckCount =
+      (afterSend.sendBuckets.get(Number.POSITIVE_INFINITY) ?? 0) -
+      (beforeSend.sendBuckets.get(Number.POSITIVE_INFINITY) ?? 0);
+    const perMessage = {
+      cpuUsPerMessage: round(((afterSend.cpu - beforeSend.cpu) / ackedOffered) * 1e6, 0),
+      serverAck: {
+        count: serverAckCount,
+        p50: histogramQuantile(beforeSend.sendBuckets, afterSend.sendBuckets, 0.5),
+        p99: histogramQuantile(beforeSend.sendBuckets, afterSend.sendBuckets, 0.99),
+      },
+      writeSyscallsPerMessage: round(
+        (afterSend.writeSyscalls - beforeSend.writeSyscalls) / ackedOffered,
+      ),
+      writeBytesPerMessage: round((afterSend.writeBytes - beforeSend.writeBytes) / ackedOffered, 0),
+      broadcastsPerMessage: round(broadcasts / ackedOffered),
+      adapterReceivedPerBroadcast: afterSend.adapterReceived.map((n, i) =>
+        broadcasts > 0 ? round((n - (beforeSend.adapterReceived[i] ?? 0)) / broadcasts) : 0,
+      ),
+      redisCpuPercent: round((redisSeconds / offeredSeconds) * 100, 0),
+      redisCpuUsPerMessage: round((redisSeconds / ackedOffered) * 1e6, 0),
+    };
     log(`  saturating for ${p.saturate} s (each sender waits for its ack)`);
     const saturated = await workers.all(
       { type: "saturate", durationMs: p.saturate * 1000 },
@@ -487,6 +627,7 @@ async function drive(
         acked: sum(reports, "acked"),
         cpuPercent: offeredCpuPercent,
         machineBusyPercent,
+        ...perMessage,
       },
       completeness: {
         expected: sum(reports, "expectedDeliveries"),
@@ -534,7 +675,7 @@ async function main() {
       urls = [];
       for (let i = 0; i < p.nodes; i++) {
         const port = await freePort();
-        startProcess(
+        const node = startProcess(
           "server/src/main.ts",
           {
             NODE_ENV: "production",
@@ -558,6 +699,7 @@ async function main() {
           nodeOptions,
         );
         urls.push(`http://127.0.0.1:${port}`);
+        if (node.pid !== undefined) pidOf.set(`http://127.0.0.1:${port}`, node.pid);
       }
       await Promise.all(urls.map((u) => waitReady(u)));
     }
@@ -566,7 +708,15 @@ async function main() {
       return;
     }
     log(`product (${urls.length} node${urls.length > 1 ? "s" : ""})`);
-    const product = await drive(urls, false, { privateKeyPem: keys.privateKey });
+    // Redis' CPU is read only when the nodes share it (more than one node this harness started).
+    const redis =
+      p.nodes > 1 && !args.url
+        ? new Redis(redisUrl, { maxRetriesPerRequest: 1, lazyConnect: true })
+        : undefined;
+    redis?.on("error", () => {});
+    await redis?.connect().catch(() => {});
+    const product = await drive(urls, false, { privateKeyPem: keys.privateKey }, undefined, redis);
+    redis?.disconnect();
     results.product = product;
 
     let bare: RunResult | undefined;
@@ -575,6 +725,7 @@ async function main() {
       const port = await freePort();
       const child = startProcess("scripts/loadtest/bare-server.ts", { PORT: String(port) });
       const bareUrl = `http://127.0.0.1:${port}`;
+      if (child.pid !== undefined) pidOf.set(bareUrl, child.pid);
       await waitReady(bareUrl);
       log("baseline: bare Socket.IO (no auth, no database)");
       bare = await drive([bareUrl], true, { privateKeyPem: keys.privateKey });
@@ -739,7 +890,29 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
       (r) => r.completeness,
       (c) => `${c.expected}/${c.delivered}/${c.duplicates}`,
     ),
+    both(
+      "server-side send→ack p50/p99 ms",
+      (r) => r.offered.serverAck,
+      (s) => (s.count > 0 ? `${s.p50}/${s.p99}` : ""),
+    ),
     both("server CPU at offered rate, % of a core", (r) => r.offered.cpuPercent, String, num),
+    both("server CPU µs per message (offered)", (r) => r.offered.cpuUsPerMessage, String, num),
+    both("write syscalls per message", (r) => r.offered.writeSyscallsPerMessage, String, num),
+    both("bytes written per message", (r) => r.offered.writeBytesPerMessage, String, num),
+    both("broadcasts per message", (r) => r.offered.broadcastsPerMessage),
+    both(
+      "adapter msgs in per broadcast, per node",
+      (r) => r.offered.adapterReceivedPerBroadcast,
+      (xs) => xs.join(" / "),
+    ),
+    both(
+      "Redis CPU % of a core / µs per message",
+      (r) => r.offered,
+      (o) =>
+        Number.isFinite(o.redisCpuPercent)
+          ? `${o.redisCpuPercent} / ${o.redisCpuUsPerMessage}`
+          : "",
+    ),
     both("machine CPU busy at offered rate, %", (r) => r.offered.machineBusyPercent),
     both("server CPU seconds (whole run)", (r) => r.cpuSeconds),
     both(

@@ -36,6 +36,7 @@ import { Revocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
+import { countAdapterTraffic } from "./socket/adapter-metrics.js";
 import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
 import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
@@ -210,6 +211,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     },
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
+  countAdapterTraffic(io, metrics);
   // A connection refused at the handshake that never sends its CONNECT is closed after 2 s.
   closeIdleRefused(io);
   // allowRequest sees only requests that open a session. One that names an existing session

@@ -38,6 +38,22 @@ test("the smoke preset runs end to end and reports every figure", async () => {
   expect(product.completeness.duplicates).toBe(0);
   expect(product.saturatedPerSecond).toBeGreaterThan(0);
   expect(product.errors).toEqual({});
+  // The server's own figures, read from its /metrics and /proc: the send→ack histogram counted
+  // every send of the offered phase, and the per-message costs are measured, not absent.
+  const o = product.offered;
+  expect(o.serverAck.count).toBeGreaterThanOrEqual(o.acked);
+  expect(o.serverAck.p50).toBeGreaterThan(0);
+  expect(o.serverAck.p99).toBeGreaterThanOrEqual(o.serverAck.p50);
+  expect(o.cpuUsPerMessage).toBeGreaterThan(0);
+  expect(o.writeSyscallsPerMessage).toBeGreaterThan(0);
+  expect(o.writeBytesPerMessage).toBeGreaterThan(0);
+  // Each message is broadcast to its chat's room and its user's room, at least.
+  expect(o.broadcastsPerMessage).toBeGreaterThanOrEqual(2);
+  // One node, in-memory adapter: nothing arrives from Redis, and Redis' CPU is not read.
+  expect(o.adapterReceivedPerBroadcast).toEqual([0]);
+  expect(o.redisCpuPercent).toBeNull(); // NaN in JSON
+  expect(bare.offered.cpuUsPerMessage).toBeGreaterThan(0);
+  expect(bare.offered.writeSyscallsPerMessage).toBeGreaterThan(0);
   expect(bare.sockets).toBe(product.sockets);
   expect(databaseCeiling.perSecond).toBeGreaterThan(0);
 });
