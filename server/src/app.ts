@@ -41,6 +41,7 @@ import { countAdapterTraffic } from "./socket/adapter-metrics.js";
 import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
 import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
+import { coalesceWrites } from "./socket/coalesce-writes.js";
 import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
 import { chatHandlers } from "./socket/handlers/chat.handlers.js";
 import { messageHandlers } from "./socket/handlers/message.handlers.js";
@@ -88,6 +89,11 @@ export interface AppComponents {
    * consumer (see socket/outbound-limit.ts); default DEFAULT_SOCKET_MAX_BUFFERED_BYTES.
    */
   socketMaxBufferedBytes?: number | undefined;
+  /**
+   * Write the packets a connection is sent in one tick in one system call
+   * (socket/coalesce-writes.ts); default true.
+   */
+  coalesceWrites?: boolean | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
@@ -208,6 +214,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
   countAdapterTraffic(io, metrics);
+  if (components.coalesceWrites ?? true) io.engine.on("connection", coalesceWrites);
   // A connection refused at the handshake that never sends its CONNECT is closed after 2 s.
   closeIdleRefused(io);
   // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
