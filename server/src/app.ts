@@ -210,6 +210,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // A connection that has not completed authentication by then is closed (Socket.IO's
     // default, 45 s, let idle unauthenticated WebSockets pile up).
     connectTimeout: components.connectTimeoutMs ?? 10_000,
+    // Engine.IO's default, stated: compressing every small frame costs more CPU than the bytes
+    // it saves on loopback and LAN links, and a zlib context per socket (~300 KB) costs memory.
+    perMessageDeflate: false,
     // No `cors` here: it is applied below, to plain HTTP requests only.
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
