@@ -211,7 +211,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // default, 45 s, let idle unauthenticated WebSockets pile up).
     connectTimeout: components.connectTimeoutMs ?? 10_000,
     // Engine.IO's default, stated: compressing every small frame costs more CPU than the bytes
-    // it saves on loopback and LAN links, and a zlib context per socket (~300 KB) costs memory.
+    // it saves on loopback and LAN links, and each socket would hold zlib state.
     perMessageDeflate: false,
     // No `cors` here: it is applied below, to plain HTTP requests only.
     ...(components.adapter ? { adapter: components.adapter } : {}),
