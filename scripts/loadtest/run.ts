@@ -1,7 +1,7 @@
 /**
  * `npm run loadtest -- [--preset smoke|small|medium|c10k|idle20k|cluster|handshakes]
  *   [--users N] [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s]
- *   [--nodes N] [--workers N] [--idle N] [--runs N] [--url http://127.0.0.1:3000]
+ *   [--nodes N] [--workers N] [--idle N] [--runs N] [--warmup N] [--url http://127.0.0.1:3000]
  *   [--skip-baselines] [--json file] [--profile] [--private-key key.pem]`
  *
  * Drives real socket.io-client connections from worker processes against server nodes it starts
@@ -127,6 +127,11 @@ const { values: args } = parseArgs({
     idle: { type: "string" },
     /** Rounds of the handshakes preset (each: product, then bare server). Default 3. */
     runs: { type: "string" },
+    /**
+     * Rounds of the handshakes preset run first and not counted (default 0): both servers'
+     * code compiled by V8 before measuring, as on a node that has been up for a while.
+     */
+    warmup: { type: "string" },
     url: { type: "string" },
     "database-url": { type: "string" },
     "redis-url": { type: "string" },
@@ -170,6 +175,7 @@ const p = {
 /** The handshakes preset: connection phases only, repeated. */
 const connectOnly = args.preset === "handshakes";
 const runs = connectOnly ? num(args.runs, 3, 20) : 1;
+const warmupRounds = connectOnly ? num(args.warmup, 0, 5) : 0;
 const adminUrl =
   args["database-url"] ??
   process.env.TEST_DATABASE_URL ??
@@ -775,6 +781,11 @@ async function handshakeRounds(
   const bareUrl = `http://127.0.0.1:${port}`;
   await waitReady(bareUrl);
   const rounds: { product: ConnectResult; bare: ConnectResult; machineBusyPercent: number }[] = [];
+  for (let w = 0; w < warmupRounds; w++) {
+    log(`warm-up round ${w + 1}/${warmupRounds} (not counted)`);
+    await drive(urls, false, { privateKeyPem }, 100 + w);
+    await drive([bareUrl], true, { privateKeyPem }, 100 + w);
+  }
   for (let r = 0; r < runs; r++) {
     const machineBefore = await machineCpu();
     log(`round ${r + 1}/${runs}: product`);
