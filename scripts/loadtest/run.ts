@@ -2,7 +2,8 @@
  * `npm run loadtest -- [--preset smoke|small|medium|c10k|idle20k|cluster|handshakes]
  *   [--users N] [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s]
  *   [--nodes N] [--workers N] [--idle N] [--runs N] [--warmup N] [--url http://127.0.0.1:3000]
- *   [--skip-baselines] [--json file] [--profile] [--private-key key.pem]`
+ *   [--skip-baselines] [--json file] [--profile] [--private-key key.pem]
+ *   [--variant name:KEY=value,KEY=value ...]`
  *
  * Drives real socket.io-client connections from worker processes against server nodes it starts
  * itself (or one given with --url), on loopback only, and prints each product figure beside its
@@ -145,6 +146,13 @@ const { values: args } = parseArgs({
      * fresh key, which only the nodes this harness starts accept.
      */
     "private-key": { type: "string" },
+    /**
+     * The product under several configurations, one after another in the same run, each on
+     * nodes of its own with these extra environment variables (`name:KEY=value,KEY=value`;
+     * repeat the option). The report has a column per variant; ratios are to the first.
+     * Example: `--variant classic:REDIS_ADAPTER=classic --variant sharded:REDIS_ADAPTER=sharded`.
+     */
+    variant: { type: "string", multiple: true },
   },
 });
 
@@ -185,6 +193,29 @@ if (args.url && !/^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/
   console.error("--url must be a loopback address (127.0.0.0/8, localhost or [::1])");
   process.exit(2);
 }
+/** The product's configurations to measure (`--variant`); one, unnamed, by default. */
+const variants: { name: string; env: Record<string, string> }[] = (args.variant ?? []).map((v) => {
+  const m = /^([\w.-]+):(.*)$/.exec(v);
+  const env: Record<string, string> = {};
+  for (const pair of (m?.[2] ?? "").split(",").filter(Boolean)) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0) {
+      console.error(`bad --variant ${v} (name:KEY=value,KEY=value)`);
+      process.exit(2);
+    }
+    env[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  if (!m) {
+    console.error(`bad --variant ${v} (name:KEY=value,KEY=value)`);
+    process.exit(2);
+  }
+  return { name: m[1] as string, env };
+});
+if (variants.length > 0 && (args.url || connectOnly)) {
+  console.error("--variant needs nodes this harness starts, and a preset with messages");
+  process.exit(2);
+}
+if (variants.length === 0) variants.push({ name: "product", env: {} });
 const AUTHORIZED_PARTY = "http://localhost:3000";
 /** Postgres pool of each server node, and of the database baseline. */
 const SERVER_POOL_SIZE = 20;
@@ -665,20 +696,13 @@ async function main() {
   log(`load test: ${JSON.stringify(p)}`);
   const results: Record<string, unknown> = { params: p, at: new Date().toISOString() };
   try {
-    let urls: string[];
-    if (args.url) {
-      urls = [args.url.replace(/\/$/, "")];
-      log(
-        `driving ${urls[0]} (it must accept tokens signed with a key you give it; see docs/benchmarks.md)`,
-      );
-    } else {
-      await admin.unsafe(`create database "${dbName}"`);
-      await runMigrations(dbUrl.toString());
-      const prefix = `lt-${randomBytes(3).toString("hex")}`;
-      const profileDir = `artifacts/profile-${Date.now()}`;
-      const nodeOptions = args.profile ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
-      if (args.profile) log(`CPU profiles of the server nodes: ${profileDir}`);
-      urls = [];
+    const prefix = `lt-${randomBytes(3).toString("hex")}`;
+    const profileDir = `artifacts/profile-${Date.now()}`;
+    const nodeOptions = args.profile ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+    /** Starts the product's nodes with `extraEnv`; their URLs and a stop. */
+    const startNodes = async (extraEnv: Record<string, string>, index: number) => {
+      const urls: string[] = [];
+      const started: ChildProcess[] = [];
       for (let i = 0; i < p.nodes; i++) {
         const port = await freePort();
         const node = startProcess(
@@ -700,20 +724,40 @@ async function main() {
             RATE_LIMIT_COMMANDS_PER_SECOND: "1000000",
             RATE_LIMIT_COMMAND_BURST: "1000000",
             MAX_SOCKETS_PER_USER: "1000",
-            ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix } : {}),
+            ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: `${prefix}-${index}` } : {}),
+            ...extraEnv,
           },
           nodeOptions,
         );
+        started.push(node);
         urls.push(`http://127.0.0.1:${port}`);
         if (node.pid !== undefined) pidOf.set(`http://127.0.0.1:${port}`, node.pid);
       }
       await Promise.all(urls.map((u) => waitReady(u)));
+      return {
+        urls,
+        stop: () =>
+          Promise.all(
+            started.map((c) =>
+              running(c) ? new Promise((r) => c.once("exit", r).kill("SIGTERM")) : null,
+            ),
+          ),
+      };
+    };
+    if (!args.url) {
+      await admin.unsafe(`create database "${dbName}"`);
+      await runMigrations(dbUrl.toString());
+      if (args.profile) log(`CPU profiles of the server nodes: ${profileDir}`);
+    } else {
+      log(
+        `driving ${args.url} (it must accept tokens signed with a key you give it; see docs/benchmarks.md)`,
+      );
     }
     if (connectOnly) {
+      const urls = args.url ? [args.url.replace(/\/$/, "")] : (await startNodes({}, 0)).urls;
       await handshakeRounds(urls, keys.privateKey, results);
       return;
     }
-    log(`product (${urls.length} node${urls.length > 1 ? "s" : ""})`);
     // Redis' CPU is read only when the nodes share it (more than one node this harness started).
     const redis =
       p.nodes > 1 && !args.url
@@ -721,9 +765,27 @@ async function main() {
         : undefined;
     redis?.on("error", () => {});
     await redis?.connect().catch(() => {});
-    const product = await drive(urls, false, { privateKeyPem: keys.privateKey }, undefined, redis);
+    const products: [string, RunResult][] = [];
+    for (const [index, variant] of variants.entries()) {
+      const nodes = args.url
+        ? { urls: [args.url.replace(/\/$/, "")], stop: async () => [] }
+        : await startNodes(variant.env, index);
+      const label =
+        variants.length > 1 ? `${variant.name} ${JSON.stringify(variant.env)}` : "product";
+      log(`${label} (${nodes.urls.length} node${nodes.urls.length > 1 ? "s" : ""})`);
+      // Each variant's users are new users (the tag), on nodes of its own.
+      const tag = variants.length > 1 ? index : undefined;
+      const result = await drive(nodes.urls, false, { privateKeyPem: keys.privateKey }, tag, redis);
+      products.push([variant.name, result]);
+      if (variants.length > 1) await nodes.stop();
+    }
     redis?.disconnect();
-    results.product = product;
+    results.product = products[0]?.[1];
+    if (variants.length > 1) {
+      results.variants = Object.fromEntries(
+        products.map(([name, r], i) => [name, { env: variants[i]?.env, result: r }]),
+      );
+    }
 
     let bare: RunResult | undefined;
     let db: Awaited<ReturnType<typeof measureDatabaseCeiling>> | undefined;
@@ -751,7 +813,7 @@ async function main() {
         results.databaseCeiling = db;
       }
     }
-    print(product, bare, db);
+    print(products, bare, db);
     await mkdir("artifacts", { recursive: true });
     const file = args.json ?? `artifacts/loadtest-${Date.now()}.json`;
     await writeFile(file, JSON.stringify(results, null, 2));
@@ -847,24 +909,40 @@ async function handshakeRounds(
   log(`\nJSON: ${file}`);
 }
 
-function print(product: RunResult, bare?: RunResult, db?: { perSecond: number }) {
-  type Row = [string, string, string, string];
-  /** A figure of both runs; `ratioOf` picks the number to divide, when a ratio means something. */
+/**
+ * The report: a column per product variant, the baseline's, and the ratio: product ÷ baseline
+ * with one variant; with several, each later variant ÷ the first (the baseline stays beside).
+ */
+function print(products: [string, RunResult][], bare?: RunResult, db?: { perSecond: number }) {
+  type Row = string[];
+  const [first] = products;
+  if (!first) return;
+  const several = products.length > 1;
+  /** A figure of every run; `ratioOf` picks the number to divide, when a ratio means something. */
   const both = <T>(
     label: string,
     pick: (r: RunResult) => T,
     show: (v: T) => string = String,
     ratioOf?: (v: T) => number | undefined,
   ): Row => {
-    const p = pick(product);
+    const values = products.map(([, r]) => pick(r));
     const b = bare ? pick(bare) : undefined;
-    const pr = ratioOf?.(p);
+    const numbers = values.map((v) => (v === undefined ? undefined : ratioOf?.(v)));
     const br = b === undefined ? undefined : ratioOf?.(b);
+    const n0 = numbers[0];
+    const ratios = several
+      ? numbers
+          .slice(1)
+          .map((n) => (n !== undefined && n0 !== undefined ? ratio(n, n0) : ""))
+          .join(" / ")
+      : n0 !== undefined && br !== undefined
+        ? ratio(n0, br)
+        : "";
     return [
       label,
-      p === undefined ? "" : show(p),
+      ...values.map((v) => (v === undefined ? "" : show(v))),
       b === undefined ? "" : show(b),
-      pr !== undefined && br !== undefined ? ratio(pr, br) : "",
+      ratioOf ? ratios : "",
     ];
   };
   const num = (v: number | undefined) => v;
@@ -892,9 +970,9 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
     both("stored+broadcast msgs/s (closed loop)", (r) => r.saturatedPerSecond, String, num),
     [
       "  vs database ceiling msgs/s",
-      String(product.saturatedPerSecond),
+      ...products.map(([, r]) => String(r.saturatedPerSecond)),
       db ? String(round(db.perSecond)) : "",
-      db ? ratio(product.saturatedPerSecond, db.perSecond) : "",
+      db ? products.map(([, r]) => ratio(r.saturatedPerSecond, db.perSecond)).join(" / ") : "",
     ],
     both(
       "deliveries expected/got/dups",
@@ -932,13 +1010,16 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
       (e) => JSON.stringify(e),
     ),
   ];
-  const w = [38, 26, 26, 8];
+  const w = [38, ...products.map(() => 26), 26, 8];
   const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i] ?? 10)).join(" ");
-  console.log(`\n${line(["figure", "product", "baseline", "ratio"])}`);
+  const names = several ? products.map(([name]) => name) : ["product"];
+  const ratioHeader = several ? `ratio to ${first[0]}` : "ratio";
+  console.log(`\n${line(["figure", ...names, "baseline", ratioHeader])}`);
   for (const r of rows) console.log(line(r));
-  const complete =
-    product.completeness.expected === product.completeness.delivered &&
-    product.completeness.duplicates === 0;
+  const complete = products.every(
+    ([, r]) =>
+      r.completeness.expected === r.completeness.delivered && r.completeness.duplicates === 0,
+  );
   console.log(`\ndelivery complete: ${complete ? "yes" : "NO"}`);
 }
 

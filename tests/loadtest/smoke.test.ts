@@ -57,3 +57,44 @@ test("the smoke preset runs end to end and reports every figure", async () => {
   expect(bare.sockets).toBe(product.sockets);
   expect(databaseCeiling.perSecond).toBeGreaterThan(0);
 });
+
+test("--variant runs the product once per configuration, side by side, on nodes of its own", async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), "loadtest-"));
+  dirs.push(dir);
+  const json = path.join(dir, "result.json");
+  const r = spawnSync(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      "scripts/loadtest/run.ts",
+      "--preset",
+      "smoke",
+      "--idle",
+      "0",
+      "--skip-baselines",
+      "--variant",
+      "coalesced:SOCKET_COALESCE_WRITES=true",
+      "--variant",
+      "per-packet:SOCKET_COALESCE_WRITES=false",
+      "--json",
+      json,
+    ],
+    { encoding: "utf8", timeout: 90_000 },
+  );
+  expect(r.status, r.stderr).toBe(0);
+  expect(r.stdout).toMatch(/^figure\s+coalesced\s+per-packet\s+baseline\s+ratio to coalesced/m);
+  expect(r.stdout).toContain("delivery complete: yes");
+  const { variants } = JSON.parse(await readFile(json, "utf8"));
+  expect(Object.keys(variants)).toEqual(["coalesced", "per-packet"]);
+  expect(variants["per-packet"].env).toEqual({ SOCKET_COALESCE_WRITES: "false" });
+  const coalesced = variants.coalesced.result.offered;
+  const perPacket = variants["per-packet"].result.offered;
+  for (const o of [coalesced, perPacket]) {
+    expect(o.acked).toBeGreaterThan(0);
+    expect(o.serverAck.count).toBeGreaterThanOrEqual(o.acked);
+  }
+  // The sender's device gets three packets per message and the other device two: written
+  // together they take fewer system calls than one by one.
+  expect(perPacket.writeSyscallsPerMessage).toBeGreaterThan(coalesced.writeSyscallsPerMessage);
+});
