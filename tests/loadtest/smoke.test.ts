@@ -10,18 +10,22 @@ import path from "node:path";
 import { afterAll, expect, test } from "vitest";
 
 const dirs: string[] = [];
+/** A smoke run takes ~15 s on an idle machine; on a loaded one several times that. */
+const RUN_TIMEOUT_MS = 150_000;
 afterAll(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
-test("the smoke preset runs end to end and reports every figure", async () => {
+test("the smoke preset runs end to end and reports every figure", {
+  timeout: RUN_TIMEOUT_MS + 10_000,
+}, async () => {
   const dir = await mkdtemp(path.join(tmpdir(), "loadtest-"));
   dirs.push(dir);
   const json = path.join(dir, "result.json");
   const r = spawnSync(
     process.execPath,
     ["--import", "tsx", "scripts/loadtest/run.ts", "--preset", "smoke", "--json", json],
-    { encoding: "utf8", timeout: 90_000 },
+    { encoding: "utf8", timeout: RUN_TIMEOUT_MS },
   );
   expect(r.status, r.stderr).toBe(0);
   expect(r.stdout).toContain("delivery complete: yes");
@@ -58,7 +62,9 @@ test("the smoke preset runs end to end and reports every figure", async () => {
   expect(databaseCeiling.perSecond).toBeGreaterThan(0);
 });
 
-test("--variant runs the product once per configuration, side by side, on nodes of its own", async () => {
+test("--variant runs the product once per configuration, side by side, on nodes of its own", {
+  timeout: RUN_TIMEOUT_MS + 10_000,
+}, async () => {
   const dir = await mkdtemp(path.join(tmpdir(), "loadtest-"));
   dirs.push(dir);
   const json = path.join(dir, "result.json");
@@ -80,7 +86,7 @@ test("--variant runs the product once per configuration, side by side, on nodes 
       "--json",
       json,
     ],
-    { encoding: "utf8", timeout: 90_000 },
+    { encoding: "utf8", timeout: RUN_TIMEOUT_MS },
   );
   expect(r.status, r.stderr).toBe(0);
   expect(r.stdout).toMatch(/^figure\s+coalesced\s+per-packet\s+baseline\s+ratio to coalesced/m);
