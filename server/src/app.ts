@@ -246,6 +246,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const serviceRole = new ServiceRoleService(
     users,
     messages,
+    chats,
     new SearchRepository(database.db),
     broadcaster,
   );
