@@ -20,7 +20,7 @@ import {
   type TestServer,
 } from "../helpers/server.js";
 import { openSql, userId } from "../realtime/support.js";
-import { percentiles } from "./hostile.js";
+import { percentiles, waitingReads } from "./hostile.js";
 
 /** The per-user socket cap's default (MAX_SOCKETS_PER_USER). */
 const ATTACKER_SOCKETS = 20;
@@ -38,15 +38,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await server?.close();
 });
-
-/** The server's statements on chat_memory that wait for the lock the test holds. */
-async function waitingReads(admin: postgres.Sql, database: string): Promise<number> {
-  const rows = await admin`
-    select count(*)::int as n from pg_stat_activity
-     where datname = ${database} and application_name = 'chat-backend'
-       and state = 'active' and wait_event_type = 'Lock' and query like '%chat_memory%'`;
-  return rows[0]?.n ?? 0;
-}
 
 async function timed(socket: ClientSocket): Promise<number> {
   const started = performance.now();
