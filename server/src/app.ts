@@ -39,7 +39,12 @@ import { UserService } from "./services/user.service.js";
 import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
 import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
-import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
+import {
+  type CommandContext,
+  type CommandHandlers,
+  serveCommands,
+  userPageGates,
+} from "./socket/command.js";
 import { chatHandlers } from "./socket/handlers/chat.handlers.js";
 import { messageHandlers } from "./socket/handlers/message.handlers.js";
 import { userHandlers } from "./socket/handlers/user.handlers.js";
@@ -241,6 +246,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const serviceRole = new ServiceRoleService(
     users,
     messages,
+    chats,
     new SearchRepository(database.db),
     broadcaster,
   );
@@ -320,6 +326,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     inflight,
     metrics,
     timeoutMs: commandTimeoutMs,
+    userPages: userPageGates(),
     guard(socket) {
       if (Date.now() >= socket.data.tokenExpiresAt) {
         throw new AppError(ErrorCode.TOKEN_EXPIRED, "The token expired; send auth:refresh first");
