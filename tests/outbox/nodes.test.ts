@@ -126,7 +126,8 @@ describe("outbox delivery across nodes and faults", () => {
     receiver.answer = () => "hang";
     const tdb: TestDatabase = await createTestDatabase();
     cleanups.push(() => tdb.drop());
-    const webhook = { ...testWebhookDefaults, url: receiver.url, secret, timeoutMs: 60_000 };
+    // The child's leases last APP_WEBHOOK_NODE_TIMEOUT_MS (3 s); its attempt would hang 2.5 s.
+    const webhook = { ...testWebhookDefaults, url: receiver.url, secret, timeoutMs: 2500 };
 
     const child: ChildProcess = spawn(
       process.execPath,
@@ -135,7 +136,7 @@ describe("outbox delivery across nodes and faults", () => {
         env: {
           ...process.env,
           DATABASE_URL: tdb.url,
-          WEBHOOK_CONFIG: JSON.stringify({ ...webhook, nodeTimeoutMs: 61_000 }),
+          WEBHOOK_CONFIG: JSON.stringify(webhook),
         },
         stdio: ["ignore", "pipe", "inherit"],
       },
@@ -177,8 +178,8 @@ describe("outbox delivery across nodes and faults", () => {
     );
     const delivered = firstDeliveriesByChat(receiver).get(chatId) ?? [];
     expect(delivered.map(seqOf)).toEqual([1, 2]);
-    // Taken over after the dead node's heartbeat aged past APP_WEBHOOK_NODE_TIMEOUT_MS (3 s
-    // here), not after graphile-worker's 4 hours; bounded generously for a busy machine.
+    // Taken over once the dead node's lease lapsed (APP_WEBHOOK_NODE_TIMEOUT_MS, 3 s here), not
+    // after a job queue's 4 hours; bounded generously for a busy machine.
     expect((delivered[0]?.at ?? 0) - killedAt).toBeLessThan(12_000);
     // The dead node's attempt and the takeover's share the webhook-id (receivers de-duplicate).
     expect(receiver.attempts[0]?.id).toBe(delivered[0]?.id);
