@@ -261,10 +261,10 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // commit asynchronously: they do not wait for the WAL flush. Safe for at-least-once: a write
     // lost in a database crash only means an event delivered again (same webhook-id) or a lease
     // that lapses. The events themselves are written by the message's own, synchronous,
-    // transaction. Connections: one per chat delivered at once (reading its next events), the
+    // transaction. Connections: a few for the chats delivered at once (reading their next events), the
     // claims, the outcomes and the lease renewals.
     const outboxDb = createDatabase(databaseUrl, {
-      max: config.concurrency + 3,
+      max: Math.min(config.concurrency, 8) + 3,
       settings: { synchronous_commit: "off" },
     });
     const worker = new AppEventDelivery({

@@ -120,17 +120,24 @@ export class AppEventDelivery {
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
     this.wake();
-    await this.loopDone;
     const grace = Math.min(this.options.webhook.timeoutMs, 3000);
-    const all = Promise.all([...this.running]);
     const timer = setTimeout(() => {
       for (const h of this.held.values()) h.abort.abort();
     }, grace);
-    await all;
+    // Bounded: with the database away a query may wait for it (the process's own shutdown limit
+    // is 10 s, main.ts); whatever is not written is redelivered after the leases lapse.
+    const settled = (async () => {
+      await this.loopDone;
+      await Promise.all([...this.running]);
+      await this.flushing;
+    })();
+    await Promise.race([settled, new Promise((r) => setTimeout(r, grace + 2000).unref())]);
     clearTimeout(timer);
-    await this.flushing;
     try {
-      await this.options.repository.releaseAll(this.nodeId);
+      await Promise.race([
+        this.options.repository.releaseAll(this.nodeId),
+        new Promise((_, reject) => setTimeout(() => reject(new Error("timed out")), 1000).unref()),
+      ]);
     } catch (err) {
       // The leases lapse on their own after APP_WEBHOOK_NODE_TIMEOUT_MS.
       this.options.logger.warn({ err }, "webhooks: could not drop this node's leases");
@@ -310,8 +317,9 @@ export class AppEventDelivery {
 
   /**
    * Writes queued outcomes, one statement at a time, in order: what queues up while one runs
-   * goes in the next. A statement that fails (the database away) is retried until it is written:
-   * a delete lost here would only mean a redelivery, but the order of a chat's outcomes matters.
+   * goes in the next. A statement that fails (the database away) is retried until it is written
+   * (or, at a stop, given up after a few tries): the chat's slot stays taken meanwhile, so its
+   * lease is not dropped before its deletes are written.
    */
   private async flush(): Promise<void> {
     const { repository, metrics, logger } = this.options;
@@ -335,6 +343,15 @@ export class AppEventDelivery {
           break;
         } catch (err) {
           errors++;
+          if (this.stopping && errors >= 3) {
+            // Stopping with the database away: the leases lapse on their own, and the events
+            // not deleted are delivered again (same webhook-id) by the next holder.
+            logger.warn(
+              { err },
+              "webhooks: outcomes not recorded at stop; they will be redelivered",
+            );
+            break;
+          }
           logger.debug({ err }, "webhooks: recording outcomes failed; retrying");
           await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** errors)));
         }
