@@ -43,7 +43,7 @@ const { values: args } = parseArgs({
     rate: { type: "string", default: "1000" },
     seconds: { type: "string", default: "10" },
     saturate: { type: "string", default: "8" },
-    concurrency: { type: "string", default: "10" },
+    concurrency: { type: "string", default: "32" },
     outage: { type: "string", default: "5" },
     "skip-overhead": { type: "boolean", default: false },
     "skip-outages": { type: "boolean", default: false },

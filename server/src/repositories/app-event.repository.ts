@@ -102,8 +102,9 @@ export class AppEventRepository {
    * no backoff running), leases them to `nodeId` for `leaseMs`, and returns each one's first
    * `batch` pending events in order. Oldest chats first. Two nodes claiming at once never get
    * the same chat: the upsert's row lock serialises them, and the second sees a live lease.
-   * `scan` bounds the pending rows looked at (of chats nobody holds), so a claim stays cheap
-   * under a large backlog.
+   * `scan` bounds the pending rows looked at (due, of chats nobody holds), in the pending index's
+   * order, so a claim stays cheap under a large backlog. A chat waiting out a backoff has its
+   * rows moved past its next attempt (finish), so they are not even looked at.
    */
   async claim(
     nodeId: string,
@@ -113,7 +114,7 @@ export class AppEventRepository {
       with candidates as (
         select chat_id from (
           select e.chat_id, e.id from public.app_events e
-           where e.failed_at is null
+           where e.failed_at is null and e.next_attempt_at <= now()
              and not exists (select 1 from public.app_event_leases l
                               where l.chat_id = e.chat_id and l.lease_until > now())
            order by e.next_attempt_at
@@ -194,6 +195,13 @@ export class AppEventRepository {
         delete from public.app_event_leases
          where node_id = ${nodeId}
            and chat_id in (select jsonb_array_elements_text(j->'r')::uuid from input)
+      ), later as (
+        -- A chat in backoff: its other pending events wait too (out of the claims' scan).
+        update public.app_events a
+           set next_attempt_at = clock_timestamp() + (b->>'r')::float8 * interval '1 millisecond'
+          from input, jsonb_array_elements(j->'b') b
+         where a.chat_id = (b->>'c')::uuid and a.failed_at is null
+           and a.id not in (select id from failures)
       ), backed_off as (
         update public.app_event_leases l
            set node_id = null,
@@ -207,14 +215,16 @@ export class AppEventRepository {
   }
 
   /**
-   * Extends the leases `nodeId` still holds by `leaseMs`; returns their chats (a chat missing
-   * from the answer is no longer this node's).
+   * Extends the leases of `chatIds` that `nodeId` still holds by `leaseMs`; returns their chats
+   * (a chat missing from the answer is no longer this node's). Only the chats the node is
+   * delivering: a lease won by a claim whose answer was lost lapses on its own.
    */
-  async renew(nodeId: string, leaseMs: number): Promise<string[]> {
+  async renew(nodeId: string, chatIds: string[], leaseMs: number): Promise<string[]> {
     const rows = await this.sql<{ chat_id: string }[]>`
       update public.app_event_leases
          set lease_until = now() + ${leaseMs} * interval '1 millisecond'
        where node_id = ${nodeId} and lease_until > now()
+         and chat_id in (select jsonb_array_elements_text(${JSON.stringify(chatIds)}::jsonb)::uuid)
       returning chat_id`;
     return rows.map((r) => r.chat_id);
   }

@@ -33,11 +33,11 @@ const BATCH = 50;
 /** Events one chat gets delivered before its lease is dropped and chats are claimed anew (fairness). */
 const MAX_EVENTS_PER_HOLD = 500;
 /** Pending rows one claim looks at, at most (of chats nobody holds). */
-const CLAIM_SCAN = 5000;
+const CLAIM_SCAN = 1000;
 /** With nothing to do, the delivery looks for due events this often (retries, other nodes' events). */
 export const POLL_MS = 250;
 /** The shortest time between two claims (wake-ups come with every stored batch). */
-const MIN_CLAIM_GAP_MS = 5;
+const MIN_CLAIM_GAP_MS = 20;
 
 export interface AppEventDeliveryOptions {
   /** On a pool of its own, apart from the send path's: a slow receiver never holds a send's connection. */
@@ -366,7 +366,9 @@ export class AppEventDelivery {
     if (this.stopping || this.held.size === 0) return;
     const sentAt = Date.now();
     try {
-      const mine = new Set(await this.options.repository.renew(this.nodeId, this.leaseMs));
+      const mine = new Set(
+        await this.options.repository.renew(this.nodeId, [...this.held.keys()], this.leaseMs),
+      );
       for (const [chatId, h] of this.held) {
         if (mine.has(chatId)) h.trustedUntil = Math.max(h.trustedUntil, sentAt + this.leaseMs);
         else if (h.trustedUntil < sentAt) h.abort.abort();
