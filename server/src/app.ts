@@ -266,6 +266,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     const outboxDb = createDatabase(databaseUrl, {
       max: Math.min(config.concurrency, 8) + 3,
       settings: { synchronous_commit: "off" },
+      // Caught up within a second or so of Postgres' return, not after the driver's up-to-20 s
+      // reconnect backoff (measured: 18–30 s catch-ups before this cap, docs/benchmarks.md).
+      maxReconnectDelaySeconds: 1,
     });
     const worker = new AppEventDelivery({
       repository: new AppEventRepository(outboxDb.sql),
