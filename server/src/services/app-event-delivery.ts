@@ -37,7 +37,7 @@ const CLAIM_SCAN = 1000;
 /** With nothing to do, the delivery looks for due events this often (retries, other nodes' events). */
 export const POLL_MS = 250;
 /** The shortest time between two claims (wake-ups come with every stored batch). */
-const MIN_CLAIM_GAP_MS = 20;
+const MIN_CLAIM_GAP_MS = 5;
 
 export interface AppEventDeliveryOptions {
   /** On a pool of its own, apart from the send path's: a slow receiver never holds a send's connection. */
