@@ -49,10 +49,10 @@ async function start(node: NodeProcess, uid: string, chatId: string, streamId?: 
 }
 
 async function chunk(node: NodeProcess, streamId: string, index: number, delta: string) {
-  return serviceClient(node.url, KEY).post<Record<string, unknown>>(
-    `/streams/${streamId}/chunks`,
-    { index, delta },
-  );
+  return serviceClient(node.url, KEY).post<Record<string, unknown>>(`/streams/${streamId}/chunks`, {
+    index,
+    delta,
+  });
 }
 
 async function rowsOf(streamId: string) {
@@ -157,9 +157,9 @@ describe("the loop across two production nodes", () => {
     // The sidebar says so, with the same start, in chat:list and through the service API.
     const listed = (await ok(side, "chat:list", {})).chats.find((c) => c.id === chatId);
     expect(listed?.generating).toEqual({ streamId, startedAt });
-    const served = await serviceClient(b.url, KEY).get<{ chats: { id: string; generating: unknown }[] }>(
-      `/users/${uid}/chats`,
-    );
+    const served = await serviceClient(b.url, KEY).get<{
+      chats: { id: string; generating: unknown }[];
+    }>(`/users/${uid}/chats`);
     expect(served.body.chats.find((c) => c.id === chatId)?.generating).toEqual({
       streamId,
       startedAt,
@@ -190,14 +190,22 @@ describe("the loop across two production nodes", () => {
     const late = await on(a, uid);
     const opened = await ok(late, "chat:open", { chatId });
     expect(opened.streams).toEqual([
-      { streamId, chatId, role: "assistant", startedAt, content: "Pack light layers and a rain", nextIndex: 3 },
+      {
+        streamId,
+        chatId,
+        role: "assistant",
+        startedAt,
+        content: "Pack light layers and a rain",
+        nextIndex: 3,
+      },
     ]);
     expect(opened.chat.generating).toEqual({ streamId, startedAt });
 
     await eventually(() => {
       for (const r of [r1, r2]) {
         const deltas = r.of<{ offset: number; delta: string }>("message:delta", streamId);
-        for (const d of deltas) expect(keys(d)).toEqual(["chatId", "delta", "index", "offset", "streamId"]);
+        for (const d of deltas)
+          expect(keys(d)).toEqual(["chatId", "delta", "index", "offset", "streamId"]);
         expect(placeByOffset("", deltas)).toBe("Pack light layers and a rain");
       }
     });
@@ -238,12 +246,16 @@ describe("the loop across two production nodes", () => {
       }
     });
     // The device shows stopped before the stored reply arrives.
-    const order = r1.events.map((e) => e.name).filter((n) => n === "message:stopped" || n === "message:created");
+    const order = r1.events
+      .map((e) => e.name)
+      .filter((n) => n === "message:stopped" || n === "message:created");
     expect(order[0]).toBe("message:stopped");
 
     // The backend is told: the webhook, and 409 STREAM_STOPPED on chunk, finish and fail.
     const told = await eventually(() => {
-      const hooks = receiver.ofType("stream.stop_requested").filter((d) => d.data.streamId === streamId);
+      const hooks = receiver
+        .ofType("stream.stop_requested")
+        .filter((d) => d.data.streamId === streamId);
       expect(hooks).toHaveLength(1);
       return hooks[0];
     }, 15_000);
@@ -275,7 +287,9 @@ describe("the loop across two production nodes", () => {
     expect(
       placeByOffset("", r1.of<{ offset: number; delta: string }>("message:delta", streamId)),
     ).toBe("Pack light layers and a rain");
-    expect((await ok(side, "chat:list", {})).chats.find((c) => c.id === chatId)?.generating).toBeNull();
+    expect(
+      (await ok(side, "chat:list", {})).chats.find((c) => c.id === chatId)?.generating,
+    ).toBeNull();
     // A fresh open: the stopped reply is a message, no stream.
     const reopened = await ok(late, "chat:open", { chatId });
     expect(reopened.streams).toEqual([]);
@@ -398,7 +412,8 @@ describe("replies that resume", () => {
     for (const streamId of streams) {
       const ds = rw.of<{ index: number; offset: number; delta: string }>("message:delta", streamId);
       const sorted = [...ds].sort((x, y) => x.offset - y.offset);
-      for (const d of sorted) expect(full.slice(0, d.offset)).toBe(words.slice(0, d.index).join(""));
+      for (const d of sorted)
+        expect(full.slice(0, d.offset)).toBe(words.slice(0, d.index).join(""));
     }
     const list = (await ok(watcher, "chat:list", {})).chats;
     for (const [k, chatId] of chats.entries()) {
@@ -428,7 +443,8 @@ describe("replies that resume", () => {
         expect(created).toHaveLength(1);
       }
     });
-    for (const streamId of streams) expect(await rowsOf(streamId)).toEqual([{ content: full, stopped: false }]);
+    for (const streamId of streams)
+      expect(await rowsOf(streamId)).toEqual([{ content: full, stopped: false }]);
     const after = (await ok(watcher, "chat:list", {})).chats;
     for (const chatId of chats) expect(after.find((c) => c.id === chatId)?.generating).toBeNull();
   });
@@ -525,6 +541,161 @@ describe("stop, finish, fail and abandonment racing", () => {
     }
     // Every kind ran; the log says which side won.
     console.log("race outcomes", outcomes);
-    expect((await ok(dA, "chat:list", {})).chats.find((c) => c.id === chatId)?.generating).toBeNull();
+    expect(
+      (await ok(dA, "chat:list", {})).chats.find((c) => c.id === chatId)?.generating,
+    ).toBeNull();
+  });
+});
+
+describe("a node killed mid-stream", () => {
+  test("SIGKILL: the backend carries on through another node, or the stream is abandoned at the documented timeout", async () => {
+    const c = await startNode(tdb.url, env);
+    try {
+      const uid = userId("bb_killed");
+      const d = await on(a, uid);
+      const rd = record(d);
+      const { chat } = await ok(d, "chat:create", { title: "Killed" });
+      const chatId = chat.id;
+      await ok(d, "chat:open", { chatId });
+      const carried = (await start(c, uid, chatId)).stream.streamId as string;
+      const dropped = (await start(c, uid, chatId)).stream.streamId as string;
+      expect((await chunk(c, carried, 0, "Begun ")).status).toBe(200);
+      expect((await chunk(c, dropped, 0, "Begun ")).status).toBe(200);
+      // Killed at once: its deltas of the last 40 ms may never have been sent.
+      await c.kill();
+      const silentSince = Date.now();
+
+      expect((await chunk(b, carried, 1, "and ")).status).toBe(200);
+      // A device that misses text re-snapshots (docs/protocol.md): the text so far is whole.
+      const fresh = await ok(d, "chat:open", { chatId, limit: 1 });
+      expect(fresh.streams.map((s) => [s.streamId, s.content, s.nextIndex])).toEqual([
+        [carried, "Begun and ", 2],
+        [dropped, "Begun ", 1],
+      ]);
+      expect((await chunk(a, carried, 2, "ended.")).status).toBe(200);
+      const done = await serviceClient(b.url, KEY).post<{ message: ChatMessage }>(
+        `/streams/${carried}/finish`,
+        {},
+      );
+      expect(done.status).toBe(201);
+      expect(done.body.message.content).toBe("Begun and ended.");
+
+      const failed = await eventually(() => {
+        const f = rd.of<Record<string, unknown>>("message:failed", dropped);
+        expect(f).toHaveLength(1);
+        return { event: f[0], at: rd.events.find((e) => e.name === "message:failed")?.at ?? 0 };
+      }, 15_000);
+      expect(failed.event).toEqual({
+        streamId: dropped,
+        chatId,
+        reason: "ABANDONED",
+        message: expect.any(String),
+      });
+      // Not before the timeout; within it plus a sweep interval (a quarter of it) and slack.
+      const after = failed.at - silentSince;
+      expect(after).toBeGreaterThanOrEqual(STREAM_TIMEOUT_MS - 100);
+      expect(after).toBeLessThan(STREAM_TIMEOUT_MS * 1.25 + 2000);
+      const late = await serviceClient(a.url, KEY).post(`/streams/${dropped}/finish`, {});
+      expect(late.status).toBe(409);
+      expect(errorOf(late).code).toBe("CONFLICT");
+      expect(await rowsOf(dropped)).toEqual([]);
+      expect(await rowsOf(carried)).toEqual([{ content: "Begun and ended.", stopped: false }]);
+      await eventually(() => {
+        const ends = rd
+          .of<{ streamId: string; active: boolean }>("chat:generating")
+          .filter((g) => !g.active)
+          .map((g) => g.streamId);
+        expect(ends.sort()).toEqual([carried, dropped].sort());
+      });
+      expect(
+        (await ok(d, "chat:list", {})).chats.find((x) => x.id === chatId)?.generating,
+      ).toBeNull();
+    } finally {
+      await c.kill();
+    }
+  });
+});
+
+describe("Redis restarting mid-stream (no persistence: its data lost)", () => {
+  test("503 while it is down, chats still open without streams; then 404, and the reply posted whole replaces the stream", async () => {
+    const uid = userId("bb_redis");
+    const dA = await on(a, uid);
+    const dB = await on(b, uid);
+    const rB = record(dB);
+    const { chat } = await ok(dA, "chat:create", { title: "Redis" });
+    const chatId = chat.id;
+    await ok(dA, "chat:open", { chatId });
+    await ok(dB, "chat:open", { chatId });
+    const streamId = (await start(a, uid, chatId)).stream.streamId as string;
+    expect((await chunk(a, streamId, 0, "Hello")).status).toBe(200);
+    await redis.kill();
+    try {
+      for (const node of [a, b]) {
+        const down = await chunk(node, streamId, 1, " there");
+        expect(down.status).toBe(503);
+        expect(errorOf(down).code).toBe("UNAVAILABLE");
+      }
+      const opened = await ok(dB, "chat:open", { chatId });
+      expect(opened.streams).toEqual([]);
+      expect(opened.chat.generating).toBeNull();
+      expect(
+        (await ok(dA, "chat:list", {})).chats.find((c) => c.id === chatId)?.generating,
+      ).toBeNull();
+      const stop = await refused(dA, "message:stop", { chatId, streamId });
+      expect(stop.code).toBe("UNAVAILABLE");
+    } finally {
+      await redis.start();
+    }
+    const after = await eventually(async () => {
+      const r = await chunk(b, streamId, 1, " there");
+      expect(r.status).not.toBe(503);
+      return r;
+    }, 20_000);
+    expect(after.status).toBe(404);
+    expect(errorOf(after).code).toBe("NOT_FOUND");
+    const posted = await serviceClient(a.url, KEY).post<{ message: ChatMessage }>(
+      `/users/${uid}/chats/${chatId}/messages`,
+      { clientId: streamId, content: "Hello there" },
+    );
+    expect(posted.status).toBe(201);
+    // Cross-node events flow again: the device on the other node gets it.
+    await eventually(() => {
+      expect(
+        rB.of<{ message: ChatMessage }>("message:created").map((e) => e.message.clientId),
+      ).toContain(streamId);
+    }, 20_000);
+    // And a new stream works through both nodes again.
+    const next = (await start(b, uid, chatId)).stream.streamId as string;
+    expect((await chunk(a, next, 0, "Back")).status).toBe(200);
+    expect((await serviceClient(b.url, KEY).post(`/streams/${next}/finish`, {})).status).toBe(201);
+  }, 60_000);
+});
+
+describe("retries racing the call they retry", () => {
+  test("a finish retried while the first is still storing (another node) answers the stored reply, not 409", async () => {
+    const uid = userId("bb_refinish");
+    const d = await on(a, uid);
+    const { chat } = await ok(d, "chat:create", { title: "Refinish" });
+    const statuses: number[][] = [];
+    for (let round = 0; round < 8; round++) {
+      const streamId = (await start(a, uid, chat.id)).stream.streamId as string;
+      expect((await chunk(a, streamId, 0, `Reply ${round}`)).status).toBe(200);
+      const both = await Promise.all(
+        [a, b].map((node) =>
+          serviceClient(node.url, KEY).post<{ message: ChatMessage; duplicate: boolean }>(
+            `/streams/${streamId}/finish`,
+            {},
+          ),
+        ),
+      );
+      statuses.push(both.map((r) => r.status).sort());
+      for (const r of both) {
+        expect(r.status, JSON.stringify(r.body)).toBeLessThan(300);
+        expect(r.body.message).toMatchObject({ clientId: streamId, content: `Reply ${round}` });
+      }
+      expect(both.map((r) => r.body.duplicate).sort()).toEqual([false, true]);
+      expect(await rowsOf(streamId)).toHaveLength(1);
+    }
+    expect(statuses.every((s) => s[0] === 200 && s[1] === 201)).toBe(true);
   });
 });

@@ -112,7 +112,9 @@ export function record(s: ClientSocket) {
     events,
     of: <T = Record<string, unknown>>(name: string, streamId?: string) =>
       events
-        .filter((e) => e.name === name && (streamId === undefined || e.payload.streamId === streamId))
+        .filter(
+          (e) => e.name === name && (streamId === undefined || e.payload.streamId === streamId),
+        )
         .map((e) => e.payload as T),
   };
 }
@@ -130,9 +132,10 @@ export function placeByOffset(
   let text = from;
   for (const d of [...deltas].sort((a, b) => a.offset - b.offset)) {
     const end = d.offset + d.delta.length;
-    expect(d.offset, `a hole before offset ${d.offset} (text has ${text.length})`).toBeLessThanOrEqual(
-      text.length,
-    );
+    expect(
+      d.offset,
+      `a hole before offset ${d.offset} (text has ${text.length})`,
+    ).toBeLessThanOrEqual(text.length);
     expect(text.slice(d.offset, Math.min(end, text.length))).toBe(
       d.delta.slice(0, Math.min(end, text.length) - d.offset),
     );

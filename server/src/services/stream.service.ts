@@ -222,27 +222,37 @@ export class StreamService {
     streamId: string,
     content: string | undefined,
   ): Promise<CommandResults["message:send"]> {
-    let record = await this.guard(this.store.get(streamId));
-    if (!record) throw notFound("Stream");
-    if (record.status === "finished") return this.storeReply(record, content ?? record.content);
-    if (record.status !== "active") throw notActive(record.status);
-
-    const claimed = await this.guard(
-      this.store.transition(streamId, "active", "finishing", {
-        deadline: Date.now() + this.options.timeoutMs + this.finishLeaseMs,
-        ttlMs: this.options.timeoutMs + this.finishLeaseMs + this.retentionMs,
-      }),
-    );
-    if (!claimed.ok) {
-      if (claimed.status === "missing") throw notFound("Stream");
-      // Another request finished (or failed) it in the meantime.
-      if (claimed.status === "finished") {
-        const done = await this.guard(this.store.get(streamId));
-        if (done) return this.storeReply(done, content ?? done.content);
+    let record: StreamRecord;
+    // A finish already storing the reply (a retry racing it, on this node or another) is waited
+    // for, then answered like a retry after it: the stored reply (`duplicate: true`).
+    const waitUntil = Date.now() + STOP_WAIT_MS;
+    for (let attempt = 0; ; attempt++) {
+      const current = await this.guard(this.store.get(streamId));
+      if (!current) throw notFound("Stream");
+      if (current.status === "finished") {
+        return this.storeReply(current, content ?? current.content);
       }
-      throw notActive(claimed.status);
+      if (current.status === "active") {
+        const claimed = await this.guard(
+          this.store.transition(streamId, "active", "finishing", {
+            deadline: Date.now() + this.options.timeoutMs + this.finishLeaseMs,
+            ttlMs: this.options.timeoutMs + this.finishLeaseMs + this.retentionMs,
+          }),
+        );
+        if (claimed.ok) {
+          record = claimed.record;
+          break;
+        }
+        if (claimed.status === "missing") throw notFound("Stream");
+        // Changed meanwhile (another finish, a fail, a stop or a sweep): look again.
+      } else if (current.status !== "finishing") {
+        throw notActive(current.status);
+      }
+      if (Date.now() >= waitUntil || attempt > STOP_WAIT_MS / STOP_POLL_MS) {
+        throw new AppError(ErrorCode.UNAVAILABLE, "The reply is being stored; retry the finish");
+      }
+      await new Promise((r) => setTimeout(r, STOP_POLL_MS));
     }
-    record = claimed.record;
 
     const text = content ?? record.content;
     const valid = contentSchema.safeParse(text);
