@@ -357,25 +357,17 @@ export class StreamService {
           // Changed meanwhile (a chunk cannot change the status: a finish, fail or sweep did).
           if (!claimed.ok) break;
           this.announceStop(claimed.record, stoppedAt);
-          const told = this.appEvents
-            .stopRequested({
-              userId: record.userId,
-              chatId: record.chatId,
-              streamId,
-              requestedAt: new Date(stoppedAt).toISOString(),
-            })
-            .catch((err: unknown) => {
-              // The backend still learns it from STREAM_STOPPED on its next call.
-              this.logger.warn({ streamId, err: String(err) }, "could not record stop event");
-            });
-          const message = await this.storeStopped(claimed.record);
-          await told;
+          // Recorded before the ack; if it cannot be (database unavailable), the stream stays
+          // `stopping` and the sweeper records it with the reply once the database is back.
+          const told = await this.tellStop(claimed.record, stoppedAt);
+          const message = await this.storeStopped(claimed.record, told);
           return { streamId, status: "stopped", message };
         }
         case "stopping":
         case "stopped":
-          // A repeated stop (another device, a retry): the same outcome. Storing is idempotent.
-          return { streamId, status: "stopped", message: await this.storeStopped(record) };
+          // A repeated stop (another device, a retry): the same outcome. Storing is idempotent;
+          // the stop that claimed it (or the sweeper) settles it, once the backend is told.
+          return { streamId, status: "stopped", message: await this.storeStopped(record, false) };
         case "finished":
           return {
             streamId,
@@ -420,8 +412,9 @@ export class StreamService {
       for (const r of expired) {
         if (r.status === "stopping") {
           // Devices may have missed the stop if its node died at once: told again (idempotent).
+          // So is the backend, whose event may not have been recorded (at least once).
           this.announceStop(r, now);
-          stops.push(this.storeStopped(r));
+          stops.push(this.tellStop(r, now).then((told) => this.storeStopped(r, told)));
           continue;
         }
         this.deltas.flush(r.streamId);
@@ -501,11 +494,35 @@ export class StreamService {
   }
 
   /**
+   * Records `stream.stop_requested` for the app's backend (AppEvents.stopRequested); false when
+   * it could not be recorded (the backend still learns it from STREAM_STOPPED on its next call,
+   * and the sweeper tries again).
+   */
+  private async tellStop(record: StreamRecord, requestedAt: number): Promise<boolean> {
+    try {
+      await this.appEvents.stopRequested({
+        userId: record.userId,
+        chatId: record.chatId,
+        streamId: record.streamId,
+        requestedAt: new Date(requestedAt).toISOString(),
+      });
+      return true;
+    } catch (err) {
+      this.logger.warn(
+        { streamId: record.streamId, err: String(err) },
+        "could not record the stop event; the sweeper will retry",
+      );
+      return false;
+    }
+  }
+
+  /**
    * Stores a stopped stream's text (once: clientId = streamId) and marks it `stopped`. With no
    * text, or its chat deleted, there is nothing to store. If storing fails otherwise (database
-   * unavailable) it stays `stopping`, and the sweeper stores it once its lease has passed.
+   * unavailable) it stays `stopping`, and the sweeper stores it once its lease has passed;
+   * so it does when `told` is false (the backend's event is not recorded yet).
    */
-  private async storeStopped(record: StreamRecord): Promise<ChatMessage | null> {
+  private async storeStopped(record: StreamRecord, told = true): Promise<ChatMessage | null> {
     let message: ChatMessage | null = null;
     if (contentSchema.safeParse(record.content).success) {
       try {
@@ -520,7 +537,8 @@ export class StreamService {
         }
       }
     }
-    if (record.status === "stopping") {
+    // Until the backend's event is recorded too, the sweeper keeps the stop (and retries both).
+    if (record.status === "stopping" && told) {
       await this.settle(record.streamId, "stopping", "stopped", {});
     }
     return message;
