@@ -699,3 +699,46 @@ describe("retries racing the call they retry", () => {
     expect(statuses.every((s) => s[0] === 200 && s[1] === 201)).toBe(true);
   });
 });
+
+describe("fail, as documented", () => {
+  test("fail answers the failed stream, broadcasts message:failed once; retried 200; later calls 409", async () => {
+    const uid = userId("bb_fail");
+    const d = await on(b, uid);
+    const rd = record(d);
+    const { chat } = await ok(d, "chat:create", { title: "Fail" });
+    await ok(d, "chat:open", { chatId: chat.id });
+    for (const message of ["The model provider timed out", undefined]) {
+      const streamId = (await start(a, uid, chat.id)).stream.streamId as string;
+      expect((await chunk(a, streamId, 0, "Some")).status).toBe(200);
+      const failed = await serviceClient(a.url, KEY).post<{ stream: Record<string, unknown> }>(
+        `/streams/${streamId}/fail`,
+        message ? { message } : {},
+      );
+      expect(failed.status).toBe(200);
+      const text = message ?? "The reply could not be completed";
+      expect(failed.body.stream).toMatchObject({
+        streamId,
+        status: "failed",
+        expiresAt: null,
+        failure: { reason: "FAILED", message: text },
+      });
+      const again = await serviceClient(b.url, KEY).post(`/streams/${streamId}/fail`, {});
+      expect(again.status).toBe(200);
+      expect(again.body).toEqual(failed.body);
+      const finish = await serviceClient(b.url, KEY).post(`/streams/${streamId}/finish`, {});
+      expect(finish.status).toBe(409);
+      expect(errorOf(finish).code).toBe("CONFLICT");
+      const late = await chunk(b, streamId, 1, "more");
+      expect(late.status).toBe(409);
+      expect(errorOf(late).code).toBe("CONFLICT");
+      const stop = await ok(d, "message:stop", { chatId: chat.id, streamId });
+      expect(stop).toEqual({ streamId, status: "failed", message: null });
+      await eventually(() => {
+        expect(rd.of("message:failed", streamId)).toEqual([
+          { streamId, chatId: chat.id, reason: "FAILED", message: text },
+        ]);
+      });
+      expect(await rowsOf(streamId)).toEqual([]);
+    }
+  });
+});
