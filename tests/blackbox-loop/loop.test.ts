@@ -616,6 +616,34 @@ describe("a node killed mid-stream", () => {
   });
 });
 
+describe("a node stopped gracefully mid-stream (SIGTERM)", () => {
+  test("it sends the text it still holds before it exits: devices see no hole; the stream goes on elsewhere", async () => {
+    const c = await startNode(tdb.url, env);
+    try {
+      const uid = userId("bb_drained");
+      const d = await on(a, uid);
+      const rd = record(d);
+      const { chat } = await ok(d, "chat:create", { title: "Drained" });
+      await ok(d, "chat:open", { chatId: chat.id });
+      const streamId = (await start(c, uid, chat.id)).stream.streamId as string;
+      expect((await chunk(c, streamId, 0, "Held ")).status).toBe(200);
+      expect((await chunk(c, streamId, 1, "by C, ")).status).toBe(200);
+      await c.stop();
+      expect((await chunk(a, streamId, 2, "then A.")).status).toBe(200);
+      await eventually(() => {
+        expect(
+          placeByOffset("", rd.of<{ offset: number; delta: string }>("message:delta", streamId)),
+        ).toBe("Held by C, then A.");
+      });
+      expect((await serviceClient(b.url, KEY).post(`/streams/${streamId}/finish`, {})).status).toBe(
+        201,
+      );
+    } finally {
+      await c.kill();
+    }
+  });
+});
+
 describe("Redis restarting mid-stream (no persistence: its data lost)", () => {
   test("503 while it is down, chats still open without streams; then 404, and the reply posted whole replaces the stream", async () => {
     const uid = userId("bb_redis");
