@@ -770,3 +770,69 @@ describe("fail, as documented", () => {
     }
   });
 });
+
+describe("bad input to the loop's calls", () => {
+  test("documented statuses and codes", async () => {
+    const uid = userId("bb_bad");
+    const other = userId("bb_bad_other");
+    const d = await on(a, uid);
+    const x = await on(b, other);
+    const { chat } = await ok(d, "chat:create", { title: "Bad" });
+    const { chat: theirs } = await ok(x, "chat:create", { title: "Theirs" });
+    const api = serviceClient(a.url, KEY);
+    const cases: [string, unknown, number, string][] = [
+      [`/users/${uid}/chats/${theirs.id}/streams`, {}, 404, "NOT_FOUND"],
+      [`/users/user_nobody_here/chats/${chat.id}/streams`, {}, 404, "NOT_FOUND"],
+      [`/users/${uid}/chats/not-a-uuid/streams`, {}, 400, "INVALID_PAYLOAD"],
+      [`/users/${uid}/chats/${chat.id}/streams`, { streamId: "bad id!" }, 400, "INVALID_PAYLOAD"],
+      [`/users/${uid}/chats/${chat.id}/streams`, { role: "user" }, 400, "INVALID_PAYLOAD"],
+      [`/users/${uid}/chats/${chat.id}/streams`, { extra: 1 }, 400, "INVALID_PAYLOAD"],
+      ["/streams/no-such-stream/chunks", { index: 0, delta: "x" }, 404, "NOT_FOUND"],
+      ["/streams/no-such-stream/finish", {}, 404, "NOT_FOUND"],
+      ["/streams/no-such-stream/fail", {}, 404, "NOT_FOUND"],
+    ];
+    for (const [path, body, status, code] of cases) {
+      const res = await api.post(path, body);
+      expect(res.status, path).toBe(status);
+      expect(errorOf(res).code, path).toBe(code);
+    }
+    expect((await api.get("/streams/no-such-stream")).status).toBe(404);
+    const streamId = (await start(a, uid, chat.id)).stream.streamId as string;
+    for (const body of [
+      { index: 0, delta: "" },
+      { index: -1, delta: "x" },
+      { index: 0, delta: "x", extra: true },
+      { chunks: [] },
+      {
+        chunks: [
+          { index: 0, delta: "a" },
+          { index: 2, delta: "b" },
+        ],
+      },
+      { index: 0, delta: "x".repeat(64_001) },
+    ]) {
+      const res = await api.post(`/streams/${streamId}/chunks`, body);
+      expect(res.status, JSON.stringify(body).slice(0, 80)).toBe(400);
+      expect(errorOf(res).code).toBe("INVALID_PAYLOAD");
+    }
+    // Nothing was appended by any of them.
+    const view = await api.get<{ stream: { nextIndex: number; length: number } }>(
+      `/streams/${streamId}`,
+    );
+    expect(view.body.stream).toMatchObject({ nextIndex: 0, length: 0 });
+    // Finishing with nothing: 400, and the stream stays open.
+    const empty = await api.post(`/streams/${streamId}/finish`, {});
+    expect(empty.status).toBe(400);
+    expect(
+      (await api.get<{ stream: { status: string } }>(`/streams/${streamId}`)).body.stream.status,
+    ).toBe("active");
+    for (const payload of [
+      { chatId: chat.id },
+      { chatId: chat.id, streamId, extra: 1 },
+      { chatId: "nope", streamId },
+      { chatId: chat.id, streamId: "bad id!" },
+    ]) {
+      expect((await refused(d, "message:stop", payload)).code).toBe("INVALID_PAYLOAD");
+    }
+  });
+});
