@@ -42,7 +42,12 @@ import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/
 import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
 import { coalesceWrites } from "./socket/coalesce-writes.js";
-import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
+import {
+  type CommandContext,
+  type CommandHandlers,
+  serveCommands,
+  userPageGates,
+} from "./socket/command.js";
 import { chatHandlers } from "./socket/handlers/chat.handlers.js";
 import { messageHandlers } from "./socket/handlers/message.handlers.js";
 import { userHandlers } from "./socket/handlers/user.handlers.js";
@@ -251,7 +256,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
   const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
-  const messageRepo = new MessageRepository(database.sql, metrics);
+  // Set once the outbox's delivery runs: a stored message wakes it on this node.
+  let wakeDelivery: (() => void) | undefined;
+  const messageRepo = new MessageRepository(database.sql, metrics, () => wakeDelivery?.());
   const streamStore: StreamStore = components.redis
     ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
     : new MemoryStreamStore();
@@ -269,6 +276,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const serviceRole = new ServiceRoleService(
     users,
     messages,
+    chats,
     new SearchRepository(database.db),
     broadcaster,
   );
@@ -276,24 +284,34 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const appEventRepo = new AppEventRepository(database.sql);
   const appEvents =
     components.appEvents ??
-    (components.appWebhooks ? new OutboxAppEvents(appEventRepo) : noAppEvents);
+    (components.appWebhooks
+      ? new OutboxAppEvents(appEventRepo, () => wakeDelivery?.())
+      : noAppEvents);
   let delivery: { worker: AppEventDelivery; database: DatabaseHandle } | undefined;
   let ready: Promise<void>;
   if (components.appWebhooks) {
     const { config, databaseUrl } = components.appWebhooks;
-    // Asynchronous commit for the delivery's bookkeeping (see app-event-delivery.ts).
+    // The delivery's own writes (claims, leases, deleting delivered events, recording failures)
+    // commit asynchronously: they do not wait for the WAL flush. Safe for at-least-once: a write
+    // lost in a database crash only means an event delivered again (same webhook-id) or a lease
+    // that lapses. The events themselves are written by the message's own, synchronous,
+    // transaction. Connections: a few for the chats delivered at once (reading their next events), the
+    // claims, the outcomes and the lease renewals.
     const outboxDb = createDatabase(databaseUrl, {
-      max: config.concurrency + 1,
+      max: Math.min(config.concurrency, 8) + 3,
       settings: { synchronous_commit: "off" },
+      // Caught up within a second or so of Postgres' return, not after the driver's up-to-20 s
+      // reconnect backoff (measured: 18–30 s catch-ups before this cap, docs/benchmarks.md).
+      maxReconnectDelaySeconds: 1,
     });
     const worker = new AppEventDelivery({
-      databaseUrl,
       repository: new AppEventRepository(outboxDb.sql),
       webhook: config,
       logger,
       metrics,
     });
     delivery = { worker, database: outboxDb };
+    wakeDelivery = () => worker.wake();
     ready = worker.start();
   } else {
     ready = appEventRepo
@@ -348,6 +366,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     inflight,
     metrics,
     timeoutMs: commandTimeoutMs,
+    userPages: userPageGates(),
     guard(socket) {
       if (Date.now() >= socket.data.tokenExpiresAt) {
         throw new AppError(ErrorCode.TOKEN_EXPIRED, "The token expired; send auth:refresh first");

@@ -85,12 +85,16 @@ const envSchema = z.object({
    * is caught up within about a minute.
    */
   APP_WEBHOOK_RETRY_MAX_DELAY_MS: z.coerce.number().int().min(10).max(3_600_000).default(60_000),
-  /** Deliveries this node makes at once (each to a different chat). Default 10. */
-  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(10),
   /**
-   * Milliseconds after which a delivering node that stopped sending heartbeats (killed, cut off
-   * from Postgres) counts as dead, and the other nodes take over its chats. Must exceed
-   * APP_WEBHOOK_TIMEOUT_MS. Default 15 s.
+   * Deliveries this node makes at once (each to a different chat; a chat's own events go one at
+   * a time). Delivery is bound by round trips to the receiver, so this is what lets it keep up
+   * with the storing rate (docs/benchmarks.md). Default 32.
+   */
+  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(32),
+  /**
+   * Milliseconds a node's lease on a chat lasts without a renewal (app_event_leases; renewed
+   * every fifth of it): a node killed or cut off from Postgres has its chats taken over by the
+   * other nodes this long after its last renewal. Must exceed APP_WEBHOOK_TIMEOUT_MS. Default 15 s.
    */
   APP_WEBHOOK_NODE_TIMEOUT_MS: z.coerce.number().int().min(500).max(600_000).default(15_000),
   /**

@@ -40,3 +40,6 @@ export function isUnavailable(err: unknown): boolean {
   if (code === undefined) return false;
   return unavailableCodes.has(code) || code.startsWith("08");
 }
+
+/** Postgres: a foreign key refused the row (e.g. its parent was deleted meanwhile). */
+export const FOREIGN_KEY_VIOLATION = "23503";
