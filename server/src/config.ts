@@ -144,6 +144,15 @@ const envSchema = z.object({
     .min(2 * 1024 * 1024)
     .max(1024 * 1024 * 1024)
     .default(8 * 1024 * 1024),
+  /**
+   * Write every packet a connection is sent in one turn of the event loop in one system call
+   * (socket/coalesce-writes.ts). Default true; false writes each packet as it is emitted
+   * (Engine.IO's own behaviour), for comparison (docs/benchmarks.md).
+   */
+  SOCKET_COALESCE_WRITES: z
+    .enum(["true", "false", "1", "0"])
+    .default("true")
+    .transform((v) => v === "true" || v === "1"),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
   RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
   /**
@@ -247,6 +256,8 @@ export interface Config {
   http: HttpTimeouts;
   /** Bytes queued for one connection before it is disconnected as a slow consumer. */
   socketMaxBufferedBytes: number;
+  /** SOCKET_COALESCE_WRITES: one system call per connection per tick. */
+  socketCoalesceWrites: boolean;
   rateLimits: RateLimitConfig;
   /** Which browser origins may connect. */
   origins: OriginPolicy;
@@ -438,6 +449,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     connectTimeoutMs: e.CONNECT_TIMEOUT_MS,
     http: { headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.HTTP_BODY_TIMEOUT_MS },
     socketMaxBufferedBytes: e.SOCKET_MAX_BUFFERED_BYTES,
+    socketCoalesceWrites: e.SOCKET_COALESCE_WRITES,
     rateLimits: {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
       // Free tier defaults; RATE_LIMIT_TIERS may override them (resolveTiers in rate-limits.ts).

@@ -127,10 +127,10 @@ export function serveCommands(
         }
       : handler;
     void run(socket, name, raw, gated, ctx, controller, release).then((result) => {
-      end();
       ctx.metrics.commands.inc({ command: name, outcome: result.ok ? "ok" : result.error.code });
       // A socket that is gone gets nothing (its answer may be large, and nobody reads it).
       if (socket.connected) ack(result);
+      end(); // after the ack: the histogram includes encoding it and handing it to the socket
     });
   });
 }
