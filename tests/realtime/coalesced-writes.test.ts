@@ -27,8 +27,8 @@ afterAll(async () => {
 /** Counts the writes of the server's TCP socket under a client's connection. */
 function countWrites(client: ClientSocket): { readonly count: number } {
   const socket = server.app.io.of("/").sockets.get(client.id ?? "");
-  const raw = (socket?.conn.transport as unknown as { socket?: { _socket?: NetSocket } })
-    ?.socket?._socket as (NetSocket & Record<string, unknown>) | undefined;
+  const raw = (socket?.conn.transport as unknown as { socket?: { _socket?: NetSocket } })?.socket
+    ?._socket as (NetSocket & Record<string, unknown>) | undefined;
   if (!raw) throw new Error("no TCP socket under the connection");
   const counter = { count: 0 };
   for (const name of ["_write", "_writev"] as const) {
