@@ -165,4 +165,10 @@ export const Limits = {
    * answered RATE_LIMITED with `retryAfterMs`.
    */
   MAX_PAGES_IN_FLIGHT: 8,
+  /**
+   * Page commands the server runs at once for one user, all of the user's sockets on a node
+   * together (each still within its socket's MAX_PAGES_IN_FLIGHT). Up to four times as many
+   * more wait their turn; beyond that one is answered RATE_LIMITED with `retryAfterMs`.
+   */
+  MAX_PAGES_IN_FLIGHT_PER_USER: 8,
 } as const;

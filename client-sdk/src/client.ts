@@ -47,8 +47,9 @@ import {
  * - `offline`: not connected (network down, server unreachable or restarting); the client keeps
  *   retrying and catches up when it is back;
  * - `reauthenticating`: the server refused or dropped the token; a fresh one is being fetched;
- * - `signedOut`: `getToken()` returned null or the server refused the token for good. Nothing
- *   is retried until `reconnect()` (e.g. after the user signs in again).
+ * - `signedOut`: `getToken()` returned null, or the server refused the token (or the page's
+ *   origin, `ORIGIN_NOT_ALLOWED`) for good. Nothing is retried until `reconnect()` (e.g. after
+ *   the user signs in again).
  */
 export type ConnectionState =
   | "connecting"
@@ -662,6 +663,10 @@ class ChatClientImpl implements ChatClient {
       case ConnectErrorCode.TOKEN_MISSING:
       case ConnectErrorCode.TOKEN_WRONG_PARTY:
         this.signOut(`The server refused the token (${code})`);
+        return;
+      case ConnectErrorCode.ORIGIN_NOT_ALLOWED:
+        // The page's origin is not allowed: a configuration error no retry can fix.
+        this.signOut(`The server refused this page's origin (${code})`);
         return;
       default: {
         this.setState("offline");

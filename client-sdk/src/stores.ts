@@ -553,6 +553,12 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
    * still there after a moment).
    */
   streamDelta(delta: MessageDelta): DeltaOutcome {
+    // Kept while the chat opens (it may precede the ack): applyStreams places it on the snapshot.
+    if (this.status === "loading")
+      this.aheadDeltas.set(delta.streamId, [
+        ...(this.aheadDeltas.get(delta.streamId) ?? []),
+        delta,
+      ]);
     if (this.status !== "ready" || this.clientIds.has(delta.streamId)) return "ignored";
     let reply = this.streams.get(delta.streamId);
     if (!reply) {

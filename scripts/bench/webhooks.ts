@@ -1,6 +1,7 @@
 /**
  * `npm run bench:webhooks -- [--runs 3] [--users 200] [--rate 1000] [--seconds 10]
- *   [--saturate 8] [--concurrency 10] [--skip-overhead] [--profile dir]`
+ *   [--saturate 8] [--concurrency 10] [--outage 5] [--skip-overhead] [--skip-outages]
+ *   [--profile dir]`
  *
  * The outbox's webhooks, measured (docs/benchmarks.md, "Webhooks to the app's backend"):
  *
@@ -10,25 +11,29 @@
  *   (at the client) to the webhook's arrival (at the receiver), p50 / p99;
  * - throughput: every socket sends as fast as it is acked (four in flight) for `--saturate`
  *   seconds: the rate the server stores messages at, beside the rate the outbox delivers them at
- *   (over the same window, and until the backlog is drained);
- * - overhead: what enqueueing adds to the message insert itself (the trigger, the outbox row and
- *   graphile-worker's job): the same inserts with enqueueing on and off, interleaved, on a
- *   database of their own with no worker running.
+ *   (over the same window, and until the backlog is drained); and, in the same run, the storing
+ *   rate with enqueueing off (app_event_settings.enabled = false for that window);
+ * - receiver outage: the receiver answers 503 for `--outage` seconds while messages are sent at
+ *   `--rate`; then the time from its return until every event arrived;
+ * - Postgres outage: the node reaches Postgres through a TCP proxy. With a backlog pending (the
+ *   receiver failing for 2 s of sends), the proxy drops every connection and refuses new ones
+ *   for `--outage` seconds; then the time from its return until every event arrived;
+ * - overhead: what enqueueing adds to the message insert itself (the trigger and the outbox row):
+ *   the same inserts with enqueueing on and off, interleaved, on a database of their own with no
+ *   delivery running.
  *
  * Each phase runs `--runs` times; medians are printed with the ratios. Loopback only; every loop
  * is bounded in count and time.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, fork, spawn } from "node:child_process";
 import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
-import { createServer } from "node:http";
 import { type AddressInfo, createServer as createNetServer } from "node:net";
 import { parseArgs } from "node:util";
-import { runMigrations as runWorkerMigrations } from "graphile-worker";
 import postgres from "postgres";
 import { io as connect, type Socket } from "socket.io-client";
-import { Webhook } from "standardwebhooks";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { runMigrations } from "../../server/src/db/migrate.js";
+import { PgProxy } from "../../tests/outbox/support.js";
 import { nowMs, percentile, round } from "../loadtest/stats.js";
 
 const { values: args } = parseArgs({
@@ -38,8 +43,10 @@ const { values: args } = parseArgs({
     rate: { type: "string", default: "1000" },
     seconds: { type: "string", default: "10" },
     saturate: { type: "string", default: "8" },
-    concurrency: { type: "string", default: "10" },
+    concurrency: { type: "string", default: "32" },
+    outage: { type: "string", default: "5" },
     "skip-overhead": { type: "boolean", default: false },
+    "skip-outages": { type: "boolean", default: false },
     /** Writes a CPU profile of the server node to this folder. */
     profile: { type: "string" },
     "database-url": { type: "string" },
@@ -51,6 +58,7 @@ const rate = Math.min(20_000, Math.max(1, Number(args.rate)));
 const seconds = Math.min(120, Math.max(1, Number(args.seconds)));
 const saturate = Math.min(120, Math.max(1, Number(args.saturate)));
 const concurrency = Math.min(100, Math.max(1, Number(args.concurrency)));
+const outageS = Math.min(60, Math.max(1, Number(args.outage)));
 const CHATS_PER_USER = 2;
 const IN_FLIGHT = 4;
 const DRAIN_LIMIT_MS = 120_000;
@@ -92,40 +100,38 @@ async function newDatabase(admin: postgres.Sql, label: string): Promise<string> 
   return url.toString();
 }
 
-/** The app's backend: verifies each webhook and notes when each message's event arrived. */
+/** The app's backend, in a process of its own (webhook-receiver.ts). */
 async function startReceiver(secret: string) {
-  const verifier = new Webhook(secret);
+  const child = fork("scripts/bench/webhook-receiver.ts", [], {
+    execArgv: ["--import", "tsx"],
+    env: { ...process.env, WEBHOOK_SECRET: secret },
+    stdio: ["ignore", "ignore", "inherit", "ipc"],
+  });
+  children.push(child);
   const arrivals = new Map<string, number>();
   let bad = 0;
   let requests = 0;
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on("data", (c: Buffer) => chunks.push(c));
-    req.on("end", () => {
-      const at = nowMs();
-      requests++;
-      try {
-        const body = verifier.verify(
-          Buffer.concat(chunks).toString("utf8"),
-          req.headers as Record<string, string>,
-        ) as { data: { message?: { clientId?: string } } };
-        const clientId = body.data.message?.clientId;
-        if (clientId && !arrivals.has(clientId)) arrivals.set(clientId, at);
-        res.writeHead(204).end();
-      } catch {
-        bad++;
-        res.writeHead(400).end();
-      }
-    });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.on(
+      "message",
+      (m: { port?: number; arrivals?: [string, number][]; bad?: number; requests?: number }) => {
+        if (m.port) resolve(m.port);
+        for (const [id, at] of m.arrivals ?? []) if (!arrivals.has(id)) arrivals.set(id, at);
+        if (m.bad !== undefined) bad = m.bad;
+        if (m.requests !== undefined) requests = m.requests;
+      },
+    );
+    child.once("exit", (code) => reject(new Error(`receiver exited (${code})`)));
   });
-  server.keepAliveTimeout = 60_000;
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`,
+    url: `http://127.0.0.1:${port}/hooks`,
     arrivals,
+    setFailing: (failing: boolean) => child.send({ failing }),
     bad: () => bad,
     requests: () => requests,
-    close: () => new Promise<void>((r) => server.close(() => r())),
+    close: async () => {
+      if (child.connected) child.disconnect();
+    },
   };
 }
 
@@ -196,7 +202,12 @@ async function latencyPhase(clients: Client[], arrivals: Map<string, number>, ru
   };
 }
 
-async function saturatePhase(clients: Client[], arrivals: Map<string, number>, run: number) {
+async function saturatePhase(
+  clients: Client[],
+  arrivals: Map<string, number>,
+  run: number,
+  outbox = true,
+) {
   const ids: string[] = [];
   const started = nowMs();
   const stopAt = started + saturate * 1000;
@@ -206,7 +217,7 @@ async function saturatePhase(clients: Client[], arrivals: Map<string, number>, r
     clients.flatMap((c) =>
       Array.from({ length: IN_FLIGHT }, async () => {
         while (nowMs() < stopAt) {
-          const clientId = `r${run}-s-${n++}`;
+          const clientId = `r${run}-${outbox ? "s" : "off"}-${n++}`;
           ids.push(clientId);
           const chatId = c.chats[n % c.chats.length] as string;
           await send(c, chatId, clientId);
@@ -216,6 +227,16 @@ async function saturatePhase(clients: Client[], arrivals: Map<string, number>, r
     ),
   );
   const windowEnd = nowMs();
+  if (!outbox) {
+    const windowS = (windowEnd - started) / 1000;
+    return {
+      stored: round(acked / windowS, 0),
+      deliveredInWindow: 0,
+      deliveredOverall: 0,
+      drainAfterMs: 0,
+      missing: 0,
+    };
+  }
   const inWindow = ids.filter((id) => (arrivals.get(id) ?? Infinity) <= windowEnd).length;
   const missing = await drained(arrivals, ids, DRAIN_LIMIT_MS);
   const last = Math.max(...ids.map((id) => arrivals.get(id) ?? 0));
@@ -229,10 +250,55 @@ async function saturatePhase(clients: Client[], arrivals: Map<string, number>, r
   };
 }
 
+/** Sends at `rate` for `ms`; resolves with the acked clientIds once every send is acked. */
+async function offer(clients: Client[], prefix: string, ms: number): Promise<string[]> {
+  const total = Math.round((rate * ms) / 1000);
+  const ids: string[] = [];
+  const pending: Promise<unknown>[] = [];
+  const started = nowMs();
+  for (let i = 0; i < total; i++) {
+    const wait = started + (i * 1000) / rate - nowMs();
+    if (wait > 1) await sleep(wait);
+    const c = clients[i % clients.length] as Client;
+    const chatId = c.chats[Math.floor(i / clients.length) % c.chats.length] as string;
+    const clientId = `${prefix}-${i}`;
+    pending.push(send(c, chatId, clientId).then(() => ids.push(clientId)));
+  }
+  await Promise.all(pending);
+  return ids;
+}
+
+type Receiver = Awaited<ReturnType<typeof startReceiver>>;
+
+/** The receiver answers 503 for `outageS` while messages come; then catch-up time. */
+async function receiverOutagePhase(clients: Client[], receiver: Receiver, run: number) {
+  receiver.setFailing(true);
+  const ids = await offer(clients, `r${run}-ro`, outageS * 1000);
+  receiver.setFailing(false);
+  const backAt = nowMs();
+  const missing = await drained(receiver.arrivals, ids, DRAIN_LIMIT_MS);
+  const last = Math.max(...ids.map((id) => receiver.arrivals.get(id) ?? 0));
+  return { backlog: ids.length, catchUpMs: round(last - backAt, 0), missing };
+}
+
+/** A backlog pending, then Postgres unreachable for `outageS`; then catch-up time. */
+async function pgOutagePhase(clients: Client[], receiver: Receiver, proxy: PgProxy, run: number) {
+  receiver.setFailing(true);
+  const ids = await offer(clients, `r${run}-pg`, 2000);
+  proxy.cut();
+  receiver.setFailing(false);
+  await sleep(outageS * 1000);
+  proxy.restore();
+  const backAt = nowMs();
+  const missing = await drained(receiver.arrivals, ids, DRAIN_LIMIT_MS);
+  const last = Math.max(...ids.map((id) => receiver.arrivals.get(id) ?? 0));
+  const pendingAtCut = ids.filter((id) => (receiver.arrivals.get(id) ?? Infinity) >= backAt).length;
+  return { backlog: pendingAtCut, catchUpMs: round(last - backAt, 0), missing };
+}
+
 /** The insert with enqueueing on and off: rows per second, and the statement's p50. */
 async function overheadPhase(admin: postgres.Sql) {
   const url = await newDatabase(admin, "outbox_overhead");
-  await runWorkerMigrations({ connectionString: url, logger: undefined });
   const WRITERS = 20;
   const BATCH = 10;
   const SECONDS = 3;
@@ -301,6 +367,9 @@ async function main() {
   const receiver = await startReceiver(secret);
   try {
     const url = await newDatabase(admin, "webhooks");
+    const benchDb = postgres(url, { max: 1, onnotice: () => {} });
+    const proxy = new PgProxy("127.0.0.1", Number(new URL(url).port || 5432));
+    await proxy.listen();
     const { privateKey, publicKey } = generateKeyPairSync("rsa", {
       modulusLength: 2048,
       publicKeyEncoding: { type: "spki", format: "pem" },
@@ -314,7 +383,7 @@ async function main() {
         NODE_ENV: "production",
         HOST: "127.0.0.1",
         PORT: String(port),
-        DATABASE_URL: url,
+        DATABASE_URL: proxy.via(url),
         CLERK_JWT_KEY: publicKey,
         CLERK_AUTHORIZED_PARTIES: AUTHORIZED_PARTY,
         LOG_LEVEL: "warn",
@@ -364,8 +433,15 @@ async function main() {
       `server: 1 node, APP_WEBHOOK_CONCURRENCY=${concurrency}; ${users} sockets, ${users * CHATS_PER_USER} chats`,
     );
 
+    // Warm-up, not counted: the node's first seconds (module loading, JIT) would otherwise land
+    // in run 1's latency.
+    const warm = await offer(clients, "warm", 3000);
+    await drained(receiver.arrivals, warm, DRAIN_LIMIT_MS);
     const lat: Awaited<ReturnType<typeof latencyPhase>>[] = [];
     const sat: Awaited<ReturnType<typeof saturatePhase>>[] = [];
+    const off: Awaited<ReturnType<typeof saturatePhase>>[] = [];
+    const ro: Awaited<ReturnType<typeof receiverOutagePhase>>[] = [];
+    const pg: Awaited<ReturnType<typeof pgOutagePhase>>[] = [];
     for (let run = 1; run <= runs; run++) {
       const l = await latencyPhase(clients, receiver.arrivals, run);
       log(
@@ -377,6 +453,22 @@ async function main() {
         `run ${run} saturate: stored ${s.stored}/s, delivered ${s.deliveredInWindow}/s in the window, ${s.deliveredOverall}/s until drained (+${s.drainAfterMs} ms), missing ${s.missing}`,
       );
       sat.push(s);
+      await benchDb`update app_event_settings set enabled = false`;
+      const o = await saturatePhase(clients, receiver.arrivals, run, false);
+      await benchDb`update app_event_settings set enabled = true`;
+      log(`run ${run} saturate, enqueueing off: stored ${o.stored}/s`);
+      off.push(o);
+      if (args["skip-outages"]) continue;
+      const r = await receiverOutagePhase(clients, receiver, run);
+      log(
+        `run ${run} receiver down ${outageS} s: ${r.backlog} events waited; all delivered ${r.catchUpMs} ms after it came back, missing ${r.missing}`,
+      );
+      ro.push(r);
+      const p = await pgOutagePhase(clients, receiver, proxy, run);
+      log(
+        `run ${run} Postgres unreachable ${outageS} s: ${p.backlog} events pending at its return; all delivered ${p.catchUpMs} ms after, missing ${p.missing}`,
+      );
+      pg.push(p);
     }
     for (const c of clients) c.socket.disconnect();
     log("");
@@ -387,10 +479,22 @@ async function main() {
     const stored = median(sat.map((s) => s.stored));
     const inWindow = median(sat.map((s) => s.deliveredInWindow));
     const overall = median(sat.map((s) => s.deliveredOverall));
-    log(`| storing rate (saturated) | ${stored} msg/s |`);
+    const storedOff = median(off.map((s) => s.stored));
+    log(`| storing rate (saturated), enqueueing off | ${storedOff} msg/s | 1× |`);
+    log(
+      `| storing rate (saturated), outbox on | ${stored} msg/s | ${round(stored / storedOff, 2)}× |`,
+    );
     log(`| delivery rate, same window | ${inWindow} events/s | ${round(inWindow / stored, 2)}× |`);
     log(`| delivery rate, until drained | ${overall} events/s | ${round(overall / stored, 2)}× |`);
     log(`| backlog drained after the window | ${median(sat.map((s) => s.drainAfterMs))} ms |`);
+    if (ro.length > 0) {
+      log(
+        `| receiver down ${outageS} s at ${rate} msg/s: caught up after its return | ${median(ro.map((r) => r.catchUpMs))} ms (runs: ${ro.map((r) => r.catchUpMs).join(" / ")}) | backlog ${median(ro.map((r) => r.backlog))} |`,
+      );
+      log(
+        `| Postgres unreachable ${outageS} s: caught up after its return | ${median(pg.map((r) => r.catchUpMs))} ms (runs: ${pg.map((r) => r.catchUpMs).join(" / ")}) | pending ${median(pg.map((r) => r.backlog))} |`,
+      );
+    }
     log(`signature failures at the receiver: ${receiver.bad()}; requests: ${receiver.requests()}`);
 
     if (!args["skip-overhead"]) {
@@ -408,9 +512,24 @@ async function main() {
         );
       }
     }
+    await benchDb.end();
+    await proxy.close();
   } finally {
-    for (const c of children) c.kill("SIGTERM");
-    await sleep(1500);
+    // A graceful stop, so that a CPU profile gets written; then whatever is left is killed.
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) return resolve();
+            const timer = setTimeout(resolve, 12_000);
+            c.once("exit", () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            c.kill("SIGTERM");
+          }),
+      ),
+    );
     for (const c of children) c.kill("SIGKILL");
     await receiver.close();
     for (const name of dropLater) {

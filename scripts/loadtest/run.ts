@@ -1,8 +1,9 @@
 /**
  * `npm run loadtest -- [--preset smoke|small|medium|c10k|idle20k|cluster|handshakes]
  *   [--users N] [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s]
- *   [--nodes N] [--workers N] [--idle N] [--runs N] [--url http://127.0.0.1:3000]
- *   [--skip-baselines] [--json file] [--profile] [--private-key key.pem]`
+ *   [--nodes N] [--workers N] [--idle N] [--runs N] [--warmup N] [--url http://127.0.0.1:3000]
+ *   [--skip-baselines] [--json file] [--profile] [--private-key key.pem]
+ *   [--variant name:KEY=value,KEY=value ...]`
  *
  * Drives real socket.io-client connections from worker processes against server nodes it starts
  * itself (or one given with --url), on loopback only, and prints each product figure beside its
@@ -15,6 +16,7 @@ import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { parseArgs } from "node:util";
+import { Redis } from "ioredis";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { measureDatabaseCeiling } from "./db-baseline.js";
@@ -126,6 +128,11 @@ const { values: args } = parseArgs({
     idle: { type: "string" },
     /** Rounds of the handshakes preset (each: product, then bare server). Default 3. */
     runs: { type: "string" },
+    /**
+     * Rounds of the handshakes preset run first and not counted (default 0): both servers'
+     * code compiled by V8 before measuring, as on a node that has been up for a while.
+     */
+    warmup: { type: "string" },
     url: { type: "string" },
     "database-url": { type: "string" },
     "redis-url": { type: "string" },
@@ -139,6 +146,13 @@ const { values: args } = parseArgs({
      * fresh key, which only the nodes this harness starts accept.
      */
     "private-key": { type: "string" },
+    /**
+     * The product under several configurations, one after another in the same run, each on
+     * nodes of its own with these extra environment variables (`name:KEY=value,KEY=value`;
+     * repeat the option). The report has a column per variant; ratios are to the first.
+     * Example: `--variant classic:REDIS_ADAPTER=classic --variant sharded:REDIS_ADAPTER=sharded`.
+     */
+    variant: { type: "string", multiple: true },
   },
 });
 
@@ -169,6 +183,7 @@ const p = {
 /** The handshakes preset: connection phases only, repeated. */
 const connectOnly = args.preset === "handshakes";
 const runs = connectOnly ? num(args.runs, 3, 20) : 1;
+const warmupRounds = connectOnly ? num(args.warmup, 0, 5) : 0;
 const adminUrl =
   args["database-url"] ??
   process.env.TEST_DATABASE_URL ??
@@ -178,6 +193,29 @@ if (args.url && !/^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/
   console.error("--url must be a loopback address (127.0.0.0/8, localhost or [::1])");
   process.exit(2);
 }
+/** The product's configurations to measure (`--variant`); one, unnamed, by default. */
+const variants: { name: string; env: Record<string, string> }[] = (args.variant ?? []).map((v) => {
+  const m = /^([\w.-]+):(.*)$/.exec(v);
+  const env: Record<string, string> = {};
+  for (const pair of (m?.[2] ?? "").split(",").filter(Boolean)) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0) {
+      console.error(`bad --variant ${v} (name:KEY=value,KEY=value)`);
+      process.exit(2);
+    }
+    env[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  if (!m) {
+    console.error(`bad --variant ${v} (name:KEY=value,KEY=value)`);
+    process.exit(2);
+  }
+  return { name: m[1] as string, env };
+});
+if (variants.length > 0 && (args.url || connectOnly)) {
+  console.error("--variant needs nodes this harness starts, and a preset with messages");
+  process.exit(2);
+}
+if (variants.length === 0) variants.push({ name: "product", env: {} });
 const AUTHORIZED_PARTY = "http://localhost:3000";
 /** Postgres pool of each server node, and of the database baseline. */
 const SERVER_POOL_SIZE = 20;
@@ -215,6 +253,9 @@ async function waitReady(url: string, timeoutMs = 60_000): Promise<void> {
   throw new Error(`${url} did not become ready`);
 }
 
+/** Process ids of the server nodes by URL (the ones this harness started): /proc/<pid>/io. */
+const pidOf = new Map<string, number>();
+
 function startProcess(
   script: string,
   env: Record<string, string>,
@@ -232,6 +273,57 @@ interface ServerSample {
   rss: number;
   heap: number;
   cpu: number;
+  /** Cumulative `le` bucket counts of message:send's server-side time, summed over the nodes. */
+  sendBuckets: Map<number, number>;
+  /** Room broadcasts started, all nodes (chat_broadcasts_total). */
+  broadcasts: number;
+  /** Adapter messages received, per node (chat_adapter_messages_received_total). */
+  adapterReceived: number[];
+  /** Write system calls and bytes written, all nodes (/proc/<pid>/io; NaN when unknown). */
+  writeSyscalls: number;
+  writeBytes: number;
+}
+
+/** syscw and wchar of a process (Linux /proc/<pid>/io), or NaN. */
+async function processIo(pid: number | undefined): Promise<{ syscw: number; wchar: number }> {
+  if (pid === undefined) return { syscw: Number.NaN, wchar: Number.NaN };
+  try {
+    const text = await readFile(`/proc/${pid}/io`, "utf8");
+    const field = (k: string) => Number(new RegExp(`^${k}: (\\d+)$`, "m").exec(text)?.[1]);
+    return { syscw: field("syscw"), wchar: field("wchar") };
+  } catch {
+    return { syscw: Number.NaN, wchar: Number.NaN };
+  }
+}
+
+/**
+ * A quantile of the observations between two samples of a Prometheus histogram (cumulative
+ * bucket counts by upper bound), interpolated linearly inside its bucket as Prometheus'
+ * histogram_quantile does; in ms. NaN without observations.
+ */
+export function histogramQuantile(
+  before: Map<number, number>,
+  after: Map<number, number>,
+  q: number,
+): number {
+  const bounds = [...after.keys()].sort((a, b) => a - b);
+  const counts = bounds.map((b) => (after.get(b) ?? 0) - (before.get(b) ?? 0));
+  const total = counts.at(-1) ?? 0;
+  if (!(total > 0)) return Number.NaN;
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (let i = 0; i < bounds.length; i++) {
+    const upper = bounds[i] as number;
+    const c = counts[i] as number;
+    if (c >= rank) {
+      if (!Number.isFinite(upper)) return round(lower * 1000); // in the +Inf bucket
+      return round((lower + ((upper - lower) * (rank - below)) / Math.max(1, c - below)) * 1000);
+    }
+    lower = upper;
+    below = c;
+  }
+  return Number.NaN;
 }
 
 /** Busy and total CPU time of the whole machine so far (Linux /proc/stat), or undefined. */
@@ -257,18 +349,53 @@ function machineBusy(
 }
 
 async function sample(urls: string[]): Promise<ServerSample> {
-  const total: ServerSample = { rss: 0, heap: 0, cpu: 0 };
+  const total: ServerSample = {
+    rss: 0,
+    heap: 0,
+    cpu: 0,
+    sendBuckets: new Map(),
+    broadcasts: 0,
+    adapterReceived: [],
+    writeSyscalls: 0,
+    writeBytes: 0,
+  };
   for (const url of urls) {
-    const text = await (await fetch(`${url}/metrics`)).text();
-    const read = (name: string) =>
-      Number(
-        new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+]+)$`, "m").exec(text)?.[1] ?? Number.NaN,
-      );
+    const [text, io] = await Promise.all([
+      fetch(`${url}/metrics`).then((r) => r.text()),
+      processIo(pidOf.get(url)),
+    ]);
+    const read = (name: string, or = Number.NaN) =>
+      Number(new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+]+)$`, "m").exec(text)?.[1] ?? or);
     total.rss += read("chat_process_resident_memory_bytes");
     total.heap += read("chat_nodejs_heap_size_used_bytes");
     total.cpu += read("chat_process_cpu_seconds_total");
+    // The bare server has neither counter: 0.
+    total.broadcasts += read("chat_broadcasts_total", 0);
+    total.adapterReceived.push(read("chat_adapter_messages_received_total", 0));
+    total.writeSyscalls += io.syscw;
+    total.writeBytes += io.wchar;
+    const bucket = /^chat_command_duration_seconds_bucket\{([^}]*)\} ([0-9.e+]+)$/gm;
+    for (const m of text.matchAll(bucket)) {
+      const labels = m[1] ?? "";
+      if (!labels.includes('command="message:send"')) continue;
+      const le = /le="([^"]+)"/.exec(labels)?.[1] ?? "";
+      const bound = le === "+Inf" ? Number.POSITIVE_INFINITY : Number(le);
+      total.sendBuckets.set(bound, (total.sendBuckets.get(bound) ?? 0) + Number(m[2]));
+    }
   }
   return total;
+}
+
+/** Redis' own CPU seconds so far (INFO cpu: used_cpu_sys + used_cpu_user), or NaN. */
+async function redisCpu(redis: Redis | undefined): Promise<number> {
+  if (!redis) return Number.NaN;
+  try {
+    const info = await redis.info("cpu");
+    const field = (k: string) => Number(new RegExp(`^${k}:([0-9.]+)`, "m").exec(info)?.[1]);
+    return field("used_cpu_sys") + field("used_cpu_user");
+  } catch {
+    return Number.NaN;
+  }
 }
 
 type Reply = { type: string } & Record<string, unknown>;
@@ -350,6 +477,26 @@ interface RunResult {
      * included), % busy of all cores: near 100, every process waits for a core.
      */
     machineBusyPercent: number;
+    /** Server CPU per acked message during the offered phase, all nodes, µs. */
+    cpuUsPerMessage: number;
+    /**
+     * message:send's server-side time, from receiving the command to writing its ack (the
+     * nodes' chat_command_duration_seconds histogram, interpolated in its buckets), ms.
+     */
+    serverAck: { count: number; p50: number; p99: number };
+    /** Write system calls and bytes the nodes made per acked message (/proc/<pid>/io). */
+    writeSyscallsPerMessage: number;
+    writeBytesPerMessage: number;
+    /** Room broadcasts the nodes started per acked message. */
+    broadcastsPerMessage: number;
+    /**
+     * Adapter messages each node received from Redis per broadcast of the whole cluster (one
+     * figure per node; 0 on one node, about 1 per node with the classic adapter).
+     */
+    adapterReceivedPerBroadcast: number[];
+    /** Redis' CPU (INFO cpu deltas) during the offered phase: % of one core, and µs per message. */
+    redisCpuPercent: number;
+    redisCpuUsPerMessage: number;
   };
   completeness: { expected: number; delivered: number; duplicates: number };
   saturatedPerSecond: number;
@@ -368,6 +515,7 @@ async function drive(
   bare: boolean,
   keys: { privateKeyPem: string },
   roundIndex?: number,
+  redis?: Redis,
 ): Promise<RunResult> {
   // Each round's users are new users: their first handshake provisions a row.
   const tag = `${bare ? "bare" : "prod"}${roundIndex === undefined ? "" : `_r${roundIndex}`}`;
@@ -440,6 +588,7 @@ async function drive(
     log(`  chats created and opened; offering ${p.rate} msg/s for ${p.duration} s`);
     const beforeSend = await sample(urls);
     const machineBefore = await machineCpu();
+    const redisBefore = await redisCpu(redis);
     const sendStarted = nowMs();
     await workers.all(
       { type: "send", ratePerSecond: p.rate / senderWorkers, durationMs: p.duration * 1000 },
@@ -448,13 +597,41 @@ async function drive(
     );
     // Server CPU while the load was offered, as a share of one core per node: at 100% a node is
     // CPU-bound (Node runs the app on one thread) and queueing sets the latency.
+    const afterSend = await sample(urls);
+    const offeredSeconds = (nowMs() - sendStarted) / 1000;
     const offeredCpuPercent = round(
-      (((await sample(urls)).cpu - beforeSend.cpu) / ((nowMs() - sendStarted) / 1000)) *
-        (100 / urls.length),
+      ((afterSend.cpu - beforeSend.cpu) / offeredSeconds) * (100 / urls.length),
       0,
     );
     const machineBusyPercent = machineBusy(machineBefore, await machineCpu());
+    const redisSeconds = (await redisCpu(redis)) - redisBefore;
     const reports = await workers.all({ type: "report" }, "report", 30_000);
+    const ackedOffered = Math.max(
+      1,
+      reports.reduce((n, r) => n + Number(r.acked), 0),
+    );
+    const broadcasts = afterSend.broadcasts - beforeSend.broadcasts;
+    const serverAckCount =
+      (afterSend.sendBuckets.get(Number.POSITIVE_INFINITY) ?? 0) -
+      (beforeSend.sendBuckets.get(Number.POSITIVE_INFINITY) ?? 0);
+    const perMessage = {
+      cpuUsPerMessage: round(((afterSend.cpu - beforeSend.cpu) / ackedOffered) * 1e6, 0),
+      serverAck: {
+        count: serverAckCount,
+        p50: histogramQuantile(beforeSend.sendBuckets, afterSend.sendBuckets, 0.5),
+        p99: histogramQuantile(beforeSend.sendBuckets, afterSend.sendBuckets, 0.99),
+      },
+      writeSyscallsPerMessage: round(
+        (afterSend.writeSyscalls - beforeSend.writeSyscalls) / ackedOffered,
+      ),
+      writeBytesPerMessage: round((afterSend.writeBytes - beforeSend.writeBytes) / ackedOffered, 0),
+      broadcastsPerMessage: round(broadcasts / ackedOffered),
+      adapterReceivedPerBroadcast: afterSend.adapterReceived.map((n, i) =>
+        broadcasts > 0 ? round((n - (beforeSend.adapterReceived[i] ?? 0)) / broadcasts) : 0,
+      ),
+      redisCpuPercent: round((redisSeconds / offeredSeconds) * 100, 0),
+      redisCpuUsPerMessage: round((redisSeconds / ackedOffered) * 1e6, 0),
+    };
     log(`  saturating for ${p.saturate} s (each sender waits for its ack)`);
     const saturated = await workers.all(
       { type: "saturate", durationMs: p.saturate * 1000 },
@@ -487,6 +664,7 @@ async function drive(
         acked: sum(reports, "acked"),
         cpuPercent: offeredCpuPercent,
         machineBusyPercent,
+        ...perMessage,
       },
       completeness: {
         expected: sum(reports, "expectedDeliveries"),
@@ -518,23 +696,16 @@ async function main() {
   log(`load test: ${JSON.stringify(p)}`);
   const results: Record<string, unknown> = { params: p, at: new Date().toISOString() };
   try {
-    let urls: string[];
-    if (args.url) {
-      urls = [args.url.replace(/\/$/, "")];
-      log(
-        `driving ${urls[0]} (it must accept tokens signed with a key you give it; see docs/benchmarks.md)`,
-      );
-    } else {
-      await admin.unsafe(`create database "${dbName}"`);
-      await runMigrations(dbUrl.toString());
-      const prefix = `lt-${randomBytes(3).toString("hex")}`;
-      const profileDir = `artifacts/profile-${Date.now()}`;
-      const nodeOptions = args.profile ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
-      if (args.profile) log(`CPU profiles of the server nodes: ${profileDir}`);
-      urls = [];
+    const prefix = `lt-${randomBytes(3).toString("hex")}`;
+    const profileDir = `artifacts/profile-${Date.now()}`;
+    const nodeOptions = args.profile ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+    /** Starts the product's nodes with `extraEnv`; their URLs and a stop. */
+    const startNodes = async (extraEnv: Record<string, string>, index: number) => {
+      const urls: string[] = [];
+      const started: ChildProcess[] = [];
       for (let i = 0; i < p.nodes; i++) {
         const port = await freePort();
-        startProcess(
+        const node = startProcess(
           "server/src/main.ts",
           {
             NODE_ENV: "production",
@@ -553,21 +724,68 @@ async function main() {
             RATE_LIMIT_COMMANDS_PER_SECOND: "1000000",
             RATE_LIMIT_COMMAND_BURST: "1000000",
             MAX_SOCKETS_PER_USER: "1000",
-            ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix } : {}),
+            ...(p.nodes > 1 ? { REDIS_URL: redisUrl, REDIS_KEY_PREFIX: `${prefix}-${index}` } : {}),
+            ...extraEnv,
           },
           nodeOptions,
         );
+        started.push(node);
         urls.push(`http://127.0.0.1:${port}`);
+        if (node.pid !== undefined) pidOf.set(`http://127.0.0.1:${port}`, node.pid);
       }
       await Promise.all(urls.map((u) => waitReady(u)));
+      return {
+        urls,
+        stop: () =>
+          Promise.all(
+            started.map((c) =>
+              running(c) ? new Promise((r) => c.once("exit", r).kill("SIGTERM")) : null,
+            ),
+          ),
+      };
+    };
+    if (!args.url) {
+      await admin.unsafe(`create database "${dbName}"`);
+      await runMigrations(dbUrl.toString());
+      if (args.profile) log(`CPU profiles of the server nodes: ${profileDir}`);
+    } else {
+      log(
+        `driving ${args.url} (it must accept tokens signed with a key you give it; see docs/benchmarks.md)`,
+      );
     }
     if (connectOnly) {
+      const urls = args.url ? [args.url.replace(/\/$/, "")] : (await startNodes({}, 0)).urls;
       await handshakeRounds(urls, keys.privateKey, results);
       return;
     }
-    log(`product (${urls.length} node${urls.length > 1 ? "s" : ""})`);
-    const product = await drive(urls, false, { privateKeyPem: keys.privateKey });
-    results.product = product;
+    // Redis' CPU is read only when the nodes share it (more than one node this harness started).
+    const redis =
+      p.nodes > 1 && !args.url
+        ? new Redis(redisUrl, { maxRetriesPerRequest: 1, lazyConnect: true })
+        : undefined;
+    redis?.on("error", () => {});
+    await redis?.connect().catch(() => {});
+    const products: [string, RunResult][] = [];
+    for (const [index, variant] of variants.entries()) {
+      const nodes = args.url
+        ? { urls: [args.url.replace(/\/$/, "")], stop: async () => [] }
+        : await startNodes(variant.env, index);
+      const label =
+        variants.length > 1 ? `${variant.name} ${JSON.stringify(variant.env)}` : "product";
+      log(`${label} (${nodes.urls.length} node${nodes.urls.length > 1 ? "s" : ""})`);
+      // Each variant's users are new users (the tag), on nodes of its own.
+      const tag = variants.length > 1 ? index : undefined;
+      const result = await drive(nodes.urls, false, { privateKeyPem: keys.privateKey }, tag, redis);
+      products.push([variant.name, result]);
+      if (variants.length > 1) await nodes.stop();
+    }
+    redis?.disconnect();
+    results.product = products[0]?.[1];
+    if (variants.length > 1) {
+      results.variants = Object.fromEntries(
+        products.map(([name, r], i) => [name, { env: variants[i]?.env, result: r }]),
+      );
+    }
 
     let bare: RunResult | undefined;
     let db: Awaited<ReturnType<typeof measureDatabaseCeiling>> | undefined;
@@ -575,6 +793,7 @@ async function main() {
       const port = await freePort();
       const child = startProcess("scripts/loadtest/bare-server.ts", { PORT: String(port) });
       const bareUrl = `http://127.0.0.1:${port}`;
+      if (child.pid !== undefined) pidOf.set(bareUrl, child.pid);
       await waitReady(bareUrl);
       log("baseline: bare Socket.IO (no auth, no database)");
       bare = await drive([bareUrl], true, { privateKeyPem: keys.privateKey });
@@ -594,7 +813,7 @@ async function main() {
         results.databaseCeiling = db;
       }
     }
-    print(product, bare, db);
+    print(products, bare, db);
     await mkdir("artifacts", { recursive: true });
     const file = args.json ?? `artifacts/loadtest-${Date.now()}.json`;
     await writeFile(file, JSON.stringify(results, null, 2));
@@ -624,6 +843,11 @@ async function handshakeRounds(
   const bareUrl = `http://127.0.0.1:${port}`;
   await waitReady(bareUrl);
   const rounds: { product: ConnectResult; bare: ConnectResult; machineBusyPercent: number }[] = [];
+  for (let w = 0; w < warmupRounds; w++) {
+    log(`warm-up round ${w + 1}/${warmupRounds} (not counted)`);
+    await drive(urls, false, { privateKeyPem }, 100 + w);
+    await drive([bareUrl], true, { privateKeyPem }, 100 + w);
+  }
   for (let r = 0; r < runs; r++) {
     const machineBefore = await machineCpu();
     log(`round ${r + 1}/${runs}: product`);
@@ -685,24 +909,40 @@ async function handshakeRounds(
   log(`\nJSON: ${file}`);
 }
 
-function print(product: RunResult, bare?: RunResult, db?: { perSecond: number }) {
-  type Row = [string, string, string, string];
-  /** A figure of both runs; `ratioOf` picks the number to divide, when a ratio means something. */
+/**
+ * The report: a column per product variant, the baseline's, and the ratio: product ÷ baseline
+ * with one variant; with several, each later variant ÷ the first (the baseline stays beside).
+ */
+function print(products: [string, RunResult][], bare?: RunResult, db?: { perSecond: number }) {
+  type Row = string[];
+  const [first] = products;
+  if (!first) return;
+  const several = products.length > 1;
+  /** A figure of every run; `ratioOf` picks the number to divide, when a ratio means something. */
   const both = <T>(
     label: string,
     pick: (r: RunResult) => T,
     show: (v: T) => string = String,
     ratioOf?: (v: T) => number | undefined,
   ): Row => {
-    const p = pick(product);
+    const values = products.map(([, r]) => pick(r));
     const b = bare ? pick(bare) : undefined;
-    const pr = ratioOf?.(p);
+    const numbers = values.map((v) => (v === undefined ? undefined : ratioOf?.(v)));
     const br = b === undefined ? undefined : ratioOf?.(b);
+    const n0 = numbers[0];
+    const ratios = several
+      ? numbers
+          .slice(1)
+          .map((n) => (n !== undefined && n0 !== undefined ? ratio(n, n0) : ""))
+          .join(" / ")
+      : n0 !== undefined && br !== undefined
+        ? ratio(n0, br)
+        : "";
     return [
       label,
-      p === undefined ? "" : show(p),
+      ...values.map((v) => (v === undefined ? "" : show(v))),
       b === undefined ? "" : show(b),
-      pr !== undefined && br !== undefined ? ratio(pr, br) : "",
+      ratioOf ? ratios : "",
     ];
   };
   const num = (v: number | undefined) => v;
@@ -730,16 +970,38 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
     both("stored+broadcast msgs/s (closed loop)", (r) => r.saturatedPerSecond, String, num),
     [
       "  vs database ceiling msgs/s",
-      String(product.saturatedPerSecond),
+      ...products.map(([, r]) => String(r.saturatedPerSecond)),
       db ? String(round(db.perSecond)) : "",
-      db ? ratio(product.saturatedPerSecond, db.perSecond) : "",
+      db ? products.map(([, r]) => ratio(r.saturatedPerSecond, db.perSecond)).join(" / ") : "",
     ],
     both(
       "deliveries expected/got/dups",
       (r) => r.completeness,
       (c) => `${c.expected}/${c.delivered}/${c.duplicates}`,
     ),
+    both(
+      "server-side send→ack p50/p99 ms",
+      (r) => r.offered.serverAck,
+      (s) => (s.count > 0 ? `${s.p50}/${s.p99}` : ""),
+    ),
     both("server CPU at offered rate, % of a core", (r) => r.offered.cpuPercent, String, num),
+    both("server CPU µs per message (offered)", (r) => r.offered.cpuUsPerMessage, String, num),
+    both("write syscalls per message", (r) => r.offered.writeSyscallsPerMessage, String, num),
+    both("bytes written per message", (r) => r.offered.writeBytesPerMessage, String, num),
+    both("broadcasts per message", (r) => r.offered.broadcastsPerMessage),
+    both(
+      "adapter msgs in per broadcast, per node",
+      (r) => r.offered.adapterReceivedPerBroadcast,
+      (xs) => xs.join(" / "),
+    ),
+    both(
+      "Redis CPU % of a core / µs per message",
+      (r) => r.offered,
+      (o) =>
+        Number.isFinite(o.redisCpuPercent)
+          ? `${o.redisCpuPercent} / ${o.redisCpuUsPerMessage}`
+          : "",
+    ),
     both("machine CPU busy at offered rate, %", (r) => r.offered.machineBusyPercent),
     both("server CPU seconds (whole run)", (r) => r.cpuSeconds),
     both(
@@ -748,13 +1010,16 @@ function print(product: RunResult, bare?: RunResult, db?: { perSecond: number })
       (e) => JSON.stringify(e),
     ),
   ];
-  const w = [38, 26, 26, 8];
+  const w = [38, ...products.map(() => 26), 26, 8];
   const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i] ?? 10)).join(" ");
-  console.log(`\n${line(["figure", "product", "baseline", "ratio"])}`);
+  const names = several ? products.map(([name]) => name) : ["product"];
+  const ratioHeader = several ? `ratio to ${first[0]}` : "ratio";
+  console.log(`\n${line(["figure", ...names, "baseline", ratioHeader])}`);
   for (const r of rows) console.log(line(r));
-  const complete =
-    product.completeness.expected === product.completeness.delivered &&
-    product.completeness.duplicates === 0;
+  const complete = products.every(
+    ([, r]) =>
+      r.completeness.expected === r.completeness.delivered && r.completeness.duplicates === 0,
+  );
   console.log(`\ndelivery complete: ${complete ? "yes" : "NO"}`);
 }
 

@@ -4,6 +4,7 @@
  * tests pass in their own.
  */
 import type { Server as HttpServer, IncomingMessage } from "node:http";
+import cors from "cors";
 import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
@@ -37,10 +38,17 @@ import { Revocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
+import { countAdapterTraffic } from "./socket/adapter-metrics.js";
 import { admissionMiddleware, closeIdleRefused, judgeHandshake } from "./socket/admission.js";
 import { authMiddleware, closeIfRevoked } from "./socket/auth.middleware.js";
 import { SocketBroadcaster } from "./socket/broadcaster.js";
-import { type CommandContext, type CommandHandlers, serveCommands } from "./socket/command.js";
+import { coalesceWrites } from "./socket/coalesce-writes.js";
+import {
+  type CommandContext,
+  type CommandHandlers,
+  serveCommands,
+  userPageGates,
+} from "./socket/command.js";
 import { chatHandlers } from "./socket/handlers/chat.handlers.js";
 import { messageHandlers } from "./socket/handlers/message.handlers.js";
 import { userHandlers } from "./socket/handlers/user.handlers.js";
@@ -87,6 +95,11 @@ export interface AppComponents {
    * consumer (see socket/outbound-limit.ts); default DEFAULT_SOCKET_MAX_BUFFERED_BYTES.
    */
   socketMaxBufferedBytes?: number | undefined;
+  /**
+   * Write the packets a connection is sent in one tick in one system call
+   * (socket/coalesce-writes.ts); default true.
+   */
+  coalesceWrites?: boolean | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
   /**
@@ -208,23 +221,43 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     // A connection that has not completed authentication by then is closed (Socket.IO's
     // default, 45 s, let idle unauthenticated WebSockets pile up).
     connectTimeout: components.connectTimeoutMs ?? 10_000,
-    // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
-    // credentials: clients authenticate with a token, never with cookies.
-    cors: {
-      origin: (origin, callback) => callback(null, originAllowed(origin)),
-      credentials: false,
-    },
+    // Engine.IO's default, stated: compressing every small frame costs more CPU than the bytes
+    // it saves on loopback and LAN links, and each socket would hold zlib state.
+    perMessageDeflate: false,
+    // No `cors` here: it is applied below, to plain HTTP requests only.
     ...(components.adapter ? { adapter: components.adapter } : {}),
   });
+  countAdapterTraffic(io, metrics);
+  if (components.coalesceWrites ?? true) io.engine.on("connection", coalesceWrites);
   // A connection refused at the handshake that never sends its CONNECT is closed after 2 s.
   closeIdleRefused(io);
+  // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
+  // credentials: clients authenticate with a token, never with cookies. Not on WebSocket
+  // upgrades: browsers apply no CORS to WebSockets (the Origin check above is what guards them),
+  // and running the middleware on every handshake cost about 10 µs of each for nothing.
+  const corsMiddleware = cors({
+    origin: (origin, callback) => callback(null, originAllowed(origin)),
+    credentials: false,
+  });
   // allowRequest sees only requests that open a session. One that names an existing session
   // (`sid`) is how polling continues or upgrades; with WebSocket only no client sends one, so
-  // it is refused rather than let past the checks above.
-  io.engine.use((req: IncomingMessage, _res: unknown, next: (err?: Error) => void) => {
-    const sid = new URL(req.url ?? "/", "http://localhost").searchParams.has("sid");
-    next(sid ? new Error("Session ids are not accepted (WebSocket only)") : undefined);
-  });
+  // it is refused rather than let past the checks above. Engine.IO has parsed the query into
+  // `_query` before its middlewares run.
+  io.engine.use(
+    (
+      req: IncomingMessage & { _query?: Record<string, string> },
+      res: Parameters<typeof corsMiddleware>[1],
+      next: (err?: unknown) => void,
+    ) => {
+      const query =
+        req._query ?? Object.fromEntries(new URL(req.url ?? "/", "http://l").searchParams);
+      if (query.sid !== undefined) {
+        return next(new Error("Session ids are not accepted (WebSocket only)"));
+      }
+      if (req.headers.upgrade !== undefined) return next();
+      corsMiddleware(req, res, next);
+    },
+  );
 
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
@@ -232,7 +265,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const stopResyncs = components.clusterMonitor?.onResync((reason) =>
     broadcaster.resyncLocal(reason),
   );
-  const messageRepo = new MessageRepository(database.sql, metrics);
+  // Set once the outbox's delivery runs: a stored message wakes it on this node.
+  let wakeDelivery: (() => void) | undefined;
+  const messageRepo = new MessageRepository(database.sql, metrics, () => wakeDelivery?.());
   const streamStore: StreamStore = components.redis
     ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
     : new MemoryStreamStore();
@@ -250,6 +285,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const serviceRole = new ServiceRoleService(
     users,
     messages,
+    chats,
     new SearchRepository(database.db),
     broadcaster,
   );
@@ -257,24 +293,34 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   const appEventRepo = new AppEventRepository(database.sql);
   const appEvents =
     components.appEvents ??
-    (components.appWebhooks ? new OutboxAppEvents(appEventRepo) : noAppEvents);
+    (components.appWebhooks
+      ? new OutboxAppEvents(appEventRepo, () => wakeDelivery?.())
+      : noAppEvents);
   let delivery: { worker: AppEventDelivery; database: DatabaseHandle } | undefined;
   let ready: Promise<void>;
   if (components.appWebhooks) {
     const { config, databaseUrl } = components.appWebhooks;
-    // Asynchronous commit for the delivery's bookkeeping (see app-event-delivery.ts).
+    // The delivery's own writes (claims, leases, deleting delivered events, recording failures)
+    // commit asynchronously: they do not wait for the WAL flush. Safe for at-least-once: a write
+    // lost in a database crash only means an event delivered again (same webhook-id) or a lease
+    // that lapses. The events themselves are written by the message's own, synchronous,
+    // transaction. Connections: a few for the chats delivered at once (reading their next events), the
+    // claims, the outcomes and the lease renewals.
     const outboxDb = createDatabase(databaseUrl, {
-      max: config.concurrency + 1,
+      max: Math.min(config.concurrency, 8) + 3,
       settings: { synchronous_commit: "off" },
+      // Caught up within a second or so of Postgres' return, not after the driver's up-to-20 s
+      // reconnect backoff (measured: 18–30 s catch-ups before this cap, docs/benchmarks.md).
+      maxReconnectDelaySeconds: 1,
     });
     const worker = new AppEventDelivery({
-      databaseUrl,
       repository: new AppEventRepository(outboxDb.sql),
       webhook: config,
       logger,
       metrics,
     });
     delivery = { worker, database: outboxDb };
+    wakeDelivery = () => worker.wake();
     ready = worker.start();
   } else {
     ready = appEventRepo
@@ -329,6 +375,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     inflight,
     metrics,
     timeoutMs: commandTimeoutMs,
+    userPages: userPageGates(),
     guard(socket) {
       if (Date.now() >= socket.data.tokenExpiresAt) {
         throw new AppError(ErrorCode.TOKEN_EXPIRED, "The token expired; send auth:refresh first");

@@ -91,12 +91,16 @@ const envSchema = z.object({
    * is caught up within about a minute.
    */
   APP_WEBHOOK_RETRY_MAX_DELAY_MS: z.coerce.number().int().min(10).max(3_600_000).default(60_000),
-  /** Deliveries this node makes at once (each to a different chat). Default 10. */
-  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(10),
   /**
-   * Milliseconds after which a delivering node that stopped sending heartbeats (killed, cut off
-   * from Postgres) counts as dead, and the other nodes take over its chats. Must exceed
-   * APP_WEBHOOK_TIMEOUT_MS. Default 15 s.
+   * Deliveries this node makes at once (each to a different chat; a chat's own events go one at
+   * a time). Delivery is bound by round trips to the receiver, so this is what lets it keep up
+   * with the storing rate (docs/benchmarks.md). Default 32.
+   */
+  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(32),
+  /**
+   * Milliseconds a node's lease on a chat lasts without a renewal (app_event_leases; renewed
+   * every fifth of it): a node killed or cut off from Postgres has its chats taken over by the
+   * other nodes this long after its last renewal. Must exceed APP_WEBHOOK_TIMEOUT_MS. Default 15 s.
    */
   APP_WEBHOOK_NODE_TIMEOUT_MS: z.coerce.number().int().min(500).max(600_000).default(15_000),
   /**
@@ -146,6 +150,15 @@ const envSchema = z.object({
     .min(2 * 1024 * 1024)
     .max(1024 * 1024 * 1024)
     .default(8 * 1024 * 1024),
+  /**
+   * Write every packet a connection is sent in one turn of the event loop in one system call
+   * (socket/coalesce-writes.ts). Default true; false writes each packet as it is emitted
+   * (Engine.IO's own behaviour), for comparison (docs/benchmarks.md).
+   */
+  SOCKET_COALESCE_WRITES: z
+    .enum(["true", "false", "1", "0"])
+    .default("true")
+    .transform((v) => v === "true" || v === "1"),
   /** Messages one user may send per RATE_LIMIT_MESSAGE_WINDOW_SECONDS, across devices and nodes. */
   RATE_LIMIT_MESSAGES: z.coerce.number().int().min(1).default(30),
   /**
@@ -251,6 +264,8 @@ export interface Config {
   http: HttpTimeouts;
   /** Bytes queued for one connection before it is disconnected as a slow consumer. */
   socketMaxBufferedBytes: number;
+  /** SOCKET_COALESCE_WRITES: one system call per connection per tick. */
+  socketCoalesceWrites: boolean;
   rateLimits: RateLimitConfig;
   /** Which browser origins may connect. */
   origins: OriginPolicy;
@@ -443,6 +458,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     connectTimeoutMs: e.CONNECT_TIMEOUT_MS,
     http: { headersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS, bodyTimeoutMs: e.HTTP_BODY_TIMEOUT_MS },
     socketMaxBufferedBytes: e.SOCKET_MAX_BUFFERED_BYTES,
+    socketCoalesceWrites: e.SOCKET_COALESCE_WRITES,
     rateLimits: {
       messagesPerWindow: e.RATE_LIMIT_MESSAGES,
       // Free tier defaults; RATE_LIMIT_TIERS may override them (resolveTiers in rate-limits.ts).

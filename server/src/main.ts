@@ -107,6 +107,7 @@ async function main(): Promise<void> {
     connectTimeoutMs: config.connectTimeoutMs,
     httpBodyTimeoutMs: config.http.bodyTimeoutMs,
     socketMaxBufferedBytes: config.socketMaxBufferedBytes,
+    coalesceWrites: config.socketCoalesceWrites,
     rateLimits,
     origins: config.origins,
     trustProxy: config.trustProxy,

@@ -136,7 +136,7 @@ describe("a brand-new empty database", () => {
     const fp = await schemaFingerprint(sql);
     expect(fp?.migrations).toBe(MIGRATIONS);
     expect(fp?.tables).toEqual([
-      "app_event_nodes",
+      "app_event_leases",
       "app_event_settings",
       "app_events",
       "chat_memory",

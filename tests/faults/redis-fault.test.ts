@@ -6,13 +6,12 @@
  * themselves, and every device gets every acknowledged message exactly once after catching up
  * with `message:sync` from the last seq it saw.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { type AddressInfo, createConnection, createServer } from "node:net";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type { Ack, ChatMessage, CommandResults } from "../../protocol/index.js";
 import { rooms } from "../../server/src/socket/types.js";
+import { freePort, ping, RedisProcess } from "../helpers/redis-process.js";
 import {
   type ClientSocket,
   eventually,
@@ -21,102 +20,6 @@ import {
 } from "../helpers/server.js";
 
 const ACK_MS = 5000;
-
-/** A free loopback port: bind port 0, read it, release it. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** Resolves true when a redis-server answers PING on `port` within `timeoutMs`. */
-function ping(port: number, timeoutMs = 500): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = createConnection({ host: "127.0.0.1", port });
-    let data = "";
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    s.once("connect", () => s.write("PING\r\n"));
-    s.on("data", (d) => {
-      data += d.toString();
-      if (data.includes("+PONG")) done(true);
-    });
-    s.once("error", () => done(false));
-  });
-}
-
-/** A redis-server child process on a fixed loopback port, which can be killed and restarted. */
-class RedisProcess {
-  private child: ChildProcess | undefined;
-  private exited: Promise<void> = Promise.resolve();
-  output = "";
-
-  constructor(readonly port: number) {}
-
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-
-  get running(): boolean {
-    return this.child !== undefined && this.child.exitCode === null && !this.child.killed;
-  }
-
-  async start(): Promise<void> {
-    const child = spawn(
-      "redis-server",
-      [
-        "--port",
-        String(this.port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--loglevel",
-        "warning",
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    this.child = child;
-    this.exited = new Promise((resolve) => {
-      child.once("exit", () => resolve());
-      child.once("error", (err) => {
-        this.output += `spawn error: ${err}\n`;
-        resolve();
-      });
-    });
-    child.stdout?.on("data", (d) => {
-      this.output += d;
-    });
-    child.stderr?.on("data", (d) => {
-      this.output += d;
-    });
-    const deadline = Date.now() + 10_000;
-    while (!(await ping(this.port))) {
-      if (child.exitCode !== null || Date.now() > deadline) {
-        throw new Error(`redis-server did not start on ${this.port}:\n${this.output}`);
-      }
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-
-  /** SIGKILL: no shutdown, clients see their connections drop. Resolves once it has exited. */
-  async kill(): Promise<void> {
-    if (this.child && this.child.exitCode === null) this.child.kill("SIGKILL");
-    await this.exited;
-    this.child = undefined;
-  }
-}
 
 /** A device: a socket plus every message it has seen, by seq (live or through sync). */
 interface Device {

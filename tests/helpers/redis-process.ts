@@ -18,7 +18,8 @@ export function freePort(): Promise<number> {
   });
 }
 
-function ping(port: number, timeoutMs = 500): Promise<boolean> {
+/** Resolves true when a redis-server answers PING on `port` within `timeoutMs`. */
+export function ping(port: number, timeoutMs = 500): Promise<boolean> {
   return new Promise((resolve) => {
     const s = createConnection({ host: "127.0.0.1", port });
     let data = "";
@@ -46,6 +47,11 @@ export class RedisProcess {
 
   get url(): string {
     return `redis://127.0.0.1:${this.port}`;
+  }
+
+  /** Started and not (yet) killed or exited. */
+  get running(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && !this.child.killed;
   }
 
   /** Starts it and resolves once it answers PING (fails loudly after 10 s). */

@@ -12,9 +12,8 @@ import { AppEventDelivery } from "../../server/src/services/app-event-delivery.j
 
 const databaseUrl = process.env.DATABASE_URL ?? "";
 const webhook = JSON.parse(process.env.WEBHOOK_CONFIG ?? "{}") as AppWebhookConfig;
-const database = createDatabase(databaseUrl, { max: webhook.concurrency + 1 });
+const database = createDatabase(databaseUrl, { max: 6, maxReconnectDelaySeconds: 1 });
 const delivery = new AppEventDelivery({
-  databaseUrl,
   repository: new AppEventRepository(database.sql),
   webhook,
   logger: createLogger("silent"),

@@ -324,7 +324,7 @@ describe("webhooks to the app's backend", () => {
 
   it("the outbox tables are closed to the API roles", async () => {
     for (const role of ["authenticated", "service_role"]) {
-      for (const table of ["app_events", "app_event_settings", "app_event_nodes"]) {
+      for (const table of ["app_event_leases", "app_events", "app_event_settings"]) {
         const [row] = await sql<{ select: boolean; insert: boolean }[]>`
           select has_table_privilege(${role}, ${`public.${table}`}, 'select') as select,
                  has_table_privilege(${role}, ${`public.${table}`}, 'insert') as insert`;

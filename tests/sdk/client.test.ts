@@ -344,6 +344,28 @@ describe("authentication", () => {
     expect((await error).error.message).toContain("TOKEN_WRONG_PARTY");
   });
 
+  it("is signedOut, and stops retrying, when the server refuses its origin", async () => {
+    let tokens = 0;
+    const c = sdk.create("sdk_origin", {
+      getToken: () => {
+        tokens++;
+        return tokenFor("sdk_origin");
+      },
+      socketOptions: { extraHeaders: { Origin: "https://foreign.example" } },
+    });
+    const states: string[] = [];
+    c.on("state", (s) => states.push(s));
+    const error = nextEvent(c, "error");
+    await untilState(c, "signedOut");
+    expect((await error).error.code).toBe(ClientErrorCode.SIGNED_OUT);
+    expect((await error).error.message).toContain("ORIGIN_NOT_ALLOWED");
+    // Refused once, then no reconnect schedule: never offline, one token fetched.
+    expect(states).not.toContain("offline");
+    expect(tokens).toBe(1);
+    expect((await rejection(c.listChats())).code).toBe(ClientErrorCode.SIGNED_OUT);
+    expect(await serverSockets(server, "sdk_origin")).toHaveLength(0);
+  });
+
   it("signs out mid-session when a refresh finds the user signed out", async () => {
     let signedIn = true;
     const c = sdk.create("sdk_midout", {

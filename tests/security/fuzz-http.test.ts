@@ -302,6 +302,25 @@ const messagesQuery = fc
   )
   .map((q) => new URLSearchParams(Object.entries(q) as [string, string][]).toString());
 
+/** The chat list's query: valid pages, and limits and cursors of every wrong kind. */
+const chatsQuery = fc
+  .record(
+    {
+      limit: fc.oneof(
+        fc.integer({ min: 1, max: 200 }).map(String),
+        fc.constantFrom("0", "201", "-1", "x", "", "1e2"),
+      ),
+      cursor: fc.oneof(
+        fc.string({ maxLength: 40 }),
+        fc.string({ maxLength: 40 }).map((t) => Buffer.from(t).toString("base64url")),
+        fc.constantFrom("", "x".repeat(201), "MTc2NDY0MDAwMDAwMDAwMDAuYWJj"),
+      ),
+      extra: fc.constantFrom("1", "__proto__"),
+    },
+    { requiredKeys: [] },
+  )
+  .map((q) => new URLSearchParams(Object.entries(q) as [string, string][]).toString());
+
 const routes: RouteSpec[] = [
   {
     name: "post message",
@@ -334,9 +353,10 @@ const routes: RouteSpec[] = [
     query: messagesQuery,
   },
   {
-    name: "chat history",
+    name: "chat list",
     method: "GET",
     path: fc.tuple(fc.constant("users"), userSegment(true), fc.constant("chats")),
+    query: chatsQuery,
   },
   {
     name: "stats",

@@ -1,12 +1,14 @@
 /**
  * Raw clients for the security tests: HTTP requests and WebSocket handshakes written by hand
  * (any header, any query), a bare Engine.IO/Socket.IO connection over `ws` that does only what
- * the test tells it to, and latency figures for a well-behaved user measured during a flood.
+ * the test tells it to, latency figures for a well-behaved user measured during a flood, and the
+ * server's reads held up by a lock the test holds.
  */
 import { randomBytes } from "node:crypto";
 import { type IncomingMessage, request } from "node:http";
 import v8 from "node:v8";
 import vm from "node:vm";
+import type postgres from "postgres";
 import { WebSocket } from "ws";
 import type { ClientSocket } from "../helpers/server.js";
 
@@ -227,4 +229,16 @@ function exposeGc(): (() => void) | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The server's statements on chat_memory in `database` that wait for a lock (the test holds
+ * `lock table chat_memory in access exclusive mode`): its page reads stuck in Postgres.
+ */
+export async function waitingReads(admin: postgres.Sql, database: string): Promise<number> {
+  const rows = await admin`
+    select count(*)::int as n from pg_stat_activity
+     where datname = ${database} and application_name = 'chat-backend'
+       and state = 'active' and wait_event_type = 'Lock' and query like '%chat_memory%'`;
+  return rows[0]?.n ?? 0;
 }

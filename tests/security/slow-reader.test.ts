@@ -23,7 +23,7 @@ import {
 } from "../helpers/server.js";
 import { openSql, userId } from "../realtime/support.js";
 import { newServiceKey, serviceClient } from "../service/support.js";
-import { heapUsed, measureDuring, percentiles, RawSocket } from "./hostile.js";
+import { heapUsed, measureDuring, percentiles, RawSocket, waitingReads } from "./hostile.js";
 
 const P95_BOUND_MS = 500;
 /** Heap plus Buffers (what the node holds for sockets lives in Buffers, outside the heap). */
@@ -258,15 +258,6 @@ describe("pages are bounded by bytes", () => {
     expect(page.hasMore).toBe(true);
   });
 });
-
-/** The server's statements on chat_memory that wait for a lock the test holds. */
-async function waitingReads(admin: postgres.Sql, database: string): Promise<number> {
-  const rows = await admin`
-    select count(*)::int as n from pg_stat_activity
-     where datname = ${database} and application_name = 'chat-backend'
-       and state = 'active' and wait_event_type = 'Lock' and query like '%chat_memory%'`;
-  return rows[0]?.n ?? 0;
-}
 
 describe("page commands in progress per socket", () => {
   test(`${Limits.MAX_PAGES_IN_FLIGHT} run at once, ${Limits.MAX_PAGES_IN_FLIGHT * 4} more wait their turn, the rest are refused RATE_LIMITED with retryAfterMs`, async () => {

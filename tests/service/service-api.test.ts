@@ -5,13 +5,14 @@
  */
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import type {
-  ChatMessage,
-  ChatSummary,
-  MessageDelta,
-  MessageStreamFailed,
-  MessageStreaming,
-  UserStats,
+import {
+  type ChatMessage,
+  type ChatSummary,
+  Limits,
+  type MessageDelta,
+  type MessageStreamFailed,
+  type MessageStreaming,
+  type UserStats,
 } from "../../protocol/index.js";
 import { eventually, recordEvents, startTestServer, type TestServer } from "../helpers/server.js";
 import { ok, openSql, userId } from "../realtime/support.js";
@@ -577,6 +578,100 @@ describe("token usage and searches", () => {
 });
 
 describe("reading", () => {
+  type ChatPage = { chats: ChatSummary[]; nextCursor: string | null };
+
+  /** Every page of the user's chats, following nextCursor (bounded: at most 100 pages). */
+  async function allPages(uid: string, query: string) {
+    const pages: ChatPage[] = [];
+    let cursor: string | null = null;
+    for (let i = 0; i < 100; i++) {
+      const q: string = cursor ? `${query}&cursor=${encodeURIComponent(cursor)}` : query;
+      const res: { status: number; body: ChatPage } = await api.get<ChatPage>(
+        `/users/${uid}/chats?${q}`,
+      );
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
+      pages.push(res.body);
+      cursor = res.body.nextCursor;
+      if (!cursor) break;
+    }
+    return pages;
+  }
+
+  test("the chat list is paged: limit 1–200 (default 50), nextCursor, latest activity first", async () => {
+    const uid = userId("chat_pages");
+    const a = await server.connectAs(uid);
+    await ok(a, "chat:create", { title: "first" });
+    await sql`
+      insert into chat_sessions (user_id, title)
+      select u.id, 'chat ' || g from users u, generate_series(1, 54) g
+       where u.clerk_id = ${uid}`;
+    const fromDb = await sql<{ session_id: string }[]>`
+      select session_id from get_user_chat_history(${uid})`;
+    expect(fromDb).toHaveLength(55);
+
+    const first = await api.get<ChatPage>(`/users/${uid}/chats`);
+    expect(first.status).toBe(200);
+    expect(first.body.chats).toHaveLength(50);
+    expect(typeof first.body.nextCursor).toBe("string");
+
+    const pages = await allPages(uid, "limit=7");
+    expect(pages.map((p) => p.chats.length)).toEqual([7, 7, 7, 7, 7, 7, 7, 6]);
+    expect(pages.at(-1)?.nextCursor).toBeNull();
+    const ids = pages.flatMap((p) => p.chats.map((c) => c.id));
+    expect(ids).toEqual(fromDb.map((r) => r.session_id));
+
+    const all = await api.get<ChatPage>(`/users/${uid}/chats?limit=200`);
+    expect(all.body.chats.map((c) => c.id)).toEqual(ids);
+    expect(all.body.nextCursor).toBeNull();
+  });
+
+  test("a page of chats stops at 1 MiB of JSON and still pages to the end", async () => {
+    const uid = userId("chat_bytes");
+    await server.connectAs(uid);
+    // Previews of 64,000 characters that take six bytes each as JSON: three pass 1 MiB.
+    const awkward = "\u0001".repeat(Limits.MAX_MESSAGE_CHARS);
+    await sql`
+      insert into chat_sessions (user_id, title, last_message)
+      select u.id, 'big ' || g, ${sql.json({ role: "user", content: awkward })}
+        from users u, generate_series(1, 6) g
+       where u.clerk_id = ${uid}`;
+    const pages = await allPages(uid, "limit=200");
+    expect(pages.length).toBeGreaterThan(1);
+    for (const p of pages) {
+      expect(p.chats.length).toBeGreaterThanOrEqual(1);
+      expect(Buffer.byteLength(JSON.stringify(p.chats))).toBeLessThanOrEqual(Limits.MAX_PAGE_BYTES);
+    }
+    expect(new Set(pages.flatMap((p) => p.chats.map((c) => c.id))).size).toBe(6);
+  });
+
+  test("a bad limit or cursor is a 400 that names it; an unknown user is a 404", async () => {
+    const uid = userId("chat_bad_query");
+    await server.connectAs(uid);
+    for (const [query, path] of [
+      ["limit=0", "limit"],
+      ["limit=201", "limit"],
+      ["limit=-1", "limit"],
+      ["limit=abc", "limit"],
+      ["limit=", "limit"],
+      ["cursor=", "cursor"],
+      [`cursor=${"x".repeat(201)}`, "cursor"],
+      ["cursor=bm90LWEtY3Vyc29y", "cursor"],
+      ["offset=10", "offset"],
+    ] as const) {
+      const bad = await api.get(`/users/${uid}/chats?${query}`);
+      expect(bad.status, query).toBe(400);
+      const error = errorOf(bad);
+      expect(error.code, query).toBe("INVALID_PAYLOAD");
+      // The field is the detail's path, or (an unknown one) named in its message.
+      expect(
+        error.details?.some((d) => d.path === path || d.message.includes(`"${path}"`)),
+        `${query}: ${JSON.stringify(error)}`,
+      ).toBe(true);
+    }
+    const ghost = await api.get(`/users/${userId("ghost")}/chats?limit=5`);
+    expect(ghost.status).toBe(404);
+  });
+
   test("chat history, messages and stats match what is stored", async () => {
     const uid = userId("reader");
     const a = await server.connectAs(uid);
@@ -588,8 +683,14 @@ describe("reading", () => {
       content: "Answer",
     });
 
-    const history = await api.get<{ chats: ChatSummary[] }>(`/users/${uid}/chats`);
+    const history = await api.get<{ chats: ChatSummary[]; nextCursor: string | null }>(
+      `/users/${uid}/chats`,
+    );
     expect(history.status).toBe(200);
+    expect(Object.keys(history.body).sort()).toEqual(["chats", "nextCursor"]);
+    expect(history.body.nextCursor).toBeNull();
+    // The same entries as the user's own devices get from chat:list.
+    expect(history.body.chats).toEqual((await ok(a, "chat:list", {})).chats);
     const fromDb = await sql<{ session_id: string; title: string }[]>`
       select session_id, title from get_user_chat_history(${uid})`;
     expect(history.body.chats.map((c) => [c.id, c.title])).toEqual(

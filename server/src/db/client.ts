@@ -22,6 +22,12 @@ export interface DatabaseOptions {
   connectTimeoutSeconds?: number;
   /** Session settings of every connection (e.g. `synchronous_commit`). */
   settings?: Record<string, string>;
+  /**
+   * Longest wait in seconds between reconnect attempts. postgres.js's default grows with
+   * consecutive failures, shared by the pool, up to 20 s: after an outage of a few seconds the
+   * pool may wait that long before trying again. Default: the driver's.
+   */
+  maxReconnectDelaySeconds?: number;
 }
 
 export function createDatabase(url: string, options: DatabaseOptions = {}): DatabaseHandle {
@@ -37,7 +43,15 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
     // them: no query sends or returns an array parameter (insertMany sends one jsonb value).
     fetch_types: false,
     connection: { application_name: APPLICATION_NAME, ...options.settings },
+    ...(options.maxReconnectDelaySeconds === undefined
+      ? {}
+      : { backoff: reconnectBackoff(options.maxReconnectDelaySeconds) }),
   });
   const db = drizzle(sql, { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };
+}
+
+/** postgres.js's own backoff (jittered, 3^retries / 100 s), capped at `maxSeconds`. */
+function reconnectBackoff(maxSeconds: number): (retries: number) => number {
+  return (retries) => (0.5 + Math.random() / 2) * Math.min(3 ** retries / 100, maxSeconds);
 }

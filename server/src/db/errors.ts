@@ -41,6 +41,9 @@ export function isUnavailable(err: unknown): boolean {
   return unavailableCodes.has(code) || code.startsWith("08");
 }
 
+/** Postgres: a foreign key refused the row (e.g. its parent was deleted meanwhile). */
+export const FOREIGN_KEY_VIOLATION = "23503";
+
 /**
  * Errors after which a write may or may not have committed: the connection broke (or the
  * backend was terminated) while the statement was on its way or running, so the commit may have

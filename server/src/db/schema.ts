@@ -239,12 +239,14 @@ export const appEventSettings = pgTable(
 );
 
 /**
- * The delivering nodes' heartbeats, by graphile-worker pool id. A pool that stopped beating has
- * its locked jobs released by the other nodes within seconds (graphile-worker itself waits 4 h).
+ * Which node may deliver a chat's events, and until when (drizzle/0011_app_event_leases.sql): the
+ * holder renews its leases while it lives, so a dead node's chats are taken over once they lapse.
+ * `nodeId` null: the chat waits out a retry's backoff until `leaseUntil`.
  */
-export const appEventNodes = pgTable("app_event_nodes", {
-  poolId: text("pool_id").primaryKey(),
-  heartbeatAt: timestamp("heartbeat_at", { withTimezone: true }).notNull().defaultNow(),
+export const appEventLeases = pgTable("app_event_leases", {
+  chatId: uuid("chat_id").primaryKey(),
+  nodeId: text("node_id"),
+  leaseUntil: timestamp("lease_until", { withTimezone: true }).notNull(),
 });
 
 export type User = typeof users.$inferSelect;

@@ -136,6 +136,10 @@ const schemas = {
     .refine((q) => q.before === undefined || q.after === undefined, {
       message: "give either before or after, not both",
     }),
+  chatsQuery: z.strictObject({
+    limit: digits(Limits.MAX_PAGE_SIZE).pipe(z.number().min(1)).optional(),
+    cursor: z.string().min(1).max(200).optional(),
+  }),
   startStream: z.strictObject({
     streamId: clientIdSchema.optional(),
     role: replyRole.default("assistant"),
@@ -261,10 +265,10 @@ function routes(deps: ServiceApiDeps): Route[] {
       );
       return { status: 200, body: page };
     }),
-    route("GET", `${base}/users/:userId/chats`, async (r) => ({
-      status: 200,
-      body: { chats: await service.chatHistory(param(r, "userId")) },
-    })),
+    route("GET", `${base}/users/:userId/chats`, async (r) => {
+      const query = schemas.chatsQuery.parse(Object.fromEntries(r.url.searchParams));
+      return { status: 200, body: await service.chatList(param(r, "userId"), query, r.signal) };
+    }),
     route("GET", `${base}/users/:userId/stats`, async (r) => ({
       status: 200,
       body: { stats: await service.stats(param(r, "userId")) },

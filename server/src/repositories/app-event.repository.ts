@@ -1,17 +1,12 @@
 /**
- * The queries of the transactional outbox (app_events, drizzle/0009_app_event_triggers.sql) and
- * of its delivery through graphile-worker. The rules (backoff, giving up, order) are in
- * services/app-event-delivery.ts.
+ * The queries of the transactional outbox (app_events, drizzle/0009 and 0011) and of its delivery:
+ * chats are taken under a lease (app_event_leases) by one node at a time, their events read in
+ * order, and delivered events deleted in batches. The rules (backoff, giving up, order, when a
+ * lease is trusted) are in services/app-event-delivery.ts.
  *
- * A few queries read graphile-worker's private tables (locks of dead nodes, which graphile-worker
- * itself would only release after 4 hours); the package version is pinned for that reason.
+ * The driver runs with fetch_types off (db/client.ts): lists go in as one jsonb parameter.
  */
 import type postgres from "postgres";
-
-/** graphile-worker's task that delivers one chat's pending events. */
-export const DELIVERY_TASK = "deliver_app_events";
-/** Queue and job key of a chat's delivery job: one at a time per chat, on any node. */
-export const chatQueue = (chatId: string) => `app_events:${chatId}`;
 
 /** A pending event, as the delivery reads it. */
 export interface PendingEvent {
@@ -21,8 +16,6 @@ export interface PendingEvent {
   data: unknown;
   createdAt: string;
   attempts: number;
-  /** Milliseconds until the next attempt is due (<= 0: due now). */
-  dueInMs: number;
   /** Milliseconds since the event was stored or last requeued: its retry window so far. */
   retryAgeMs: number;
 }
@@ -40,15 +33,45 @@ export interface FailedEvent {
 }
 
 type PendingRow = {
+  chat_id: string;
   id: string;
   event_id: string;
   type: string;
   data: unknown;
   created_at: string;
   attempts: number;
-  due_in_ms: number;
   retry_age_ms: number;
 };
+
+/** What a node's delivery hands back in one batch: see AppEventRepository.finish. */
+export interface FinishBatch {
+  /** Delivered events (app_events ids): deleted. */
+  delivered: string[];
+  /** Failed attempts; `retryInMs` undefined: the retries ran out, the event is marked failed. */
+  failures: { id: string; chatId: string; error: string; retryInMs: number | undefined }[];
+  /** Chats this node is done with: their leases are dropped (any node may take them at once). */
+  released: string[];
+  /** Chats whose head event failed: their leases become a wait of `retryInMs` for every node. */
+  backedOff: { chatId: string; retryInMs: number }[];
+}
+
+const pendingColumns = (sql: postgres.Sql) => sql`
+  e.chat_id, e.id::text as id, e.event_id, e.type, e.data,
+  to_char(e.created_at at time zone 'UTC', ${sql.unsafe(iso)}) as created_at, e.attempts,
+  (extract(epoch from clock_timestamp() - coalesce(e.requeued_at, e.created_at)) * 1000)::float8
+    as retry_age_ms`;
+
+function toPending(r: PendingRow): PendingEvent {
+  return {
+    id: r.id,
+    eventId: r.event_id,
+    type: r.type,
+    data: r.data,
+    createdAt: r.created_at,
+    attempts: r.attempts,
+    retryAgeMs: r.retry_age_ms,
+  };
+}
 
 const iso = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`;
 
@@ -74,142 +97,141 @@ export class AppEventRepository {
     }
   }
 
-  /** The chat's oldest pending events, in delivery order. */
-  async pending(chatId: string, limit: number): Promise<PendingEvent[]> {
+  /**
+   * Takes up to `limit` chats that have pending events and no live lease (nobody delivering them,
+   * no backoff running), leases them to `nodeId` for `leaseMs`, and returns each one's first
+   * `batch` pending events in order. Oldest chats first. Two nodes claiming at once never get
+   * the same chat: the upsert's row lock serialises them, and the second sees a live lease.
+   * `scan` bounds the pending rows looked at (due, of chats nobody holds), in the pending index's
+   * order, so a claim stays cheap under a large backlog. A chat waiting out a backoff has its
+   * rows moved past its next attempt (finish), so they are not even looked at.
+   */
+  async claim(
+    nodeId: string,
+    options: { limit: number; leaseMs: number; batch: number; scan: number },
+  ): Promise<Map<string, PendingEvent[]>> {
     const rows = await this.sql<PendingRow[]>`
-      select id::text, event_id, type, data,
-             to_char(created_at at time zone 'UTC', ${this.sql.unsafe(iso)}) as created_at,
-             attempts,
-             (extract(epoch from next_attempt_at - clock_timestamp()) * 1000)::float8 as due_in_ms,
-             (extract(epoch from clock_timestamp() - coalesce(requeued_at, created_at)) * 1000)::float8
-               as retry_age_ms
-        from public.app_events
-       where chat_id = ${chatId} and failed_at is null
-       order by app_events.id
-       limit ${limit}`;
-    return rows.map((r) => ({
-      id: r.id,
-      eventId: r.event_id,
-      type: r.type,
-      data: r.data,
-      createdAt: r.created_at,
-      attempts: r.attempts,
-      dueInMs: r.due_in_ms,
-      retryAgeMs: r.retry_age_ms,
-    }));
-  }
-
-  /** Removes a delivered event; returns seconds from its storing to now (the delivery latency). */
-  async delivered(id: string): Promise<number | undefined> {
-    const [row] = await this.sql<{ seconds: number }[]>`
-      delete from public.app_events where id = ${id}
-      returning extract(epoch from clock_timestamp() - created_at)::float8 as seconds`;
-    return row?.seconds;
-  }
-
-  /**
-   * Records a failed attempt. With `retryInMs`, the next attempt is due then; without, the
-   * retries ran out and the event is marked failed (the chat's later events go on).
-   */
-  async attemptFailed(id: string, error: string, retryInMs: number | undefined): Promise<void> {
-    if (retryInMs === undefined) {
-      await this.sql`
-        update public.app_events
-           set attempts = attempts + 1, last_error = ${error}, last_attempt_at = now(),
-               failed_at = now()
-         where id = ${id}`;
-    } else {
-      await this.sql`
-        update public.app_events
-           set attempts = attempts + 1, last_error = ${error}, last_attempt_at = now(),
-               next_attempt_at = clock_timestamp() + ${retryInMs} * interval '1 millisecond'
-         where id = ${id}`;
+      with candidates as (
+        select chat_id from (
+          select e.chat_id, e.id from public.app_events e
+           where e.failed_at is null and e.next_attempt_at <= now()
+             and not exists (select 1 from public.app_event_leases l
+                              where l.chat_id = e.chat_id and l.lease_until > now())
+           order by e.next_attempt_at
+           limit ${options.scan}
+        ) x
+        group by chat_id
+        order by min(id)
+        limit ${options.limit}
+      ), claimed as (
+        insert into public.app_event_leases (chat_id, node_id, lease_until)
+        select chat_id, ${nodeId}, now() + ${options.leaseMs} * interval '1 millisecond'
+          from candidates
+        on conflict (chat_id) do update
+          set node_id = excluded.node_id, lease_until = excluded.lease_until
+          where app_event_leases.lease_until <= now()
+        returning chat_id
+      )
+      select ${pendingColumns(this.sql)}
+        from claimed c
+        cross join lateral (
+          select * from public.app_events e
+           where e.chat_id = c.chat_id and e.failed_at is null
+           order by e.id
+           limit ${options.batch}
+        ) e
+       order by e.chat_id, e.id`;
+    const byChat = new Map<string, PendingEvent[]>();
+    for (const r of rows) {
+      const list = byChat.get(r.chat_id);
+      if (list) list.push(toPending(r));
+      else byChat.set(r.chat_id, [toPending(r)]);
     }
+    return byChat;
+  }
+
+  /** The chat's next pending events after `afterId`, in order (its holder reads on). */
+  async nextBatch(chatId: string, afterId: string, limit: number): Promise<PendingEvent[]> {
+    const rows = await this.sql<PendingRow[]>`
+      select ${pendingColumns(this.sql)}
+        from public.app_events e
+       where e.chat_id = ${chatId} and e.failed_at is null and e.id > ${afterId}::bigint
+       order by e.id
+       limit ${limit}`;
+    return rows.map(toPending);
   }
 
   /**
-   * (Re)schedules the chat's delivery job in `inMs` (replacing a waiting one: the head event's
-   * backoff decides). Called from inside the running job, whose key graphile-worker then clears.
+   * One statement for a batch of outcomes of `nodeId`'s deliveries: deletes the delivered events,
+   * records the failed attempts, and drops or backs off the leases (only where `nodeId` still
+   * holds them). Returns, per deleted event, seconds from its storing to now (the latency).
+   * A chat is in `released` or `backedOff`, never both.
    */
-  async schedule(chatId: string, inMs: number): Promise<void> {
-    await this.sql`
-      select graphile_worker.add_job(
-        ${DELIVERY_TASK}, json_build_object('chatId', ${chatId}::uuid),
-        queue_name => ${chatQueue(chatId)},
-        run_at => clock_timestamp() + ${Math.max(0, Math.ceil(inMs))} * interval '1 millisecond',
-        job_key => ${chatQueue(chatId)})`;
-  }
-
-  /**
-   * Wakes the delivery of chats whose head event is overdue by more than `graceMs` (a job lost
-   * or given up by graphile-worker, or a wake-up that came while the database was away).
-   * Returns how many chats were woken.
-   */
-  async wakeOverdue(graceMs: number, limit: number): Promise<number> {
-    const [row] = await this.sql<{ chats: number }[]>`
-      with overdue as (
-        select distinct chat_id from public.app_events
-         where failed_at is null
-           and next_attempt_at < clock_timestamp() - ${graceMs} * interval '1 millisecond'
-         limit ${limit}
-      ), scheduled as (
-        select public.schedule_app_event_delivery(array(select chat_id from overdue))
-         where exists (select 1 from overdue)
+  async finish(nodeId: string, batch: FinishBatch): Promise<number[]> {
+    const json = JSON.stringify({
+      d: batch.delivered,
+      f: batch.failures.map((f) => ({ id: f.id, e: f.error, r: f.retryInMs ?? null })),
+      r: batch.released,
+      b: batch.backedOff.map((b) => ({ c: b.chatId, r: b.retryInMs })),
+    });
+    const rows = await this.sql<{ seconds: number }[]>`
+      with input as (select ${json}::jsonb as j),
+      deleted as (
+        delete from public.app_events
+         where id in (select jsonb_array_elements_text(j->'d')::bigint from input)
+        returning extract(epoch from clock_timestamp() - created_at)::float8 as seconds
+      ), failures as (
+        select (f->>'id')::bigint as id, f->>'e' as error, (f->>'r')::float8 as retry_ms
+          from input, jsonb_array_elements(j->'f') f
+      ), failed as (
+        update public.app_events a
+           set attempts = a.attempts + 1, last_error = f.error, last_attempt_at = now(),
+               failed_at = case when f.retry_ms is null then now() end,
+               next_attempt_at = case when f.retry_ms is null then a.next_attempt_at
+                 else clock_timestamp() + f.retry_ms * interval '1 millisecond' end
+          from failures f
+         where a.id = f.id
+      ), released as (
+        delete from public.app_event_leases
+         where node_id = ${nodeId}
+           and chat_id in (select jsonb_array_elements_text(j->'r')::uuid from input)
+      ), later as (
+        -- A chat in backoff: its other pending events wait too (out of the claims' scan).
+        update public.app_events a
+           set next_attempt_at = clock_timestamp() + (b->>'r')::float8 * interval '1 millisecond'
+          from input, jsonb_array_elements(j->'b') b
+         where a.chat_id = (b->>'c')::uuid and a.failed_at is null
+           and a.id not in (select id from failures)
+      ), backed_off as (
+        update public.app_event_leases l
+           set node_id = null,
+               lease_until = clock_timestamp() + (b->>'r')::float8 * interval '1 millisecond'
+          from input, jsonb_array_elements(j->'b') b
+         where l.chat_id = (b->>'c')::uuid and l.node_id = ${nodeId}
       )
-      select (select count(*) from overdue)::int as chats, (select count(*) from scheduled)`;
-    return row?.chats ?? 0;
-  }
-
-  /** This node's heartbeat (graphile-worker pool id). */
-  async heartbeat(poolId: string): Promise<void> {
-    await this.sql`
-      insert into public.app_event_nodes (pool_id, heartbeat_at) values (${poolId}, now())
-      on conflict (pool_id) do update set heartbeat_at = now()`;
-  }
-
-  /** Forgets this node (a clean stop: its jobs were finished or released). */
-  async forget(poolId: string): Promise<void> {
-    await this.sql`delete from public.app_event_nodes where pool_id = ${poolId}`;
+      -- Every data-modifying CTE runs to completion whether or not it is read.
+      select seconds from deleted`;
+    return rows.map((r) => r.seconds);
   }
 
   /**
-   * Releases the delivery jobs and chat queues locked by pools that are not alive: no heartbeat
-   * within `nodeTimeoutMs`, and the lock older than that too (so a pool that just started and has
-   * not beaten yet keeps its jobs). Returns the number of pools released.
+   * Extends the leases of `chatIds` that `nodeId` still holds by `leaseMs`; returns their chats
+   * (a chat missing from the answer is no longer this node's). Only the chats the node is
+   * delivering: a lease won by a claim whose answer was lost lapses on its own.
    */
-  async releaseDeadNodes(nodeTimeoutMs: number): Promise<number> {
-    const [row] = await this.sql<{ released: number }[]>`
-      with gone as (
-        delete from public.app_event_nodes
-         where heartbeat_at < now() - ${nodeTimeoutMs} * interval '1 millisecond'
-      ), live as (
-        select pool_id from public.app_event_nodes
-         where heartbeat_at >= now() - ${nodeTimeoutMs} * interval '1 millisecond'
-      ), orphans as (
-        select j.locked_by
-          from graphile_worker._private_jobs j
-          join graphile_worker._private_tasks t on t.id = j.task_id
-         where t.identifier = ${DELIVERY_TASK}
-           and j.locked_by is not null
-           and j.locked_at < now() - ${nodeTimeoutMs} * interval '1 millisecond'
-           and j.locked_by not in (select pool_id from live)
-        union
-        select q.locked_by
-          from graphile_worker._private_job_queues q
-         where q.queue_name like 'app\\_events:%'
-           and q.locked_by is not null
-           and q.locked_at < now() - ${nodeTimeoutMs} * interval '1 millisecond'
-           and q.locked_by not in (select pool_id from live)
-      )
-      select (select count(*) from orphans)::int as released,
-             graphile_worker.force_unlock_workers(array(select locked_by from orphans))`;
-    return row?.released ?? 0;
+  async renew(nodeId: string, chatIds: string[], leaseMs: number): Promise<string[]> {
+    const rows = await this.sql<{ chat_id: string }[]>`
+      update public.app_event_leases
+         set lease_until = now() + ${leaseMs} * interval '1 millisecond'
+       where node_id = ${nodeId} and lease_until > now()
+         and chat_id in (select jsonb_array_elements_text(${JSON.stringify(chatIds)}::jsonb)::uuid)
+      returning chat_id`;
+    return rows.map((r) => r.chat_id);
   }
 
-  /** Releases the locks of a pool known to be stopped (this node's, before it starts anew). */
-  async releasePool(poolId: string): Promise<void> {
-    await this.sql`select graphile_worker.force_unlock_workers(array[${poolId}]::text[])`;
-    await this.forget(poolId);
+  /** Drops every lease of `nodeId` (a clean stop: its deliveries ended). */
+  async releaseAll(nodeId: string): Promise<void> {
+    await this.sql`delete from public.app_event_leases where node_id = ${nodeId}`;
   }
 
   /** Events waiting to be delivered, and events whose retries ran out. */
@@ -257,7 +279,8 @@ export class AppEventRepository {
 
   /**
    * Puts failed deliveries back in their chats' queues (all of them, or those with the given
-   * event ids) with a fresh retry window, and wakes their chats. Returns how many.
+   * event ids) with a fresh retry window. Returns how many. (Every node's delivery looks for
+   * pending events at least every 250 ms.)
    */
   async requeue(eventIds: string[] | undefined): Promise<number> {
     const filter = eventIds
@@ -270,11 +293,8 @@ export class AppEventRepository {
            set failed_at = null, attempts = 0, next_attempt_at = now(), requeued_at = now()
          where failed_at is not null ${filter}
         returning chat_id
-      ), scheduled as (
-        select public.schedule_app_event_delivery(array(select distinct chat_id from requeued))
-         where exists (select 1 from requeued)
       )
-      select (select count(*) from requeued)::int as requeued, (select count(*) from scheduled)`;
+      select count(*)::int as requeued from requeued`;
     return row?.requeued ?? 0;
   }
 }

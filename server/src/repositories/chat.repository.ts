@@ -3,6 +3,7 @@ import type postgres from "postgres";
 import { Limits } from "../../../protocol/constants.js";
 import { compact, unlessAborted } from "../db/abortable.js";
 import type { Database } from "../db/client.js";
+import { errorCode, FOREIGN_KEY_VIOLATION } from "../db/errors.js";
 import { type ChatSession, chatSessions, type MessageJson } from "../db/schema.js";
 
 /** A chat row plus `updated_at` in exact microseconds, for sidebar cursors. */
@@ -153,22 +154,29 @@ export class ChatRepository {
 
   /**
    * Inserts a chat. With a client-chosen id that already exists, nothing is inserted and
-   * undefined is returned (the caller then looks the chat up: a retried create).
+   * "exists" is returned (the caller then looks the chat up: a retried create). "userMissing":
+   * the user's row is gone (deleted while one of their sockets was still connected; the
+   * foreign key refused the chat), so nothing was inserted.
    */
   async insert(
     userId: string,
     values: { id?: string | undefined; title?: string | undefined },
-  ): Promise<ChatRow | undefined> {
-    const [row] = await this.db
-      .insert(chatSessions)
-      .values({
-        userId,
-        ...(values.id ? { id: values.id } : {}),
-        ...(values.title ? { title: values.title } : {}),
-      })
-      .onConflictDoNothing({ target: chatSessions.id })
-      .returning(chatColumns);
-    return row;
+  ): Promise<ChatRow | "exists" | "userMissing"> {
+    try {
+      const [row] = await this.db
+        .insert(chatSessions)
+        .values({
+          userId,
+          ...(values.id ? { id: values.id } : {}),
+          ...(values.title ? { title: values.title } : {}),
+        })
+        .onConflictDoNothing({ target: chatSessions.id })
+        .returning(chatColumns);
+      return row ?? "exists";
+    } catch (err) {
+      if (errorCode(err) === FOREIGN_KEY_VIOLATION) return "userMissing";
+      throw err;
+    }
   }
 
   async rename(userId: string, chatId: string, title: string): Promise<ChatRow | undefined> {

@@ -82,6 +82,11 @@ export class MessageRepository {
   constructor(
     private readonly sql: postgres.Sql,
     private readonly metrics?: Metrics,
+    /**
+     * Called after a statement stored new messages (committed): the outbox's delivery on this
+     * node looks for their events at once instead of at its next poll.
+     */
+    private readonly onStored?: () => void,
   ) {}
 
   private timed<T>(operation: string, work: () => Promise<T>): Promise<T> {
@@ -181,6 +186,7 @@ export class MessageRepository {
         throw again;
       });
     }
+    if (this.onStored && rows.some((r) => !r.duplicate)) this.onStored();
     // A chat has one owner, so its rows are that owner's group's; another user's group naming
     // the same chat gets nothing.
     const byChat = new Map<string, BatchRow[]>();

@@ -1,6 +1,6 @@
 import { eq, inArray, sql } from "drizzle-orm";
 import type { Database } from "../db/client.js";
-import { type MessageJson, users } from "../db/schema.js";
+import { users } from "../db/schema.js";
 
 /**
  * The class of the per-user advisory lock (`pg_advisory_xact_lock(class, hashtext(clerk_id))`;
@@ -40,15 +40,6 @@ export type UserStatsRow = {
   token_usage: string | number;
   subscription_tier: string | null;
   subscription_status: string | null;
-};
-
-/** A row of the seed's `get_user_chat_history`. */
-export type ChatHistoryRow = {
-  session_id: string;
-  title: string;
-  last_message: MessageJson | null;
-  created_at: Date | string;
-  updated_at: Date | string;
 };
 
 /** What adding tokens did: the new total, or why nothing changed. */
@@ -215,12 +206,5 @@ export class UserRepository {
     const existing = current[0];
     if (!existing) return { ok: false, reason: "not_found" };
     return { ok: false, reason: "overflow", tokenUsage: Number(existing.token_usage) };
-  }
-
-  /** The seed's `get_user_chat_history`: every chat of the user, latest activity first. */
-  async chatHistory(clerkId: string): Promise<ChatHistoryRow[]> {
-    return this.db.execute<ChatHistoryRow>(
-      sql`select * from public.get_user_chat_history(${clerkId})`,
-    );
   }
 }

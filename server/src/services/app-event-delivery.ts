@@ -1,38 +1,45 @@
 /**
- * Delivers the transactional outbox (app_events) to the app's backend as signed webhooks. Runs
- * in every node; graphile-worker hands each chat's delivery job to one node at a time (a queue
- * per chat), so any node delivers and no event is delivered by two nodes at once.
+ * Delivers the transactional outbox (app_events) to the app's backend as signed webhooks. Runs in
+ * every node. A node takes chats under a lease (app_event_leases: one holder per chat, across all
+ * nodes), delivers each chat's events strictly in order and many chats at once, and hands the
+ * outcomes back in batches (one statement deletes the delivered events and drops the leases).
  *
- * Why the job does its own retries: graphile-worker retries a failed job after exp(attempts)
- * seconds, uncapped (hours after a few failures), and lets the queue's next job run meanwhile,
- * which would break the per-chat order. So the job delivers its chat's events strictly in order,
- * stops at the first failure, records it on the event and reschedules itself after a capped
- * exponential backoff (APP_WEBHOOK_RETRY_*). graphile-worker keeps a dead node's jobs locked for
- * 4 hours; every node therefore beats a heartbeat and releases the locks of pools that stopped
- * beating for APP_WEBHOOK_NODE_TIMEOUT_MS (graphile_worker.force_unlock_workers).
+ * Why not a job queue (graphile-worker until drizzle/0011, figures in docs/benchmarks.md): its
+ * add_job NOTIFYs from the inserting transaction, and notifying transactions commit one at a
+ * time database-wide (single-row inserts ran at 0.22x); each chat's batch cost a job fetch and a
+ * completion; its retries are uncapped and break the per-chat order; and a dead worker's jobs
+ * stay locked for 4 hours. The project had already replaced its retries and its dead-worker
+ * recovery; what was left of it (a per-chat mutex and a wake-up) is the lease and the loop below.
+ *
+ * Safety of the lease: the holder renews its leases every APP_WEBHOOK_NODE_TIMEOUT_MS / 5. It
+ * trusts a lease for the node timeout counted from when it *sent* the claim or renewal (the
+ * database counts from later), and aborts its attempts on a chat a fifth of that before the
+ * lease could lapse. So when another node takes a lapsed chat over, no attempt of the old holder
+ * is in flight.
  */
-import { EventEmitter } from "node:events";
-import { Logger as GraphileLogger, type JobHelpers, type Runner, run } from "graphile-worker";
+import { randomUUID } from "node:crypto";
 import type { AppWebhookConfig } from "../config.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import {
-  type AppEventRepository,
-  DELIVERY_TASK,
-  type PendingEvent,
+import type {
+  AppEventRepository,
+  FinishBatch,
+  PendingEvent,
 } from "../repositories/app-event.repository.js";
 import { WebhookSender } from "./webhook-sender.js";
 
-/** Events one job reads at once; it goes on reading until the chat is drained or an event fails. */
-const BATCH = 20;
-/** Events one job delivers before it yields its worker to other chats (it reschedules itself). */
-const MAX_EVENTS_PER_JOB = 200;
-/** How long an overdue event may wait for its wake-up before the sweep wakes its chat. */
-const OVERDUE_GRACE_MS = 5000;
+/** Events read per chat at once (the claim returns this many of each chat). */
+const BATCH = 50;
+/** Events one chat gets delivered before its lease is dropped and chats are claimed anew (fairness). */
+const MAX_EVENTS_PER_HOLD = 500;
+/** Pending rows one claim looks at, at most (of chats nobody holds). */
+const CLAIM_SCAN = 1000;
+/** With nothing to do, the delivery looks for due events this often (retries, other nodes' events). */
+export const POLL_MS = 250;
+/** The shortest time between two claims (wake-ups come with every stored batch). */
+const MIN_CLAIM_GAP_MS = 5;
 
 export interface AppEventDeliveryOptions {
-  /** graphile-worker's own connections (LISTEN and job fetches); the outbox uses `repository`. */
-  databaseUrl: string;
   /** On a pool of its own, apart from the send path's: a slow receiver never holds a send's connection. */
   repository: AppEventRepository;
   webhook: AppWebhookConfig;
@@ -46,208 +53,345 @@ export function retryDelayMs(failures: number, firstMs: number, maxMs: number): 
   return Math.min(maxMs, Math.round(base * (0.9 + Math.random() * 0.2)));
 }
 
+/** A chat this node holds the lease of. */
+interface Held {
+  /** This node's clock: the lease is trusted until then (see the file's comment). */
+  trustedUntil: number;
+  /** Aborts the chat's attempt in progress: the lease ran short, or a hard stop. */
+  abort: AbortController;
+}
+
+type Outcome = FinishBatch & { done: () => void };
+
 export class AppEventDelivery {
+  /** This process's lease holder id. */
+  readonly nodeId = randomUUID();
   private readonly sender: WebhookSender;
-  private runner: Runner | undefined;
-  private poolId: string | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  /** When this node's heartbeat last reached the database (its own clock). */
-  private lastBeat = 0;
-  /** Aborts every delivery in progress: the node lost its heartbeat (others may take over). */
-  private cutOff = new AbortController();
+  private readonly held = new Map<string, Held>();
+  private readonly running = new Set<Promise<void>>();
   private stopping = false;
+  private loopDone: Promise<void> = Promise.resolve();
+  private wakeUp: (() => void) | undefined;
+  private woken = false;
+  private timers: NodeJS.Timeout[] = [];
+  /** Outcomes waiting for the next finish statement (one runs at a time, in order). */
+  private outcomes: Outcome[] = [];
+  private flushing: Promise<void> | undefined;
 
   constructor(private readonly options: AppEventDeliveryOptions) {
-    this.sender = new WebhookSender(options.webhook);
+    this.sender = new WebhookSender({
+      ...options.webhook,
+      maxSockets: options.webhook.concurrency,
+    });
   }
 
-  /**
-   * Installs or updates graphile-worker's schema, turns enqueueing on and starts delivering.
-   * Resolves once the worker runs.
-   */
+  private get leaseMs(): number {
+    return this.options.webhook.nodeTimeoutMs;
+  }
+
+  /** Turns enqueueing on and starts delivering. */
   async start(): Promise<void> {
     const { webhook, logger, repository } = this.options;
-    await this.startRunner();
     await repository.setEnabled(true);
-    this.timer = setInterval(() => void this.maintain(), Math.max(100, webhook.nodeTimeoutMs / 5));
-    this.timer.unref();
+    const every = Math.max(100, this.leaseMs / 5);
+    this.timers.push(setInterval(() => void this.renew(), every));
+    this.timers.push(setInterval(() => void this.gauges(), every));
+    this.timers.push(setInterval(() => this.cutShortLeases(), Math.min(250, every)));
+    for (const t of this.timers) t.unref();
+    this.loopDone = this.loop();
     logger.info({ url: redact(webhook.url) }, "webhooks: delivering to the app's backend");
   }
 
-  private async startRunner(): Promise<void> {
-    const { webhook, logger } = this.options;
-    const events = new EventEmitter();
-    // The pool's id is what graphile-worker writes in locked_by: beat under it at once.
-    events.on("pool:create", ({ workerPool }: { workerPool: { id: string } }) => {
-      this.poolId = workerPool.id;
-      void this.beat();
-    });
-    const runner = await run({
-      connectionString: withAsyncCommit(this.options.databaseUrl),
-      // One per concurrent job, one for LISTEN, one spare.
-      maxPoolSize: webhook.concurrency + 2,
-      concurrency: webhook.concurrency,
-      noHandleSignals: true,
-      // Retries that come due are found by polling (new jobs by LISTEN/NOTIFY): a wait of at
-      // most this on top of the backoff.
-      pollInterval: Math.min(1000, webhook.retryFirstDelayMs),
-      // On shutdown, deliveries in progress get this long before they are aborted (and retried
-      // by any node): short enough for the process's 10 s shutdown limit (main.ts).
-      gracefulShutdownAbortTimeout: Math.min(webhook.timeoutMs, 3000),
-      events,
-      logger: graphileLogger(logger),
-      // Batched completion: besides fewer round trips, a batch that cannot be recorded (the
-      // database away) stops the pool, which restart() replaces. Unbatched, graphile-worker
-      // 0.17 leaves that failure as an unhandled rejection, which would end the process.
-      preset: { worker: { completeJobBatchDelay: 0, failJobBatchDelay: 0 } },
-      taskList: {
-        [DELIVERY_TASK]: async (payload, helpers) => this.deliverChat(payload, helpers),
-      },
-    });
-    this.runner = runner;
-    // graphile-worker stops its pool when it cannot record a job's outcome for a while (the
-    // database away): this node then starts a new pool, so it goes on delivering once it is back.
-    runner.promise.then(
-      () => this.restart(runner, undefined),
-      (err: unknown) => this.restart(runner, err),
-    );
-  }
-
-  private async restart(previous: Runner, err: unknown): Promise<void> {
-    if (this.stopping || this.runner !== previous) return;
-    const { logger, repository } = this.options;
-    logger.warn({ err }, "webhooks: the delivery worker stopped; restarting it");
-    const deadPool = this.poolId;
-    for (let attempt = 0; !this.stopping; attempt++) {
-      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
-      if (this.stopping) return;
-      try {
-        // The stopped pool runs nothing any more: its locks are released at once.
-        if (deadPool) await repository.releasePool(deadPool);
-        await this.startRunner();
-        return;
-      } catch (e) {
-        logger.debug({ err: e }, "webhooks: restart failed; retrying");
-      }
-    }
+  /**
+   * Something was stored (on this node): look for it now rather than at the next poll. Cheap and
+   * idempotent; the send path calls it after each commit that made events.
+   */
+  wake(): void {
+    this.woken = true;
+    this.wakeUp?.();
   }
 
   /**
-   * Graceful stop: no new jobs; deliveries in progress finish (or are aborted after the request
-   * timeout, then retried by any node); this node's heartbeat is removed.
+   * Graceful stop: no new chats; attempts in progress finish (or are aborted after at most 3 s
+   * and retried by any node); outcomes are written; this node's leases are dropped.
    */
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    if (this.timer) clearInterval(this.timer);
+    for (const t of this.timers) clearInterval(t);
+    this.wake();
+    const grace = Math.min(this.options.webhook.timeoutMs, 3000);
+    const timer = setTimeout(() => {
+      for (const h of this.held.values()) h.abort.abort();
+    }, grace);
+    // Bounded: with the database away a query may wait for it (the process's own shutdown limit
+    // is 10 s, main.ts); whatever is not written is redelivered after the leases lapse.
+    const settled = (async () => {
+      await this.loopDone;
+      await Promise.all([...this.running]);
+      await this.flushing;
+    })();
+    await Promise.race([settled, new Promise((r) => setTimeout(r, grace + 2000).unref())]);
+    clearTimeout(timer);
     try {
-      await this.runner?.stop();
+      await Promise.race([
+        this.options.repository.releaseAll(this.nodeId),
+        new Promise((_, reject) => setTimeout(() => reject(new Error("timed out")), 1000).unref()),
+      ]);
     } catch (err) {
-      this.options.logger.warn({ err }, "webhooks: worker stop failed");
+      // The leases lapse on their own after APP_WEBHOOK_NODE_TIMEOUT_MS.
+      this.options.logger.warn({ err }, "webhooks: could not drop this node's leases");
     }
-    if (this.poolId) await this.options.repository.forget(this.poolId).catch(() => {});
+    this.sender.close();
   }
 
-  /** Heartbeat, takeover of dead nodes' chats, overdue wake-ups and the gauges. */
-  private async maintain(): Promise<void> {
-    const { repository, webhook, metrics, logger } = this.options;
-    await this.beat();
-    if (this.stopping) return;
-    try {
-      const released = await repository.releaseDeadNodes(webhook.nodeTimeoutMs);
-      if (released > 0) logger.warn({ released }, "webhooks: took over the chats of dead nodes");
-      await repository.wakeOverdue(OVERDUE_GRACE_MS, 1000);
-      const counts = await repository.counts();
-      metrics.webhookEventsPending.set(counts.pending);
-      metrics.webhookEventsFailed.set(counts.failed);
-    } catch (err) {
-      logger.debug({ err }, "webhooks: maintenance failed (database unreachable?)");
+  /** Claims chats while there are free slots and due events; sleeps until woken or the poll. */
+  private async loop(): Promise<void> {
+    const { repository, webhook, logger } = this.options;
+    let errors = 0;
+    let lastClaim = 0;
+    while (!this.stopping) {
+      this.woken = false;
+      const free = webhook.concurrency - this.held.size;
+      let full = false;
+      if (free > 0) {
+        // Wake-ups come with every stored batch: at most one claim per MIN_CLAIM_GAP_MS.
+        const gap = lastClaim + MIN_CLAIM_GAP_MS - Date.now();
+        if (gap > 0) await new Promise((r) => setTimeout(r, gap));
+        const sentAt = Date.now();
+        lastClaim = sentAt;
+        try {
+          const claimed = await repository.claim(this.nodeId, {
+            limit: free,
+            leaseMs: this.leaseMs,
+            batch: BATCH,
+            scan: CLAIM_SCAN,
+          });
+          errors = 0;
+          for (const [chatId, events] of claimed) {
+            if (this.stopping) break;
+            const held: Held = {
+              trustedUntil: sentAt + this.leaseMs,
+              abort: new AbortController(),
+            };
+            this.held.set(chatId, held);
+            const run = this.deliverChat(chatId, held, events).catch((err: unknown) =>
+              logger.error({ err, chatId }, "webhooks: chat delivery failed"),
+            );
+            this.running.add(run);
+            void run.finally(() => this.running.delete(run));
+          }
+          // Every free slot filled: there may be more waiting; go on once a slot frees.
+          full = claimed.size === free;
+        } catch (err) {
+          errors++;
+          logger.debug({ err }, "webhooks: claim failed (database unreachable?)");
+          await this.sleep(Math.min(1000, 50 * 2 ** errors));
+          continue;
+        }
+      }
+      if (this.stopping) break;
+      // Every slot busy: a slot that frees wakes the loop; else the poll finds retries that came
+      // due and events stored by other nodes.
+      await this.sleep(full || free <= 0 ? 60_000 : POLL_MS);
     }
   }
 
-  private async beat(): Promise<void> {
-    if (!this.poolId || this.stopping) return;
-    try {
-      await this.options.repository.heartbeat(this.poolId);
-      this.lastBeat = Date.now();
-      if (this.cutOff.signal.aborted) this.cutOff = new AbortController();
-    } catch (err) {
-      // Cut off from the database: after half the node timeout the other nodes may soon take
-      // over this node's chats, so its deliveries stop now (no event delivered twice at once).
-      if (this.heartbeatStale()) this.cutOff.abort();
-      this.options.logger.debug({ err }, "webhooks: heartbeat failed");
-    }
+  /** Waits `ms`, or less if woken. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeUp = () => {
+        this.wakeUp = undefined;
+        done();
+      };
+      if (this.stopping || this.woken) this.wakeUp();
+    });
   }
 
-  private heartbeatStale(): boolean {
-    return Date.now() - this.lastBeat > this.options.webhook.nodeTimeoutMs / 2;
-  }
-
-  /** The job of one chat: its pending events, in order, until one fails or none is left. */
-  private async deliverChat(payload: unknown, helpers: JobHelpers): Promise<void> {
-    const chatId = (payload as { chatId?: unknown } | null)?.chatId;
-    if (typeof chatId !== "string") return;
+  /** One held chat: its events in order, until none is left, one fails, or the hold is long. */
+  private async deliverChat(chatId: string, held: Held, first: PendingEvent[]): Promise<void> {
     const { repository, metrics, logger } = this.options;
-    let delivered = 0;
-    while (delivered < MAX_EVENTS_PER_JOB) {
-      const events = await repository.pending(chatId, BATCH);
-      if (events.length === 0) return;
-      // A short batch was all there was. An event stored after that read needs no second look:
-      // its trigger found this job running and queued a new one behind it.
-      const last = events.length < BATCH;
-      for (const event of events) {
-        if (event.dueInMs > 0) {
-          await repository.schedule(chatId, event.dueInMs);
+    let events = first;
+    let count = 0;
+    let backedOff: { chatId: string; retryInMs: number } | undefined;
+    let lost = false;
+    const failures: FinishBatch["failures"] = [];
+    try {
+      for (;;) {
+        const delivered: string[] = [];
+        for (const event of events) {
+          if (held.abort.signal.aborted) {
+            lost = true;
+            break;
+          }
+          const result = await this.sender.send(
+            `evt_${event.eventId}`,
+            { type: event.type, timestamp: event.createdAt, data: event.data },
+            held.abort.signal,
+          );
+          if (result.ok) {
+            delivered.push(event.id);
+            metrics.webhookDelivered.inc({ type: event.type });
+            count++;
+            continue;
+          }
+          if (held.abort.signal.aborted) {
+            // Not the receiver's fault: this node may no longer deliver the chat; the attempt is
+            // not recorded (the next holder tries again, same webhook-id).
+            lost = true;
+            break;
+          }
+          metrics.webhookAttemptsFailed.inc({ type: event.type });
+          const retryInMs = this.nextRetry(event);
+          failures.push({ id: event.id, chatId, error: result.error, retryInMs });
+          if (retryInMs === undefined) {
+            metrics.webhookGaveUp.inc({ type: event.type });
+            logger.error(
+              { eventId: event.eventId, type: event.type, chatId, error: result.error },
+              "webhooks: retries ran out; the event is listed in GET /service/v1/webhooks/failed",
+            );
+            continue;
+          }
+          logger.warn(
+            {
+              eventId: event.eventId,
+              chatId,
+              attempt: event.attempts + 1,
+              retryInMs,
+              error: result.error,
+            },
+            "webhooks: delivery failed; retrying",
+          );
+          backedOff = { chatId, retryInMs };
+          break;
+        }
+        const last = events.at(-1);
+        const more =
+          !lost &&
+          !backedOff &&
+          !this.stopping &&
+          events.length === BATCH &&
+          count < MAX_EVENTS_PER_HOLD &&
+          last !== undefined;
+        if (!more) {
+          // The last outcome of this hold: the deletes, the failures and the lease together.
+          await this.finish({
+            delivered,
+            failures: failures.splice(0),
+            released: lost || backedOff ? [] : [chatId],
+            backedOff: backedOff ? [backedOff] : [],
+          });
           return;
         }
-        if (this.heartbeatStale()) {
-          // Thrown: graphile-worker retries the job; by then this node beats again or another
-          // node has taken over.
-          throw new Error("webhooks: this node's heartbeat is stale; not delivering");
+        // Handed back without waiting (finishes run in order), then the next events of the chat.
+        void this.finish({ delivered, failures: failures.splice(0), released: [], backedOff: [] });
+        try {
+          events = await repository.nextBatch(chatId, last.id, BATCH);
+        } catch (err) {
+          logger.debug({ err, chatId }, "webhooks: reading the chat's next events failed");
+          events = [];
         }
-        const result = await this.sender.send(
-          `evt_${event.eventId}`,
-          { type: event.type, timestamp: event.createdAt, data: event.data },
-          AbortSignal.any([
-            this.cutOff.signal,
-            helpers.abortSignal ?? new AbortController().signal,
-          ]),
-        );
-        if (result.ok) {
-          const seconds = await repository.delivered(event.id);
-          metrics.webhookDelivered.inc({ type: event.type });
-          if (seconds !== undefined) metrics.webhookLatency.observe(seconds);
-          delivered++;
-          continue;
+        if (events.length === 0) {
+          await this.finish({ delivered: [], failures: [], released: [chatId], backedOff: [] });
+          return;
         }
-        metrics.webhookAttemptsFailed.inc({ type: event.type });
-        const retryInMs = this.nextRetry(event);
-        await repository.attemptFailed(event.id, result.error, retryInMs);
-        if (retryInMs === undefined) {
-          metrics.webhookGaveUp.inc({ type: event.type });
-          logger.error(
-            { eventId: event.eventId, type: event.type, chatId, error: result.error },
-            "webhooks: retries ran out; the event is listed in GET /service/v1/webhooks/failed",
-          );
-          continue;
-        }
-        logger.warn(
-          {
-            eventId: event.eventId,
-            chatId,
-            attempt: event.attempts + 1,
-            retryInMs,
-            error: result.error,
-          },
-          "webhooks: delivery failed; retrying",
-        );
-        await repository.schedule(chatId, retryInMs);
-        return;
       }
-      if (last) return;
+    } finally {
+      this.held.delete(chatId);
+      this.wake();
     }
-    // A long backlog: yield this worker to other chats, and carry on right after.
-    await repository.schedule(chatId, 0);
+  }
+
+  /** Queues outcomes for the next finish statement; resolves once they are written. */
+  private finish(batch: FinishBatch): Promise<void> {
+    return new Promise((done) => {
+      this.outcomes.push({ ...batch, done });
+      if (!this.flushing) this.flushing = this.flush();
+    });
+  }
+
+  /**
+   * Writes queued outcomes, one statement at a time, in order: what queues up while one runs
+   * goes in the next. A statement that fails (the database away) is retried until it is written
+   * (or, at a stop, given up after a few tries): the chat's slot stays taken meanwhile, so its
+   * lease is not dropped before its deletes are written.
+   */
+  private async flush(): Promise<void> {
+    const { repository, metrics, logger } = this.options;
+    let errors = 0;
+    // Let outcomes of the same tick join.
+    await new Promise((r) => setImmediate(r));
+    while (this.outcomes.length > 0) {
+      const batch = this.outcomes.splice(0);
+      const merged: FinishBatch = { delivered: [], failures: [], released: [], backedOff: [] };
+      for (const b of batch) {
+        merged.delivered.push(...b.delivered);
+        merged.failures.push(...b.failures);
+        merged.released.push(...b.released);
+        merged.backedOff.push(...b.backedOff);
+      }
+      for (;;) {
+        try {
+          const seconds = await repository.finish(this.nodeId, merged);
+          for (const s of seconds) metrics.webhookLatency.observe(s);
+          errors = 0;
+          break;
+        } catch (err) {
+          errors++;
+          if (this.stopping && errors >= 3) {
+            // Stopping with the database away: the leases lapse on their own, and the events
+            // not deleted are delivered again (same webhook-id) by the next holder.
+            logger.warn(
+              { err },
+              "webhooks: outcomes not recorded at stop; they will be redelivered",
+            );
+            break;
+          }
+          logger.debug({ err }, "webhooks: recording outcomes failed; retrying");
+          await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** errors)));
+        }
+      }
+      for (const b of batch) b.done();
+    }
+    this.flushing = undefined;
+  }
+
+  /** Extends this node's leases; a chat it no longer holds is aborted. */
+  private async renew(): Promise<void> {
+    if (this.stopping || this.held.size === 0) return;
+    const sentAt = Date.now();
+    try {
+      const mine = new Set(
+        await this.options.repository.renew(this.nodeId, [...this.held.keys()], this.leaseMs),
+      );
+      for (const [chatId, h] of this.held) {
+        if (mine.has(chatId)) h.trustedUntil = Math.max(h.trustedUntil, sentAt + this.leaseMs);
+        else if (h.trustedUntil < sentAt) h.abort.abort();
+      }
+    } catch (err) {
+      this.options.logger.debug({ err }, "webhooks: lease renewal failed");
+    }
+  }
+
+  /** Aborts the attempts on chats whose lease is within a fifth of lapsing (not renewed). */
+  private cutShortLeases(): void {
+    const limit = Date.now() + this.leaseMs / 5;
+    for (const h of this.held.values()) if (h.trustedUntil < limit) h.abort.abort();
+  }
+
+  private async gauges(): Promise<void> {
+    try {
+      const counts = await this.options.repository.counts();
+      this.options.metrics.webhookEventsPending.set(counts.pending);
+      this.options.metrics.webhookEventsFailed.set(counts.failed);
+    } catch (err) {
+      this.options.logger.debug({ err }, "webhooks: counting the outbox failed");
+    }
   }
 
   /** Milliseconds to the next attempt after this failure, or undefined: the retries ran out. */
@@ -260,34 +404,8 @@ export class AppEventDelivery {
   }
 }
 
-/**
- * The delivery's own writes (job locks and completions, deleting a delivered event, recording a
- * failure, heartbeats) commit asynchronously: they do not wait for the WAL flush. Safe for
- * at-least-once: a write lost in a database crash only means an event delivered again (same
- * webhook-id) or a wake-up that the overdue sweep redoes. The events themselves are written by
- * the message's own, synchronous, transaction. Without this every delivered event would wait for
- * several flushes, and the outbox could not keep up with the rate messages are stored at.
- */
-function withAsyncCommit(databaseUrl: string): string {
-  const url = new URL(databaseUrl);
-  const options = url.searchParams.get("options");
-  url.searchParams.set("options", `${options ? `${options} ` : ""}-c synchronous_commit=off`);
-  return url.toString();
-}
-
 /** The URL without credentials or query (it may hold a token), for logs. */
 function redact(url: string): string {
   const u = new URL(url);
   return `${u.protocol}//${u.host}${u.pathname}`;
-}
-
-/** graphile-worker's log lines through pino. */
-function graphileLogger(logger: Logger) {
-  return new GraphileLogger((scope) => (level, message, meta) => {
-    const entry = { scope, ...meta };
-    if (level === "error") logger.error(entry, message);
-    else if (level === "warning") logger.warn(entry, message);
-    else if (level === "info") logger.debug(entry, message);
-    else logger.trace(entry, message);
-  });
 }

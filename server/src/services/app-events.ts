@@ -32,7 +32,11 @@ export const noAppEvents: AppEvents = {
  * when APP_WEBHOOK_URL is set.
  */
 export class OutboxAppEvents implements AppEvents {
-  constructor(private readonly repository: AppEventRepository) {}
+  constructor(
+    private readonly repository: AppEventRepository,
+    /** Wakes this node's delivery once an event is stored. */
+    private readonly onStored: () => void = () => {},
+  ) {}
 
   async stopRequested(event: Parameters<AppEvents["stopRequested"]>[0]): Promise<void> {
     await this.repository.enqueue(event.chatId, "stream.stop_requested", {
@@ -41,5 +45,6 @@ export class OutboxAppEvents implements AppEvents {
       streamId: event.streamId,
       requestedAt: event.requestedAt,
     });
+    this.onStored();
   }
 }

@@ -60,7 +60,9 @@ export class ChatService {
   async create(actor: Actor, input: CommandPayload<"chat:create">): Promise<ChatSummary> {
     await this.rateLimits.consumeWrite(actor, "chatCreate");
     const inserted = await this.chats.insert(actor.dbUserId, input);
-    if (!inserted) {
+    // Deleted (webhook) while this socket was still connected: as if it came after the close.
+    if (inserted === "userMissing") throw notFound("User");
+    if (inserted === "exists") {
       // A retried create with the same client-chosen id: return the chat if it is the actor's.
       const existing = input.id ? await this.chats.find(actor.dbUserId, input.id) : undefined;
       if (!existing) throw new AppError(ErrorCode.CONFLICT, "A chat with this id already exists");

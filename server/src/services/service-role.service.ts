@@ -5,10 +5,11 @@ import {
   type UserStats,
 } from "../../../protocol/index.js";
 import type { SearchRepository, SearchStatus } from "../repositories/search.repository.js";
+import type { ChatService } from "./chat.service.js";
 import { AppError, notFound } from "./errors.js";
 import type { MessageService } from "./message.service.js";
 import type { Notifier } from "./notifier.js";
-import type { ChatHistoryEntry, UserService } from "./user.service.js";
+import type { UserService } from "./user.service.js";
 
 /** A recorded search, as the service API returns it. */
 export interface RecordedSearch {
@@ -27,6 +28,7 @@ export class ServiceRoleService {
   constructor(
     private readonly users: UserService,
     private readonly messages: MessageService,
+    private readonly chats: ChatService,
     private readonly searches: SearchRepository,
     private readonly notifier: Notifier,
   ) {}
@@ -108,9 +110,14 @@ export class ServiceRoleService {
     };
   }
 
-  async chatHistory(userId: string): Promise<ChatHistoryEntry[]> {
-    await this.users.requireActor(userId);
-    return this.users.chatHistory(userId);
+  /** A page of the user's chats, as `chat:list` gives it to their devices. */
+  async chatList(
+    userId: string,
+    input: { limit?: number | undefined; cursor?: string | undefined },
+    signal?: AbortSignal,
+  ): Promise<CommandResults["chat:list"]> {
+    const actor = await this.users.requireActor(userId);
+    return this.chats.list(actor, input, signal);
   }
 
   async stats(userId: string): Promise<UserStats> {

@@ -222,27 +222,37 @@ export class StreamService {
     streamId: string,
     content: string | undefined,
   ): Promise<CommandResults["message:send"]> {
-    let record = await this.guard(this.store.get(streamId));
-    if (!record) throw notFound("Stream");
-    if (record.status === "finished") return this.storeReply(record, content ?? record.content);
-    if (record.status !== "active") throw notActive(record.status);
-
-    const claimed = await this.guard(
-      this.store.transition(streamId, "active", "finishing", {
-        deadline: Date.now() + this.options.timeoutMs + this.finishLeaseMs,
-        ttlMs: this.options.timeoutMs + this.finishLeaseMs + this.retentionMs,
-      }),
-    );
-    if (!claimed.ok) {
-      if (claimed.status === "missing") throw notFound("Stream");
-      // Another request finished (or failed) it in the meantime.
-      if (claimed.status === "finished") {
-        const done = await this.guard(this.store.get(streamId));
-        if (done) return this.storeReply(done, content ?? done.content);
+    let record: StreamRecord;
+    // A finish already storing the reply (a retry racing it, on this node or another) is waited
+    // for, then answered like a retry after it: the stored reply (`duplicate: true`).
+    const waitUntil = Date.now() + STOP_WAIT_MS;
+    for (let attempt = 0; ; attempt++) {
+      const current = await this.guard(this.store.get(streamId));
+      if (!current) throw notFound("Stream");
+      if (current.status === "finished") {
+        return this.storeReply(current, content ?? current.content);
       }
-      throw notActive(claimed.status);
+      if (current.status === "active") {
+        const claimed = await this.guard(
+          this.store.transition(streamId, "active", "finishing", {
+            deadline: Date.now() + this.options.timeoutMs + this.finishLeaseMs,
+            ttlMs: this.options.timeoutMs + this.finishLeaseMs + this.retentionMs,
+          }),
+        );
+        if (claimed.ok) {
+          record = claimed.record;
+          break;
+        }
+        if (claimed.status === "missing") throw notFound("Stream");
+        // Changed meanwhile (another finish, a fail, a stop or a sweep): look again.
+      } else if (current.status !== "finishing") {
+        throw notActive(current.status);
+      }
+      if (Date.now() >= waitUntil || attempt > STOP_WAIT_MS / STOP_POLL_MS) {
+        throw new AppError(ErrorCode.UNAVAILABLE, "The reply is being stored; retry the finish");
+      }
+      await new Promise((r) => setTimeout(r, STOP_POLL_MS));
     }
-    record = claimed.record;
 
     const text = content ?? record.content;
     const valid = contentSchema.safeParse(text);
@@ -347,25 +357,17 @@ export class StreamService {
           // Changed meanwhile (a chunk cannot change the status: a finish, fail or sweep did).
           if (!claimed.ok) break;
           this.announceStop(claimed.record, stoppedAt);
-          const told = this.appEvents
-            .stopRequested({
-              userId: record.userId,
-              chatId: record.chatId,
-              streamId,
-              requestedAt: new Date(stoppedAt).toISOString(),
-            })
-            .catch((err: unknown) => {
-              // The backend still learns it from STREAM_STOPPED on its next call.
-              this.logger.warn({ streamId, err: String(err) }, "could not record stop event");
-            });
-          const message = await this.storeStopped(claimed.record);
-          await told;
+          // Recorded before the ack; if it cannot be (database unavailable), the stream stays
+          // `stopping` and the sweeper records it with the reply once the database is back.
+          const told = await this.tellStop(claimed.record, stoppedAt);
+          const message = await this.storeStopped(claimed.record, told);
           return { streamId, status: "stopped", message };
         }
         case "stopping":
         case "stopped":
-          // A repeated stop (another device, a retry): the same outcome. Storing is idempotent.
-          return { streamId, status: "stopped", message: await this.storeStopped(record) };
+          // A repeated stop (another device, a retry): the same outcome. Storing is idempotent;
+          // the stop that claimed it (or the sweeper) settles it, once the backend is told.
+          return { streamId, status: "stopped", message: await this.storeStopped(record, false) };
         case "finished":
           return {
             streamId,
@@ -410,8 +412,9 @@ export class StreamService {
       for (const r of expired) {
         if (r.status === "stopping") {
           // Devices may have missed the stop if its node died at once: told again (idempotent).
+          // So is the backend, whose event may not have been recorded (at least once).
           this.announceStop(r, now);
-          stops.push(this.storeStopped(r));
+          stops.push(this.tellStop(r, now).then((told) => this.storeStopped(r, told)));
           continue;
         }
         this.deltas.flush(r.streamId);
@@ -491,11 +494,35 @@ export class StreamService {
   }
 
   /**
+   * Records `stream.stop_requested` for the app's backend (AppEvents.stopRequested); false when
+   * it could not be recorded (the backend still learns it from STREAM_STOPPED on its next call,
+   * and the sweeper tries again).
+   */
+  private async tellStop(record: StreamRecord, requestedAt: number): Promise<boolean> {
+    try {
+      await this.appEvents.stopRequested({
+        userId: record.userId,
+        chatId: record.chatId,
+        streamId: record.streamId,
+        requestedAt: new Date(requestedAt).toISOString(),
+      });
+      return true;
+    } catch (err) {
+      this.logger.warn(
+        { streamId: record.streamId, err: String(err) },
+        "could not record the stop event; the sweeper will retry",
+      );
+      return false;
+    }
+  }
+
+  /**
    * Stores a stopped stream's text (once: clientId = streamId) and marks it `stopped`. With no
    * text, or its chat deleted, there is nothing to store. If storing fails otherwise (database
-   * unavailable) it stays `stopping`, and the sweeper stores it once its lease has passed.
+   * unavailable) it stays `stopping`, and the sweeper stores it once its lease has passed;
+   * so it does when `told` is false (the backend's event is not recorded yet).
    */
-  private async storeStopped(record: StreamRecord): Promise<ChatMessage | null> {
+  private async storeStopped(record: StreamRecord, told = true): Promise<ChatMessage | null> {
     let message: ChatMessage | null = null;
     if (contentSchema.safeParse(record.content).success) {
       try {
@@ -510,7 +537,8 @@ export class StreamService {
         }
       }
     }
-    if (record.status === "stopping") {
+    // Until the backend's event is recorded too, the sweeper keeps the stop (and retries both).
+    if (record.status === "stopping" && told) {
       await this.settle(record.streamId, "stopping", "stopped", {});
     }
     return message;

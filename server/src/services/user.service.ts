@@ -1,4 +1,4 @@
-import type { MessageBody, UserStats } from "../../../protocol/index.js";
+import type { UserStats } from "../../../protocol/index.js";
 import { ExpiringMap } from "../expiring-map.js";
 import type {
   DeletionResult,
@@ -8,17 +8,8 @@ import type {
 } from "../repositories/user.repository.js";
 import type { Actor } from "./actor.js";
 import { AppError, ErrorCode, notFound } from "./errors.js";
-import { toMessageBody, toUserStats } from "./mappers.js";
+import { toUserStats } from "./mappers.js";
 import { REVOCATION_TTL_MS } from "./revocations.js";
-
-/** A chat as the seed's `get_user_chat_history` lists it. */
-export interface ChatHistoryEntry {
-  id: string;
-  title: string;
-  lastMessage: MessageBody | null;
-  createdAt: string;
-  updatedAt: string;
-}
 
 /**
  * The largest `token_usage` the service accepts: beyond it a JSON number (and so every client
@@ -244,18 +235,6 @@ export class UserService {
       ErrorCode.CONFLICT,
       `token_usage would exceed ${MAX_TOKEN_USAGE} (it is ${result.tokenUsage}); nothing was added`,
     );
-  }
-
-  /** Every chat of the user, latest activity first (`get_user_chat_history`). */
-  async chatHistory(clerkId: string): Promise<ChatHistoryEntry[]> {
-    const rows = await this.users.chatHistory(clerkId);
-    return rows.map((r) => ({
-      id: r.session_id,
-      title: r.title,
-      lastMessage: toMessageBody(r.last_message),
-      createdAt: new Date(r.created_at).toISOString(),
-      updatedAt: new Date(r.updated_at).toISOString(),
-    }));
   }
 
   /**

@@ -16,7 +16,7 @@ import type { Metrics } from "../metrics.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { CommandBucket } from "../services/rate-limits.js";
 import type { Inflight } from "./inflight.js";
-import { PageGate } from "./page-gate.js";
+import { PageGate, UserPageGates } from "./page-gate.js";
 import type { ChatSocket } from "./types.js";
 
 const MAX_DETAILS = 20;
@@ -45,6 +45,11 @@ export interface CommandContext {
   timeoutMs: number;
   /** Page commands one socket may have running; default Limits.MAX_PAGES_IN_FLIGHT. */
   maxPagesInFlight?: number;
+  /**
+   * The node's per-user page gates (see `userPageGates`), shared by all its sockets: a user's
+   * sockets together run no more page commands at once than one socket may.
+   */
+  userPages: UserPageGates;
   /** Checked before every command but `auth:refresh`; throws an AppError to refuse. */
   guard?: (socket: ChatSocket, command: CommandName) => void;
 }
@@ -57,9 +62,10 @@ export interface CommandContext {
  * 2. an unknown event is answered UNKNOWN_COMMAND when it carries an ack;
  * 3. a command (payload, ack) is validated with the protocol's zod schema, run, and acked
  *    `{ ok: true, data }` or `{ ok: false, error }`. One without an ack callback is dropped:
- *    there is nobody to answer. Page commands pass the socket's PageGate first: a few run at
- *    once, some more wait, and beyond that they are refused RATE_LIMITED, so one socket cannot
- *    have the node build many large answers at once. The wait is part of the command's time.
+ *    there is nobody to answer. Page commands pass the socket's PageGate, then their user's
+ *    (ctx.userPages): a few run at once, some more wait, and beyond that they are refused
+ *    RATE_LIMITED, so neither one socket nor one user's many sockets can have the node build
+ *    many large answers at once. The wait is part of the command's time.
  *
  * A command that timed out has its signal aborted (its reads not yet sent are dropped); so do
  * all of a socket's commands when it disconnects, and nothing is acked to a socket that is gone.
@@ -108,23 +114,39 @@ export function serveCommands(
       ? async (s, payload, signal) => {
           await gate.acquire(signal);
           try {
-            return await handler(s, payload, signal);
+            const user = s.data.userId;
+            await ctx.userPages.acquire(user, signal);
+            try {
+              return await handler(s, payload, signal);
+            } finally {
+              ctx.userPages.release(user);
+            }
           } finally {
             gate.release();
           }
         }
       : handler;
     void run(socket, name, raw, gated, ctx, controller, release).then((result) => {
-      end();
       ctx.metrics.commands.inc({ command: name, outcome: result.ok ? "ok" : result.error.code });
       // A socket that is gone gets nothing (its answer may be large, and nobody reads it).
       if (socket.connected) ack(result);
+      end(); // after the ack: the histogram includes encoding it and handing it to the socket
     });
   });
 }
 
 /** Page commands that may wait for a slot, per slot (8 running: 32 waiting). */
 const PAGES_WAITING_PER_SLOT = 4;
+
+/**
+ * The node's per-user page gates: Limits.MAX_PAGES_IN_FLIGHT_PER_USER running for all of a
+ * user's sockets together, four times as many waiting.
+ */
+export function userPageGates(
+  maxRunning: number = Limits.MAX_PAGES_IN_FLIGHT_PER_USER,
+): UserPageGates {
+  return new UserPageGates(maxRunning, maxRunning * PAGES_WAITING_PER_SLOT);
+}
 
 /** The commands whose answers are pages of stored data, up to Limits.MAX_PAGE_BYTES each. */
 const pageCommands: ReadonlySet<CommandName> = new Set<CommandName>([

@@ -19,7 +19,14 @@ export class PageGate {
   constructor(
     private readonly maxRunning: number,
     private readonly maxWaiting: number,
+    /** The refusal's message: says whose queue is full. */
+    private readonly refusal = "Too many page requests in progress on this connection; wait for their answers",
   ) {}
+
+  /** Nothing running and nothing waiting. */
+  get idle(): boolean {
+    return this.running === 0 && this.waiting.length === 0;
+  }
 
   /**
    * Resolves when the command may run (call `release` once it is done); rejects RATE_LIMITED
@@ -32,11 +39,9 @@ export class PageGate {
     }
     if (this.waiting.length >= this.maxWaiting) {
       return Promise.reject(
-        new AppError(
-          ErrorCode.RATE_LIMITED,
-          "Too many page requests in progress on this connection; wait for their answers",
-          { retryAfterMs: PAGE_GATE_RETRY_MS },
-        ),
+        new AppError(ErrorCode.RATE_LIMITED, this.refusal, {
+          retryAfterMs: PAGE_GATE_RETRY_MS,
+        }),
       );
     }
     return new Promise((resolve, reject) => {
@@ -61,5 +66,57 @@ export class PageGate {
   release(): void {
     this.running--;
     this.waiting.shift()?.start();
+  }
+}
+
+/**
+ * One PageGate per user, for the page commands of all of a user's sockets on this node
+ * together (each command passes its socket's gate first). Without it a user with many sockets
+ * (up to MAX_SOCKETS_PER_USER) could have many times Limits.MAX_PAGES_IN_FLIGHT reads in the
+ * database at once, take the node's whole pool and slow every other user. An entry exists only
+ * while the user has a page command running or waiting, so the map holds no more users than
+ * have page commands in progress on this node.
+ */
+export class UserPageGates {
+  private readonly gates = new Map<string, PageGate>();
+
+  constructor(
+    private readonly maxRunning: number,
+    private readonly maxWaiting: number,
+  ) {}
+
+  /** As PageGate.acquire, for `userId`'s gate; call `release(userId)` once done. */
+  async acquire(userId: string, signal: AbortSignal): Promise<void> {
+    let gate = this.gates.get(userId);
+    if (!gate) {
+      gate = new PageGate(
+        this.maxRunning,
+        this.maxWaiting,
+        "Too many page requests in progress for this user across their connections; wait for their answers",
+      );
+      this.gates.set(userId, gate);
+    }
+    try {
+      await gate.acquire(signal);
+    } catch (err) {
+      this.dropIfIdle(userId, gate);
+      throw err;
+    }
+  }
+
+  release(userId: string): void {
+    const gate = this.gates.get(userId);
+    if (!gate) return;
+    gate.release();
+    this.dropIfIdle(userId, gate);
+  }
+
+  /** Users with page commands in progress on this node. */
+  get size(): number {
+    return this.gates.size;
+  }
+
+  private dropIfIdle(userId: string, gate: PageGate): void {
+    if (gate.idle && this.gates.get(userId) === gate) this.gates.delete(userId);
   }
 }

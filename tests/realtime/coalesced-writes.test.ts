@@ -1,0 +1,78 @@
+/**
+ * Coalesced writes (socket/coalesce-writes.ts): the packets a connection is sent in one turn of
+ * the event loop reach the kernel in one write, whole and in order. Counted on the server's own
+ * TCP sockets: each call of their `_write`/`_writev` is one system call.
+ */
+import type { Socket as NetSocket } from "node:net";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import type { ChatMessage, ChatSummary } from "../../protocol/index.js";
+import {
+  type ClientSocket,
+  eventually,
+  recordEvents,
+  startTestServer,
+  type TestServer,
+} from "../helpers/server.js";
+import { ok, userId } from "./support.js";
+
+let server: TestServer;
+
+beforeAll(async () => {
+  server = await startTestServer();
+});
+afterAll(async () => {
+  await server?.close();
+});
+
+/** Counts the writes of the server's TCP socket under a client's connection. */
+function countWrites(client: ClientSocket): { readonly count: number } {
+  const socket = server.app.io.of("/").sockets.get(client.id ?? "");
+  const raw = (socket?.conn.transport as unknown as { socket?: { _socket?: NetSocket } })?.socket
+    ?._socket as (NetSocket & Record<string, unknown>) | undefined;
+  if (!raw) throw new Error("no TCP socket under the connection");
+  const counter = { count: 0 };
+  for (const name of ["_write", "_writev"] as const) {
+    const original = raw[name] as (...args: unknown[]) => unknown;
+    raw[name] = function (this: unknown, ...args: unknown[]) {
+      counter.count++;
+      return original.apply(this, args);
+    };
+  }
+  return counter;
+}
+
+test("a message to two devices: one write to each, every packet delivered in order", async () => {
+  const id = userId("coalesce");
+  const a = await server.connectAs(id);
+  const b = await server.connectAs(id);
+  const { chat } = await ok(a, "chat:create", { title: "Writes" });
+  await ok(a, "chat:open", { chatId: chat.id });
+  await ok(b, "chat:open", { chatId: chat.id });
+  // Whatever the create and the opens still had on their way (stats:updated is debounced by a
+  // second) arrives before the count starts.
+  const recA = recordEvents(a);
+  const recB = recordEvents(b);
+  await eventually(() => expect(recA.of("stats:updated").length).toBeGreaterThan(0), 5000);
+  await eventually(() => expect(recB.of("stats:updated").length).toBeGreaterThan(0), 5000);
+  recA.events.length = 0;
+  recB.events.length = 0;
+
+  const writesA = countWrites(a);
+  const writesB = countWrites(b);
+  const { message } = await ok(a, "message:send", {
+    chatId: chat.id,
+    clientId: "w-1",
+    content: "one write",
+  });
+  for (const rec of [recA, recB]) {
+    await eventually(() => {
+      expect(rec.events.map((e) => e.name)).toEqual(["message:created", "chat:updated"]);
+    });
+    expect(rec.of<{ message: ChatMessage }>("message:created")[0]?.message).toEqual(message);
+    expect(rec.of<{ chat: ChatSummary }>("chat:updated")[0]?.chat.lastSeq).toBe(message.seq);
+  }
+  // A: the ack, message:created and chat:updated; B: the last two. One system call each
+  // (Engine.IO alone writes each packet on its own: three and two).
+  expect(writesA.count).toBe(1);
+  expect(writesB.count).toBe(1);
+});
