@@ -9,6 +9,7 @@ import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
+import type { ClusterMonitor } from "./cluster-monitor.js";
 import type { AppWebhookConfig } from "./config.js";
 import { createDatabase, type DatabaseHandle } from "./db/client.js";
 import { createClerkWebhookRoute } from "./http/clerk-webhook.js";
@@ -101,6 +102,11 @@ export interface AppComponents {
   coalesceWrites?: boolean | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
+  /**
+   * With the Redis adapter: says when events between nodes may have been lost, so that this
+   * node's sockets are told to resynchronise (`connection:resync`). None with one node.
+   */
+  clusterMonitor?: Pick<ClusterMonitor, "onResync"> | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
   mintDevToken?: ((userId: string) => Promise<string>) | undefined;
   /** Development only: the demo page at `/` (see http/demo.ts). */
@@ -255,7 +261,10 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
 
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
-  const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
+  const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger, metrics);
+  const stopResyncs = components.clusterMonitor?.onResync((reason) =>
+    broadcaster.resyncLocal(reason),
+  );
   // Set once the outbox's delivery runs: a stored message wakes it on this node.
   let wakeDelivery: (() => void) | undefined;
   const messageRepo = new MessageRepository(database.sql, metrics, () => wakeDelivery?.());
@@ -270,7 +279,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     streamStore,
     logger,
   );
-  const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
+  const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits, logger);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
   const serviceRole = new ServiceRoleService(
@@ -434,6 +443,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       while (io.engine.clientsCount > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 10));
       }
+      stopResyncs?.();
       broadcaster.close();
       rateLimits.close();
       await users.close();

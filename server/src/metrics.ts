@@ -60,6 +60,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly resyncs = new Counter({
+    name: "chat_connection_resyncs_total",
+    help: "connection:resync sent to this node's sockets (events between nodes may have been lost), by reason",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+
   readonly broadcasts = new Counter({
     name: "chat_broadcasts_total",
     help: "Room broadcasts this node started (one per emit to a room, whatever the sockets' nodes)",
