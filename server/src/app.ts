@@ -4,7 +4,6 @@
  * tests pass in their own.
  */
 import type { Server as HttpServer, IncomingMessage } from "node:http";
-import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
@@ -15,6 +14,7 @@ import { createHttpHandler, type HttpRoute } from "./http/routes.js";
 import { createServiceApi } from "./http/service-api.js";
 import type { Logger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import type { RedisClient } from "./redis/client.js";
 import { AppEventRepository } from "./repositories/app-event.repository.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
@@ -104,7 +104,7 @@ export interface AppComponents {
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
    */
-  redis?: { client: Redis; keyPrefix: string } | undefined;
+  redis?: { client: RedisClient; keyPrefix: string } | undefined;
   /**
    * Webhooks to the app's backend (APP_WEBHOOK_*): events are enqueued and this node delivers
    * them (on connections of its own to `databaseUrl`). Without it no events are enqueued: the

@@ -61,9 +61,18 @@ async function main(): Promise<void> {
   }
 
   const metrics = new Metrics();
-  const redis = config.redisUrl
-    ? createRedisAdapter(config.redisUrl, config.redisKeyPrefix, logger, (kind) =>
-        metrics.adapterErrors.inc({ kind }),
+  const redisTarget = config.redisCluster
+    ? { cluster: config.redisCluster }
+    : config.redisUrl
+      ? { url: config.redisUrl }
+      : undefined;
+  const redis = redisTarget
+    ? createRedisAdapter(
+        redisTarget,
+        config.redisKeyPrefix,
+        logger,
+        (kind) => metrics.adapterErrors.inc({ kind }),
+        config.redisAdapter,
       )
     : undefined;
   const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);

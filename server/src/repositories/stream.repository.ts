@@ -6,7 +6,13 @@
  *   (`<prefix>:stream:<id>`, with a TTL), one sorted set of deadlines
  *   (`<prefix>:streams:deadlines`) and, per chat, a sorted set of its open streams by start time
  *   (`<prefix>:chat-streams:<chatId>`, for `chat:open`'s snapshots and the sidebar's generating
- *   state). Every change is one Lua script that keeps all three in step, so it is atomic across
+ *   state).
+ * - On a Redis Cluster the same keys are split into STREAM_SHARDS groups by a hash of the
+ *   stream id, each group one hash slot (`<prefix>:{streams:<n>}:stream:<id>`,
+ *   `…:{streams:<n>}:deadlines`, `…:{streams:<n>}:chat-streams:<chatId>`): every script
+ *   touches one group only, and the deadlines (written on every chunk) are STREAM_SHARDS sets
+ *   spread over the masters instead of one hot key. A chat's open streams are then read from
+ *   every group (one small script call each, in parallel). Every change is one Lua script that keeps all three in step, so it is atomic across
  *   nodes: two nodes appending the same chunk apply it once, a stop and a finish racing end in
  *   one of them, and of several nodes sweeping for abandoned streams exactly one marks each one
  *   failed (and broadcasts that).
@@ -15,7 +21,7 @@
  * Postgres is not used: the state is short-lived and written on every chunk, and only the
  * finished reply is durable (stored once through MessageService.post).
  */
-import type { Redis } from "ioredis";
+import { isCluster, type RedisClient, slotTag } from "../redis/client.js";
 
 /**
  * `active` → `finishing` → `finished` (stored), `active` → `failed` (by the backend or
@@ -426,7 +432,7 @@ return out`;
 
 type Reply = (string | number | Reply)[];
 
-type ScriptClient = Redis & {
+type ScriptClient = RedisClient & {
   chatStreamCreate(...args: (string | number)[]): Promise<Reply>;
   chatStreamAppend(...args: (string | number)[]): Promise<Reply>;
   chatStreamTransition(...args: (string | number)[]): Promise<Reply>;
@@ -435,20 +441,56 @@ type ScriptClient = Redis & {
   chatStreamGenerating(...args: (string | number)[]): Promise<Reply>;
 };
 
+/** Hash-slot groups of the stream keys on a Redis Cluster (see the top of this file). */
+export const STREAM_SHARDS = 16;
+
+/** The keys of one group: every key a script touches lies in one group. */
+interface KeyGroup {
+  deadlines: string;
+  /** Prefix of the stream hashes (+ stream id). */
+  streamPrefix: string;
+  /** Prefix of the per-chat sets (+ chat id). */
+  chatPrefix: string;
+}
+
+function group(base: string): KeyGroup {
+  return {
+    deadlines: `${base}:streams:deadlines`,
+    streamPrefix: `${base}:stream:`,
+    chatPrefix: `${base}:chat-streams:`,
+  };
+}
+
+/** FNV-1a of the stream id: its group, the same on every node. */
+function hashOf(id: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < id.length; i++) {
+    h ^= id.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
 /** How long a call waits for a Redis connection that is (re)connecting before failing. */
 const READY_WAIT_MS = 2000;
 
 export class RedisStreamStore implements StreamStore {
   private readonly redis: ScriptClient;
-  private readonly deadlines: string;
-  private readonly keyPrefix: string;
-  private readonly chatPrefix: string;
+  private readonly groups: KeyGroup[];
+  /** Where the next sweep starts, so one group's backlog does not hold up the others. */
+  private sweepFrom = 0;
   private waiting: Promise<void> | undefined;
 
-  constructor(redis: Redis, prefix: string) {
-    this.deadlines = `${prefix}:streams:deadlines`;
-    this.keyPrefix = `${prefix}:stream:`;
-    this.chatPrefix = `${prefix}:chat-streams:`;
+  /**
+   * `shards`: 0 for one Redis (the keys above, unchanged), n > 0 for n hash-tagged groups;
+   * default STREAM_SHARDS on a cluster, 0 otherwise.
+   */
+  constructor(redis: RedisClient, prefix: string, options: { shards?: number } = {}) {
+    const shards = options.shards ?? (isCluster(redis) ? STREAM_SHARDS : 0);
+    this.groups =
+      shards === 0
+        ? [group(prefix)]
+        : Array.from({ length: shards }, (_, i) => group(`${prefix}:${slotTag(`streams:${i}`)}`));
     const scripts = [
       ["chatStreamCreate", CREATE, 3],
       ["chatStreamAppend", APPEND, 2],
@@ -467,8 +509,14 @@ export class RedisStreamStore implements StreamStore {
     this.redis = redis as ScriptClient;
   }
 
+  private groupOf(streamId: string): KeyGroup {
+    return this.groups[
+      this.groups.length === 1 ? 0 : hashOf(streamId) % this.groups.length
+    ] as KeyGroup;
+  }
+
   private key(streamId: string): string {
-    return this.keyPrefix + streamId;
+    return this.groupOf(streamId).streamPrefix + streamId;
   }
 
   /**
@@ -497,10 +545,11 @@ export class RedisStreamStore implements StreamStore {
   async create(record: StreamRecord, ttlMs: number) {
     await this.ready();
     const fields = Object.entries(record).flatMap(([k, v]) => (v === null ? [] : [k, String(v)]));
+    const g = this.groupOf(record.streamId);
     const [created, flat] = await this.redis.chatStreamCreate(
       this.key(record.streamId),
-      this.deadlines,
-      this.chatPrefix + record.chatId,
+      g.deadlines,
+      g.chatPrefix + record.chatId,
       record.streamId,
       ttlMs,
       record.deadline,
@@ -524,16 +573,17 @@ export class RedisStreamStore implements StreamStore {
     options: { maxLength: number; deadline: number; ttlMs: number },
   ): Promise<AppendOutcome> {
     await this.ready();
+    const g = this.groupOf(streamId);
     const reply = await this.redis.chatStreamAppend(
       this.key(streamId),
-      this.deadlines,
+      g.deadlines,
       streamId,
       firstIndex,
       deltas.length,
       options.maxLength,
       options.deadline,
       options.ttlMs,
-      this.chatPrefix,
+      g.chatPrefix,
       ...deltas.map((d) => d.length),
       ...deltas,
     );
@@ -564,9 +614,10 @@ export class RedisStreamStore implements StreamStore {
     options: TransitionOptions,
   ): Promise<TransitionOutcome> {
     await this.ready();
+    const g = this.groupOf(streamId);
     const reply = await this.redis.chatStreamTransition(
       this.key(streamId),
-      this.deadlines,
+      g.deadlines,
       streamId,
       from,
       to,
@@ -577,7 +628,7 @@ export class RedisStreamStore implements StreamStore {
       options.content?.length ?? 0,
       options.failure?.reason ?? "",
       options.failure?.message ?? "",
-      this.chatPrefix,
+      g.chatPrefix,
     );
     if (reply[0] === "ok") return { ok: true, record: fromFlat(reply[1] as Reply) };
     if (reply[0] === "status") return { ok: false, status: reply[1] as StreamStatus };
@@ -592,41 +643,60 @@ export class RedisStreamStore implements StreamStore {
     leaseUntil: number,
   ): Promise<StreamRecord[]> {
     await this.ready();
-    const reply = await this.redis.chatStreamExpire(
-      this.deadlines,
-      now,
-      limit,
-      ttlMs,
-      this.keyPrefix,
-      failure.reason,
-      failure.message,
-      this.chatPrefix,
-      leaseUntil,
-    );
-    return reply.map((flat) => fromFlat(flat as Reply));
+    const out: StreamRecord[] = [];
+    const n = this.groups.length;
+    const start = this.sweepFrom++ % n;
+    for (let i = 0; i < n && out.length < limit; i++) {
+      const g = this.groups[(start + i) % n] as KeyGroup;
+      const reply = await this.redis.chatStreamExpire(
+        g.deadlines,
+        now,
+        limit - out.length,
+        ttlMs,
+        g.streamPrefix,
+        failure.reason,
+        failure.message,
+        g.chatPrefix,
+        leaseUntil,
+      );
+      for (const flat of reply) out.push(fromFlat(flat as Reply));
+    }
+    return out;
   }
 
   async openStreams(chatId: string): Promise<StreamRecord[]> {
     await this.ready();
-    const reply = await this.redis.chatStreamOpen(this.chatPrefix + chatId, this.keyPrefix);
-    return reply.map((flat) => fromFlat(flat as Reply));
+    const replies = await Promise.all(
+      this.groups.map((g) => this.redis.chatStreamOpen(g.chatPrefix + chatId, g.streamPrefix)),
+    );
+    const out = replies.flat().map((flat) => fromFlat(flat as Reply));
+    // Each group's are in start order; a chat's streams in several groups are merged.
+    return this.groups.length === 1 ? out : out.sort((a, b) => a.startedAt - b.startedAt);
   }
 
   async generating(chatIds: readonly string[]) {
     const out = new Map<string, { streamId: string; startedAt: number }>();
     if (chatIds.length === 0) return out;
     await this.ready();
-    const reply = await this.redis.chatStreamGenerating(
-      chatIds.length,
-      ...chatIds.map((id) => this.chatPrefix + id),
-      this.keyPrefix,
+    const replies = await Promise.all(
+      this.groups.map((g) =>
+        this.redis.chatStreamGenerating(
+          chatIds.length,
+          ...chatIds.map((id) => g.chatPrefix + id),
+          g.streamPrefix,
+        ),
+      ),
     );
-    reply.forEach((entry, i) => {
-      const chatId = chatIds[i];
-      if (chatId !== undefined && Array.isArray(entry) && entry.length === 2) {
-        out.set(chatId, { streamId: String(entry[0]), startedAt: Number(entry[1]) });
-      }
-    });
+    for (const reply of replies) {
+      reply.forEach((entry, i) => {
+        const chatId = chatIds[i];
+        if (chatId !== undefined && Array.isArray(entry) && entry.length === 2) {
+          const found = { streamId: String(entry[0]), startedAt: Number(entry[1]) };
+          // The latest open stream of the chat across the groups.
+          if ((out.get(chatId)?.startedAt ?? -1) < found.startedAt) out.set(chatId, found);
+        }
+      });
+    }
     return out;
   }
 }

@@ -12,9 +12,10 @@
  * - commands per socket: a token bucket held by the socket itself (CommandBucket), so it needs
  *   no shared state and goes away with the socket.
  */
-import type { Redis } from "ioredis";
+
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from "rate-limiter-flexible";
 import { ErrorCode } from "../../../protocol/constants.js";
+import { isCluster, type RedisClient } from "../redis/client.js";
 import { AppError } from "./errors.js";
 
 /** A user's writes, each limited per user (across devices and nodes) by subscription tier. */
@@ -73,7 +74,7 @@ function limiter(
   points: number,
   duration: number,
   keyPrefix: string,
-  redis?: Redis,
+  redis?: RedisClient,
   options: { shieldRedis?: boolean } = {},
 ) {
   const memory = new RateLimiterMemory({ points, duration, keyPrefix });
@@ -203,7 +204,7 @@ export class RateLimits {
 
   constructor(
     private readonly config: RateLimitConfig,
-    private readonly redis?: Redis,
+    private readonly redis?: RedisClient,
     private readonly keyPrefix = "chat",
   ) {
     this.tiers = resolveTiers(config);
@@ -361,7 +362,20 @@ export class RateLimits {
   private async renewLeases(): Promise<void> {
     if (this.redis?.status !== "ready" || this.open.size === 0) return;
     const expiry = Date.now() + LEASE_MS;
-    const pipeline = this.redis.pipeline();
+    const redis = this.redis;
+    if (isCluster(redis)) {
+      // A cluster pipeline must stay within one slot; each user's key is its own slot. The
+      // commands are sent together anyway (ioredis batches what goes to one node).
+      const renewals: Promise<unknown>[] = [];
+      for (const [userId, sockets] of this.open) {
+        const key = this.leaseKey(userId);
+        for (const id of sockets) renewals.push(redis.zadd(key, "XX", expiry, id));
+        renewals.push(redis.pexpire(key, LEASE_MS * 2));
+      }
+      await Promise.allSettled(renewals);
+      return;
+    }
+    const pipeline = redis.pipeline();
     for (const [userId, sockets] of this.open) {
       for (const id of sockets) pipeline.zadd(this.leaseKey(userId), "XX", expiry, id);
       pipeline.pexpire(this.leaseKey(userId), LEASE_MS * 2);

@@ -6,8 +6,9 @@
  * durable record; this is what a node checks without a database round trip, and what keeps a
  * deleted user out of a node that still knows them: see DEFAULT_KNOWN_TTL_MS.)
  */
-import type { Redis } from "ioredis";
+
 import { ExpiringMap } from "../expiring-map.js";
+import { isCluster, type RedisClient } from "../redis/client.js";
 
 /** Longer than a Clerk session token's life (60 s) plus clock skew and the refresh grace. */
 const REMEMBER_SECONDS = 600;
@@ -24,7 +25,7 @@ export class Revocations {
   private readonly memory = new ExpiringMap<string, { shared: boolean }>(MAX_REMEMBERED);
 
   constructor(
-    private readonly redis?: Redis,
+    private readonly redis?: RedisClient,
     private readonly keyPrefix = "chat",
   ) {}
 
@@ -71,7 +72,13 @@ export class Revocations {
     if (unshared) return unshared[0];
     if (this.redis?.status === "ready") {
       try {
-        const found = await this.redis.mget(...keys.map(([, key]) => key));
+        const names = keys.map(([, key]) => key);
+        // A user's and a session's keys lie in different slots of a cluster, where MGET of
+        // both is refused (CROSSSLOT): one GET each, in parallel.
+        const redis = this.redis;
+        const found = isCluster(redis)
+          ? await Promise.all(names.map((key) => redis.get(key)))
+          : await redis.mget(...names);
         const i = found.findIndex((v) => v !== null);
         return i === -1 ? undefined : keys[i]?.[0];
       } catch {
