@@ -223,7 +223,16 @@ export class RedisClusterProcess {
   async failOver(port: number): Promise<void> {
     const member = this.members.find((m) => m.port === port);
     if (!member) throw new Error(`no cluster node on ${port}`);
+    const masters = (await this.masters()).length;
     await member.process.kill();
+    // The cluster notices after its node timeout, then a replica is elected for the slots.
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const now = await this.masters().catch(() => [port]);
+      if (!now.includes(port) && now.length === masters) break;
+      if (Date.now() > deadline) throw new Error(`no replica took over from ${port}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
     await this.waitHealthy();
   }
 
