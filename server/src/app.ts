@@ -19,11 +19,9 @@ import { AppEventRepository } from "./repositories/app-event.repository.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
 import { SearchRepository } from "./repositories/search.repository.js";
-import {
-  MemoryStreamStore,
-  RedisStreamStore,
-  type StreamStore,
-} from "./repositories/stream.repository.js";
+import { MemoryStreamStore } from "./repositories/stream.memory.js";
+import { RedisStreamStore } from "./repositories/stream.redis.js";
+import type { StreamStore } from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
 import { AppEventDelivery } from "./services/app-event-delivery.js";
 import { type AppEvents, noAppEvents, OutboxAppEvents } from "./services/app-events.js";
@@ -32,7 +30,7 @@ import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
 import { MessageService } from "./services/message.service.js";
 import type { RateLimits } from "./services/rate-limits.js";
-import { Revocations } from "./services/revocations.js";
+import { createRevocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
@@ -146,7 +144,7 @@ export const DEFAULT_SOCKET_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger, rateLimits } = components;
-  const revocations = new Revocations(components.redis?.client, components.redis?.keyPrefix);
+  const revocations = createRevocations(components.redis?.client, components.redis?.keyPrefix);
   const metrics = components.metrics ?? new Metrics();
 
   const inflight = new Inflight();

@@ -6,6 +6,7 @@
  * keys a test cluster of nodes left.
  */
 import { Redis } from "ioredis";
+import { connectRedis, type RedisClient } from "../../server/src/redis/client.js";
 import type { AdapterKind } from "../../server/src/redis-adapter.js";
 import { RedisClusterProcess } from "./redis-process.js";
 import { type TestServerOptions, testRedisUrl } from "./server.js";
@@ -65,5 +66,46 @@ export const redisBackends: RedisBackend[] = [
     name: "redis cluster (sharded adapter)",
     options: async () => ({ redisCluster: (await testCluster()).nodes, redisAdapter: "sharded" }),
     cleanup: async () => {},
+  },
+];
+
+/**
+ * The backends a store suite runs on (describe.each): this node's memory (no client), one
+ * Redis, and the file's Redis Cluster. `client()` connects (and waits until ready); the suite
+ * closes what it opened with `disconnect()`.
+ */
+export interface StoreBackend {
+  name: string;
+  /** True when two stores on it (two nodes) share their state. */
+  shared: boolean;
+  client(): Promise<RedisClient | undefined>;
+}
+
+async function ready(client: RedisClient): Promise<RedisClient> {
+  client.on("error", () => {});
+  if (client.status !== "ready") {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("redis not ready in 10 s")), 10_000);
+      client.once("ready", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+  return client;
+}
+
+export const storeBackends: StoreBackend[] = [
+  { name: "memory", shared: false, client: async () => undefined },
+  {
+    name: "redis",
+    shared: true,
+    client: () => ready(connectRedis({ url: testRedisUrl }, "commands")),
+  },
+  {
+    name: "redis cluster",
+    shared: true,
+    client: async () =>
+      ready(connectRedis({ cluster: { nodes: (await testCluster()).nodes } }, "commands")),
   },
 ];
