@@ -9,7 +9,6 @@ import {
   type TransitionOutcome,
 } from "./stream.repository.js";
 
-
 export class MemoryStreamStore implements StreamStore {
   private readonly streams = new Map<string, { record: StreamRecord; expiresAt: number }>();
   /** Per chat, the ids of its open streams (the Redis store's `chat-streams` set). */
@@ -149,7 +148,11 @@ export class MemoryStreamStore implements StreamStore {
   }
 }
 
-export function applyTransition(r: StreamRecord, to: StreamStatus, options: TransitionOptions): void {
+export function applyTransition(
+  r: StreamRecord,
+  to: StreamStatus,
+  options: TransitionOptions,
+): void {
   r.status = to;
   if (options.deadline !== undefined) r.deadline = options.deadline;
   if (options.content !== undefined) {

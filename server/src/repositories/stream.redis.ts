@@ -12,7 +12,6 @@ import type {
   TransitionOutcome,
 } from "./stream.repository.js";
 
-
 // Extends a key's TTL to at least ARGV-given milliseconds (never shortens: the chat's set holds
 // streams of different ages).
 const KEEP = `
