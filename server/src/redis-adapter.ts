@@ -16,6 +16,8 @@ export interface RedisAdapterHandle {
   adapter: ReturnType<typeof createAdapter>;
   /** The publishing connection, also usable for ordinary commands (rate limits). */
   client: RedisClient;
+  /** The subscribing connection (to count what the adapter receives). */
+  subscriber: RedisClient;
   close(): Promise<void>;
 }
 
@@ -69,6 +71,7 @@ export function createRedisAdapter(
           >)
         : createAdapter(pub, sub, { key: `${keyPrefix}:socket.io` }),
     client: pub,
+    subscriber: sub,
     async close() {
       await Promise.allSettled([pub.quit(), sub.quit()]);
     },
