@@ -21,6 +21,14 @@ import type { Adapter } from "socket.io-adapter";
 import type { Logger } from "../logger.js";
 import type { RedisClient } from "./client.js";
 
+/**
+ * A room no socket joins. A broadcast to it and another room is sent on the namespace's main
+ * channel (the dynamic mode gives a room its own channel only for one-room broadcasts), which
+ * is where cluster-wide operations such as disconnectSockets travel: an event that must reach
+ * every node before such an operation is sent this way, and keeps its order on every node.
+ */
+export const MAIN_CHANNEL_ROOM = "\u0000main";
+
 /** An adapter that can say when it receives a room's broadcasts. */
 export interface SubscribedAdapter {
   /** Resolves once this node receives the broadcasts of `room` (at once when nothing is pending). */
