@@ -9,7 +9,7 @@
  *   state).
  * - On a Redis Cluster the same keys are split into STREAM_SHARDS groups by a hash of the
  *   stream id, each group one hash slot (`<prefix>:{streams:<n>}:stream:<id>`,
- *   `…:{streams:<n>}:deadlines`, `…:{streams:<n>}:chat-streams:<chatId>`): every script
+ *   `…:{streams:<n>}:streams:deadlines`, `…:{streams:<n>}:chat-streams:<chatId>`): every script
  *   touches one group only, and the deadlines (written on every chunk) are STREAM_SHARDS sets
  *   spread over the masters instead of one hot key. A chat's open streams are then read from
  *   every group (one small script call each, in parallel). Every change is one Lua script that keeps all three in step, so it is atomic across
