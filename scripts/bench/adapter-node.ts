@@ -12,13 +12,9 @@ import { createLogger } from "../../server/src/logger.js";
 import { type AdapterKind, createRedisAdapter } from "../../server/src/redis-adapter.js";
 
 const [redisUrl = "", kind = "classic", prefix = "bench"] = process.argv.slice(2);
-const handle = createRedisAdapter(
-  redisUrl,
-  prefix,
-  createLogger("silent"),
-  () => {},
-  kind as AdapterKind,
-);
+const handle = createRedisAdapter(redisUrl, prefix, createLogger("silent"), () => {}, {
+  kind: kind as AdapterKind,
+});
 const http = createServer();
 const io = new Server(http, { adapter: handle.adapter, transports: ["websocket"] });
 io.on("connection", (socket) => {

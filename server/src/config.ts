@@ -49,6 +49,12 @@ const envSchema = z.object({
   REDIS_ADAPTER: z.enum(["classic", "sharded"]).default("sharded"),
   /** Prefix of every Redis key and channel, so several deployments can share one Redis. */
   REDIS_KEY_PREFIX: z.string().min(1).default("chat"),
+  /**
+   * With REDIS_URL: milliseconds between the nodes' heartbeats, by which a node notices that
+   * events between nodes were lost (Redis down, a node that could not publish or went silent)
+   * and has its sockets resynchronise. A peer silent for 4 beats counts as lost. Default 1000.
+   */
+  CLUSTER_HEARTBEAT_MS: z.coerce.number().int().min(50).max(60_000).default(1000),
   /** PEM public key of the Clerk instance: networkless token verification. */
   CLERK_JWT_KEY: optionalString,
   /** Clerk secret key: JWKS fetched from Clerk's API when CLERK_JWT_KEY is not set. */
@@ -284,6 +290,8 @@ export interface Config {
   /** The adapter between nodes (REDIS_ADAPTER). */
   redisAdapter: "classic" | "sharded";
   redisKeyPrefix: string;
+  /** Milliseconds between the nodes' heartbeats (cluster-monitor.ts). */
+  clusterHeartbeatMs: number;
   auth: AuthConfig;
   tokenGraceSeconds: number;
   commandTimeoutMs: number;
@@ -479,6 +487,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     redisCluster,
     redisAdapter: e.REDIS_ADAPTER,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
+    clusterHeartbeatMs: e.CLUSTER_HEARTBEAT_MS,
     auth: hasClerk
       ? {
           mode: "clerk",

@@ -72,7 +72,7 @@ async function main(): Promise<void> {
         config.redisKeyPrefix,
         logger,
         (kind) => metrics.adapterErrors.inc({ kind }),
-        config.redisAdapter,
+        { heartbeatMs: config.clusterHeartbeatMs, kind: config.redisAdapter },
       )
     : undefined;
   const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);
@@ -120,6 +120,7 @@ async function main(): Promise<void> {
     // The demo page needs dev tokens, so it exists exactly when they do.
     demo: mintDevToken ? await createDemoHandler() : undefined,
     adapter: redis?.adapter,
+    clusterMonitor: redis?.monitor,
     redis: redis ? { client: redis.client, keyPrefix: config.redisKeyPrefix } : undefined,
     serviceApiKey: devAssistant?.serviceApiKey ?? config.serviceApiKey,
     webhookSigningSecret: config.webhookSigningSecret,

@@ -69,6 +69,8 @@ export interface TestServerOptions {
   redisAdapter?: AdapterKind;
   /** Redis key prefix; nodes of one test cluster share one, clusters of other tests must not. */
   redisKeyPrefix?: string;
+  /** Milliseconds between the nodes' heartbeats (CLUSTER_HEARTBEAT_MS); default the server's. */
+  clusterHeartbeatMs?: number;
   /** Flood limits (per address, user and socket); default generous enough for load-shaped tests. */
   rateLimits?: Partial<RateLimitConfig>;
   /** Browser origins allowed to connect; default as in development: any loopback origin. */
@@ -148,7 +150,10 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
         options.redisKeyPrefix ?? "test",
         logger,
         (kind) => metrics.adapterErrors.inc({ kind }),
-        options.redisAdapter ?? testRedisAdapter,
+        {
+          heartbeatMs: options.clusterHeartbeatMs,
+          kind: options.redisAdapter ?? testRedisAdapter,
+        },
       )
     : undefined;
   const rateLimits = new RateLimits(
@@ -186,6 +191,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     trustProxy: options.trustProxy,
     tokenGraceSeconds: options.tokenGraceSeconds ?? 15,
     adapter: redis?.adapter,
+    clusterMonitor: redis?.monitor,
     redis: redis
       ? { client: redis.client, keyPrefix: options.redisKeyPrefix ?? "test" }
       : undefined,
