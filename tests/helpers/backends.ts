@@ -5,6 +5,7 @@
  * with the sharded adapter. Each gives the options for startTestServer and a cleanup of the
  * keys a test cluster of nodes left.
  */
+import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
 import { connectRedis, type RedisClient } from "../../server/src/redis/client.js";
 import type { AdapterKind } from "../../server/src/redis-adapter.js";
@@ -107,5 +108,25 @@ export const storeBackends: StoreBackend[] = [
     shared: true,
     client: async () =>
       ready(connectRedis({ cluster: { nodes: (await testCluster()).nodes } }, "commands")),
+  },
+];
+
+/**
+ * The adapters a single-node realtime suite runs on (describe.each): the in-memory one, and
+ * the Redis adapter (sharded, the default) on one Redis with a key prefix of its own, so that
+ * every emit and join goes through Redis as it does with several nodes.
+ */
+export const adapterBackends: {
+  name: string;
+  options(): Pick<TestServerOptions, "redisUrl" | "redisAdapter" | "redisKeyPrefix">;
+}[] = [
+  { name: "in-memory", options: () => ({}) },
+  {
+    name: "redis (sharded)",
+    options: () => ({
+      redisUrl: testRedisUrl,
+      redisAdapter: "sharded",
+      redisKeyPrefix: `test-rt-${randomBytes(4).toString("hex")}`,
+    }),
   },
 ];
