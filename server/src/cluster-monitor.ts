@@ -135,6 +135,14 @@ export class ClusterMonitor {
     this.linkBroken();
   }
 
+  /**
+   * One of this node's links lost events without the connections above closing (on a Redis
+   * Cluster: a master that held some of the sharded adapter's channels failed over).
+   */
+  linkLost(): void {
+    this.linkBroken();
+  }
+
   /** Stops the heartbeats and tells the peers this node leaves (so they do not resync). */
   async close(): Promise<void> {
     if (this.closed) return;

@@ -9,7 +9,7 @@
 import { createAdapter } from "@socket.io/redis-adapter";
 import { ClusterMonitor } from "./cluster-monitor.js";
 import type { Logger } from "./logger.js";
-import { connectRedis, type RedisClient, type RedisTarget } from "./redis/client.js";
+import { connectRedis, isCluster, type RedisClient, type RedisTarget } from "./redis/client.js";
 import { shardedAdapter } from "./redis/sharded-adapter.js";
 
 /** Which adapter carries broadcasts between nodes (REDIS_ADAPTER; see docs/deployment.md). */
@@ -92,6 +92,9 @@ export function createRedisAdapter(
         >)
       : createAdapter(pub, sub, { key: `${keyPrefix}:socket.io` });
   monitor.start();
+  // On a Redis Cluster a failed master takes the sharded channels of its slots with it while
+  // the heartbeat's connection (to another node) stays up: a node leaving is a lost link too.
+  if (isCluster(sub)) sub.on("-node", () => monitor.linkLost());
   return {
     adapter,
     client: pub,

@@ -20,7 +20,7 @@ import {
   type TestServer,
   tokenFor,
 } from "../helpers/server.js";
-import { disconnected, ok, openSql, userId } from "../realtime/support.js";
+import { disconnected, nextEvent, ok, openSql, userId } from "../realtime/support.js";
 import { clerkEvent, deliver, newSigningSecret, signedDelivery } from "../service/support.js";
 
 const SECRET = newSigningSecret();
@@ -123,6 +123,7 @@ describe("on a Redis Cluster", () => {
     const writers = [load(d1, "a"), load(d2, "b")];
     await eventually(() => expect(acked.size).toBeGreaterThanOrEqual(20), 20_000);
     const ackedAtKill = acked.size;
+    const resyncs = [d1, d2].map((d) => nextEvent(d, "connection:resync", () => true, 30_000));
     await cluster.failOver(victim);
     // The writes were still going when the master died, and its replica is master now.
     expect(ackedAtKill).toBeLessThan(2 * PER_DEVICE);
@@ -131,6 +132,8 @@ describe("on a Redis Cluster", () => {
     expect(masters).not.toContain(victim);
     await Promise.all(writers);
     expect(acked.size).toBe(2 * PER_DEVICE);
+    // Both nodes noticed that events may have been lost and told their devices to resync.
+    await Promise.all(resyncs);
 
     // Every acked send is stored, once, with the seq its ack carried.
     const rows = await sql<{ client_id: string; seq: number }[]>`
