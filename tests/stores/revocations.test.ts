@@ -47,10 +47,14 @@ describe.each(storeBackends)("$name revocations", (backend) => {
       : "what one node revoked only that node knows",
     async () => {
       const [a, b] = await twoNodes();
-      const user = id("user");
+      const [user, session] = [id("user"), id("sess")];
       await a.revoke("user", user);
+      await a.revoke("session", session);
       expect(await a.revoked(user, null)).toBe("user");
       expect(await b.revoked(user, null)).toBe(backend.shared ? "user" : undefined);
+      // Both keys at once (in two slots of a cluster): the user first, then the session.
+      expect(await b.revoked(user, id("sess"))).toBe(backend.shared ? "user" : undefined);
+      expect(await b.revoked(id("user"), session)).toBe(backend.shared ? "session" : undefined);
       if (backend.shared) {
         await b.lift("user", user);
         expect(await a.revoked(user, null)).toBeUndefined();
