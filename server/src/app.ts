@@ -5,7 +5,6 @@
  */
 import type { Server as HttpServer, IncomingMessage } from "node:http";
 import cors from "cors";
-import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
@@ -17,15 +16,14 @@ import { createHttpHandler, type HttpRoute } from "./http/routes.js";
 import { createServiceApi } from "./http/service-api.js";
 import type { Logger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import type { RedisClient } from "./redis/client.js";
 import { AppEventRepository } from "./repositories/app-event.repository.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
 import { SearchRepository } from "./repositories/search.repository.js";
-import {
-  MemoryStreamStore,
-  RedisStreamStore,
-  type StreamStore,
-} from "./repositories/stream.repository.js";
+import { MemoryStreamStore } from "./repositories/stream.memory.js";
+import { RedisStreamStore } from "./repositories/stream.redis.js";
+import type { StreamStore } from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
 import { AppEventDelivery } from "./services/app-event-delivery.js";
 import { type AppEvents, noAppEvents, OutboxAppEvents } from "./services/app-events.js";
@@ -34,7 +32,7 @@ import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
 import { MessageService } from "./services/message.service.js";
 import type { RateLimits } from "./services/rate-limits.js";
-import { Revocations } from "./services/revocations.js";
+import { createRevocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
@@ -123,7 +121,7 @@ export interface AppComponents {
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
    */
-  redis?: { client: Redis; keyPrefix: string } | undefined;
+  redis?: { client: RedisClient; keyPrefix: string } | undefined;
   /**
    * Webhooks to the app's backend (APP_WEBHOOK_*): events are enqueued and this node delivers
    * them (on connections of its own to `databaseUrl`). Without it no events are enqueued: the
@@ -165,7 +163,7 @@ export const DEFAULT_SOCKET_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger, rateLimits } = components;
-  const revocations = new Revocations(components.redis?.client, components.redis?.keyPrefix);
+  const revocations = createRevocations(components.redis?.client, components.redis?.keyPrefix);
   const metrics = components.metrics ?? new Metrics();
 
   const inflight = new Inflight();

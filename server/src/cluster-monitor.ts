@@ -23,9 +23,9 @@
  * trigger after a resync always causes another (what it reports may be newer than that resync).
  */
 import { randomUUID } from "node:crypto";
-import type { Redis } from "ioredis";
 import { ResyncReason } from "../../protocol/constants.js";
 import type { Logger } from "./logger.js";
+import type { RedisClient } from "./redis/client.js";
 
 /** Heartbeats a peer (or this node's own) may miss before it counts as lost. */
 export const LOST_AFTER_BEATS = 4;
@@ -50,8 +50,8 @@ interface Peer {
 }
 
 export interface ClusterMonitorOptions {
-  pub: Redis;
-  sub: Redis;
+  pub: RedisClient;
+  sub: RedisClient;
   /** The heartbeat channel (prefixed like every channel of the deployment). */
   channel: string;
   /** Milliseconds between heartbeats (CLUSTER_HEARTBEAT_MS). */
@@ -132,6 +132,14 @@ export class ClusterMonitor {
   /** A publish of this node failed (an event or a heartbeat): peers learn it from `failures`. */
   publishFailed(): void {
     this.failures++;
+    this.linkBroken();
+  }
+
+  /**
+   * One of this node's links lost events without the connections above closing (on a Redis
+   * Cluster: a master that held some of the sharded adapter's channels failed over).
+   */
+  linkLost(): void {
     this.linkBroken();
   }
 

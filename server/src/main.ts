@@ -61,13 +61,18 @@ async function main(): Promise<void> {
   }
 
   const metrics = new Metrics();
-  const redis = config.redisUrl
+  const redisTarget = config.redisCluster
+    ? { cluster: config.redisCluster }
+    : config.redisUrl
+      ? { url: config.redisUrl }
+      : undefined;
+  const redis = redisTarget
     ? createRedisAdapter(
-        config.redisUrl,
+        redisTarget,
         config.redisKeyPrefix,
         logger,
         (kind) => metrics.adapterErrors.inc({ kind }),
-        { heartbeatMs: config.clusterHeartbeatMs },
+        { heartbeatMs: config.clusterHeartbeatMs, kind: config.redisAdapter },
       )
     : undefined;
   const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);

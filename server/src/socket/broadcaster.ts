@@ -12,6 +12,7 @@ import type {
 } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
+import { MAIN_CHANNEL_ROOM } from "../redis/sharded-adapter.js";
 import type { Notifier } from "../services/notifier.js";
 import { type ChatServer, rooms } from "./types.js";
 
@@ -118,7 +119,9 @@ export class SocketBroadcaster implements Notifier {
    * disconnect waits until its buffered packets (the closing event) are written.
    */
   private closeRoom(room: string, closing: ConnectionClosing): void {
-    this.io.to(room).emit("connection:closing", closing);
+    // To two rooms (one that nobody joins): the sharded adapter then sends it on the main
+    // channel, the one the disconnect takes, so the two cannot overtake each other.
+    this.io.to([room, MAIN_CHANNEL_ROOM]).emit("connection:closing", closing);
     this.io.in(room).disconnectSockets(true);
   }
 
