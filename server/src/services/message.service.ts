@@ -1,12 +1,12 @@
 import {
   type ChatMessage,
-  type CommandPayload,
   type CommandResults,
   ErrorCode,
   Limits,
   type MessageBody,
 } from "../../../protocol/index.js";
 import type { MessageJson } from "../db/schema.js";
+import type { CommandPayload } from "../protocol-schemas.js";
 import type { MessageRepository, StoredBatch } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";
