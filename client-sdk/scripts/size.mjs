@@ -20,6 +20,7 @@ async function measure(label, external) {
     write: false,
     external,
     legalComments: "none",
+    conditions: ["@chat-backend/source"],
     logLevel: "error",
   });
   const code = result.outputFiles[0].contents;

@@ -3,8 +3,7 @@
  * `getToken()`, with typed commands, live stores, catch-up after every reconnect and an outbox
  * that delivers every sent message exactly once.
  */
-import { io, type ManagerOptions, type Socket, type SocketOptions } from "socket.io-client";
-import { ConnectErrorCode, DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
+
 import type {
   Ack,
   ChatMessage,
@@ -14,7 +13,9 @@ import type {
   CommandResults,
   ConnectionClosing,
   ServerToClientEvents,
-} from "../../protocol/index.js";
+} from "@chat-backend/protocol";
+import { ConnectErrorCode, DisconnectReason, ErrorCode, Limits } from "@chat-backend/protocol";
+import { io, type ManagerOptions, type Socket, type SocketOptions } from "socket.io-client";
 import { ChatClientError, ClientErrorCode, toChatClientError } from "./errors.js";
 import {
   memoryOutboxStorage,
@@ -131,8 +132,16 @@ export interface ChatClient {
   createChat(input?: CommandInput<"chat:create">): Promise<CommandResults["chat:create"]>;
   renameChat(input: CommandInput<"chat:rename">): Promise<CommandResults["chat:rename"]>;
   deleteChat(input: CommandInput<"chat:delete">): Promise<CommandResults["chat:delete"]>;
-  /** Opens a chat: loads its latest page into `chat(chatId)` and keeps it live and caught up. */
+  /**
+   * Opens a chat: loads its latest page into `chat(chatId)` and keeps it live and caught up.
+   * Opens are counted: every call (each component showing the chat) is matched by one
+   * `closeChat`, and the chat stays live until the last one is closed.
+   */
   openChat(input: CommandInput<"chat:open">): Promise<CommandResults["chat:open"]>;
+  /**
+   * Undoes one `openChat`. The last close of a chat leaves its live stream (`chat:close`);
+   * earlier ones resolve at once and change nothing.
+   */
   closeChat(input: CommandInput<"chat:close">): Promise<CommandResults["chat:close"]>;
   /**
    * Sends a message through the outbox: it shows as pending at once, is retried with the same
@@ -212,6 +221,8 @@ class ChatClientImpl implements ChatClient {
   private readonly socket: ChatSocket;
   private readonly emitter = new Emitter<ChatClientEvents>();
   private readonly chats = new Map<string, ChatState>();
+  /** How many `openChat` calls of each chat are not matched by a `closeChat` yet. */
+  private readonly openCounts = new Map<string, number>();
   private readonly storage: OutboxStorage;
   private readonly getToken: () => Promise<string | null>;
   private readonly commandTimeoutMs: number;
@@ -329,6 +340,7 @@ class ChatClientImpl implements ChatClient {
 
   async openChat(input: CommandInput<"chat:open">) {
     const state = this.chatState(input.chatId);
+    this.openCounts.set(state.chatId, (this.openCounts.get(state.chatId) ?? 0) + 1);
     state.beginLoad();
     try {
       const data = await this.command("chat:open", input);
@@ -347,7 +359,15 @@ class ChatClientImpl implements ChatClient {
   }
 
   async closeChat(input: CommandInput<"chat:close">) {
-    this.chats.get(input.chatId)?.setOpen(false);
+    const state = this.chats.get(input.chatId);
+    const key = state?.chatId ?? input.chatId;
+    const count = this.openCounts.get(key) ?? 0;
+    if (count > 1) {
+      this.openCounts.set(key, count - 1);
+      return { chatId: input.chatId };
+    }
+    this.openCounts.delete(key);
+    state?.setOpen(false);
     // Rooms belong to a connection: offline, there is nothing to leave.
     if (!this.socket.connected) return { chatId: input.chatId };
     return this.command("chat:close", input);
@@ -868,6 +888,7 @@ class ChatClientImpl implements ChatClient {
 
   /** A chat was deleted (here, on another device, or found missing). */
   private chatGone(chatId: string): void {
+    this.openCounts.delete(chatId);
     this.sidebar.remove(chatId);
     this.chats.get(chatId)?.markDeleted();
     const gone = new ChatClientError(ErrorCode.NOT_FOUND, "The chat was deleted");

@@ -3,15 +3,6 @@
  * See docs/sdk.md.
  */
 
-export {
-  ConnectErrorCode,
-  DisconnectReason,
-  ErrorCode,
-  Limits,
-  PROTOCOL_VERSION,
-  retryableErrorCodes,
-  StreamFailureReason,
-} from "../../protocol/constants.js";
 export type {
   ChatGenerating,
   ChatMessage,
@@ -30,7 +21,16 @@ export type {
   ProtocolError,
   StreamSnapshot,
   UserStats,
-} from "../../protocol/index.js";
+} from "@chat-backend/protocol";
+export {
+  ConnectErrorCode,
+  DisconnectReason,
+  ErrorCode,
+  Limits,
+  PROTOCOL_VERSION,
+  retryableErrorCodes,
+  StreamFailureReason,
+} from "@chat-backend/protocol";
 export {
   type ChatClient,
   type ChatClientEvents,

@@ -14,7 +14,7 @@ import type {
   MessageStreaming,
   StreamFailureReason,
   StreamSnapshot,
-} from "../../protocol/index.js";
+} from "@chat-backend/protocol";
 import type { ChatClientError, ChatErrorCode } from "./errors.js";
 import type { OutboxEntry, OutboxStatus } from "./outbox.js";
 import { Store, sameItems } from "./util.js";
@@ -135,8 +135,11 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
   private refreshing: Promise<void> | null = null;
   private loadingMore: Promise<void> | null = null;
 
-  constructor(private readonly list: ListPage) {
+  private readonly list: ListPage;
+
+  constructor(list: ListPage) {
     super(Object.freeze({ status: "idle", chats: Object.freeze([]), hasMore: false }));
+    this.list = list;
   }
 
   upsert(chat: ChatSummary): void {
@@ -438,10 +441,10 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
   /** A re-snapshot for a streamed reply's missed text is scheduled or running. */
   resnapshotting = false;
 
-  constructor(
-    readonly chatId: string,
-    private readonly hooks: ChatStateHooks,
-  ) {
+  readonly chatId: string;
+  private readonly hooks: ChatStateHooks;
+
+  constructor(chatId: string, hooks: ChatStateHooks) {
     super(
       Object.freeze({
         chatId,
@@ -455,6 +458,8 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
         error: null,
       }),
     );
+    this.chatId = chatId;
+    this.hooks = hooks;
   }
 
   // -------------------------------------------------------------------------------------------
