@@ -4,10 +4,13 @@
  */
 
 export type {
+  Ack,
   ChatGenerating,
   ChatMessage,
   ChatSummary,
+  ClientToServerEvents,
   CommandInput,
+  CommandInputs,
   CommandName,
   CommandResults,
   ConnectionClosing,
@@ -19,11 +22,13 @@ export type {
   MessageStreamFailed,
   MessageStreaming,
   ProtocolError,
+  ServerToClientEvents,
   StreamSnapshot,
   UserStats,
 } from "@chat-backend/protocol";
 export {
   ConnectErrorCode,
+  commandNames,
   DisconnectReason,
   ErrorCode,
   Limits,
