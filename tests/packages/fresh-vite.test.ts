@@ -175,6 +175,12 @@ async function writeViteProject(packs: Record<string, string>) {
   for (const file of await readdir(APP_SRC)) {
     await copyFile(path.join(APP_SRC, file), path.join(project, "src", file));
   }
+  // docs/sdk.md's quick start, as a reader would paste it.
+  const docs = await readFile(path.join(ROOT, "docs/sdk.md"), "utf8");
+  const section = docs.slice(docs.indexOf("## Quick start: a Vite React-TS app"));
+  const snippet = /```tsx\n([\s\S]*?)```/.exec(section)?.[1];
+  if (!snippet) throw new Error("docs/sdk.md has no quick start snippet");
+  await writeFile(path.join(project, "src/QuickStart.tsx"), snippet);
 }
 
 beforeAll(async () => {
