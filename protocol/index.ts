@@ -6,7 +6,12 @@
  * types at compile time, so the two cannot drift. docs/protocol.md is the same contract
  * written for people.
  */
-import type { DisconnectReason, ErrorCode, StreamFailureReason } from "./constants.js";
+import type {
+  DisconnectReason,
+  ErrorCode,
+  ResyncReason,
+  StreamFailureReason,
+} from "./constants.js";
 
 export * from "./constants.js";
 
@@ -107,6 +112,12 @@ export interface ChatSummary {
   lastMessage: MessageBody | null;
   /** The latest message's `seq` (0 for an empty chat). */
   lastSeq: number;
+  /**
+   * Raised by every change to the chat (a rename, each stored message). Of two entries for one
+   * chat, the one with the higher version is newer: keep it, ignore the older (events from
+   * several server nodes may arrive in any order).
+   */
+  version: number;
   createdAt: string;
   /**
    * Latest activity, ISO 8601 with microseconds (`2026-11-25T05:03:10.123456Z`): the exact
@@ -215,6 +226,18 @@ export interface ConnectionClosing {
 }
 
 /**
+ * Sent to a socket that stayed connected but may have missed events (see ResyncReason): the
+ * client MUST re-list its sidebar (`chat:list`) and catch up every chat it has open (`chat:open`,
+ * then `message:sync`), as after a reconnect, without disconnecting. It SHOULD start at a random
+ * moment within `spreadMs`, so that a node's sockets do not all query at once.
+ */
+export interface ConnectionResync {
+  reason: ResyncReason;
+  /** Milliseconds over which the node's sockets should spread their catch-up (0: at once). */
+  spreadMs: number;
+}
+
+/**
  * A streamed reply (from the app's backend, through the service API) began in a chat this
  * socket has open. Deltas follow; it ends with `message:created` (whose `message.clientId`
  * equals `streamId`), `message:stopped` (then `message:created` of the partial reply, if any) or
@@ -292,6 +315,8 @@ export interface ServerToClientEvents {
   "stats:updated": (event: { stats: UserStats }) => void;
   /** The server is about to disconnect this socket, and why. */
   "connection:closing": (event: ConnectionClosing) => void;
+  /** Events may have been missed: re-list the sidebar and catch up open chats (no reconnect). */
+  "connection:resync": (event: ConnectionResync) => void;
   /** A streamed reply began in a chat this socket has open. */
   "message:streaming": (event: MessageStreaming) => void;
   /** A piece of a streamed reply (coalesced); place it by `offset`, drop what you have. */
