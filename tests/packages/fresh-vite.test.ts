@@ -8,15 +8,23 @@
  * type checks (tests/packages/vite-app/src/contract.tsx: `@ts-expect-error` on a wrong payload,
  * an unknown event, a wrong result; payload types that are not `any`) must hold both times.
  *
+ * Finally the project's own build (development mode, so StrictMode double-mounts) drives a live
+ * chat in Chromium against a real server: two devices, one socket each, a chat created on one
+ * and opened on the other, a message shown on both.
+ *
  * Needs the npm registry (or a warm npm cache: the install is `--prefer-offline`).
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { launchChromium, startDemoServer } from "../browser/helpers.js";
+import type { TestServer } from "../helpers/server.js";
 
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, "../..");
@@ -292,6 +300,104 @@ describe("the packed packages in a fresh Vite React-TS project", () => {
         expect(failure).toMatch(/src\/contract\.tsx\(\d+,\d+\): error TS2322/);
       } finally {
         await writeFile(file, source);
+      }
+    },
+    4 * MINUTES,
+  );
+
+  it(
+    "drives a live chat in Chromium, two devices, StrictMode on (React's development build)",
+    async () => {
+      // The project's own build, in development mode (StrictMode double-mounts there), under /app/.
+      await sh(
+        "npx",
+        ["vite", "build", "--mode", "development", "--base", "/app/", "--outDir", "app-dist"],
+        project,
+      );
+      const appDir = path.join(project, "app-dist");
+      // React's development build went in (a warning text only it has), so StrictMode is active.
+      const bundles = (await readdir(path.join(appDir, "assets"))).filter((f) => f.endsWith(".js"));
+      const code = (
+        await Promise.all(bundles.map((f) => readFile(path.join(appDir, "assets", f), "utf8")))
+      ).join("\n");
+      expect(code).toContain("was not wrapped in act");
+      let server: TestServer | undefined;
+      let browser: Browser | undefined;
+      try {
+        [server, browser] = await Promise.all([startDemoServer(), launchChromium()]);
+        const httpServer = server.app.io.httpServer;
+        const routes = httpServer.listeners("request") as ((
+          req: IncomingMessage,
+          res: ServerResponse,
+        ) => void)[];
+        httpServer.removeAllListeners("request");
+        const types: Record<string, string> = {
+          ".html": "text/html; charset=utf-8",
+          ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8",
+          ".svg": "image/svg+xml",
+        };
+        httpServer.on("request", (req: IncomingMessage, res: ServerResponse) => {
+          const url = new URL(req.url ?? "/", "http://x");
+          if (req.method === "GET" && url.pathname.startsWith("/app/")) {
+            const rel = url.pathname.slice(5) || "index.html";
+            const file = path.join(appDir, path.normalize(rel));
+            if (!file.startsWith(appDir)) return res.writeHead(404).end();
+            readFile(file).then(
+              (body) => {
+                res.writeHead(200, {
+                  "content-type": types[path.extname(file)] ?? "application/octet-stream",
+                });
+                res.end(body);
+              },
+              () => res.writeHead(404).end(),
+            );
+            return;
+          }
+          for (const route of routes) route.call(httpServer, req, res);
+        });
+        let upgrades = 0;
+        httpServer.on("upgrade", () => {
+          upgrades++;
+        });
+
+        const poll = { timeout: 15_000, interval: 50 };
+        const open = async (): Promise<Page> => {
+          const page = await (await (browser as Browser).newContext()).newPage();
+          await page.goto(`${(server as TestServer).url}/app/index.html?user=fresh_vite_user`);
+          await expect
+            .poll(() => page.getByTestId("connection").textContent(), poll)
+            .toBe("online");
+          return page;
+        };
+        const desktop = await open();
+        const phone = await open();
+        // StrictMode's double mount: still one socket per device.
+        expect(upgrades).toBe(2);
+
+        await desktop.getByTestId("new-chat").click();
+        await expect
+          .poll(() => desktop.getByTestId("chat").getAttribute("data-status"), poll)
+          .toBe("ready");
+        await expect.poll(() => phone.getByTestId("chat-row").count(), poll).toBe(1);
+        await phone.getByTestId("chat-row").getByRole("button").click();
+        await expect
+          .poll(() => phone.getByTestId("chat").getAttribute("data-status"), poll)
+          .toBe("ready");
+
+        await desktop.getByTestId("composer").fill("hello from the fresh app");
+        await desktop.getByTestId("composer").press("Enter");
+        const rows = (page: Page) =>
+          page
+            .getByTestId("item")
+            .evaluateAll((els) => els.map((e) => [e.textContent, e.getAttribute("data-status")]));
+        for (const page of [desktop, phone]) {
+          await expect.poll(() => rows(page), poll).toEqual([["hello from the fresh app", "sent"]]);
+        }
+        await expect.poll(() => desktop.getByTestId("stats").textContent(), poll).toBe("1");
+      } finally {
+        await browser?.close();
+        await server?.close();
       }
     },
     4 * MINUTES,
