@@ -58,6 +58,26 @@ export type ConnectionState =
   | "reauthenticating"
   | "signedOut";
 
+/**
+ * Why the connection is in its state, with every state change (centrifuge-js style): `code`
+ * is one of the SDK's codes below, a `ConnectErrorCode` of a refused handshake, a
+ * `DisconnectReason` of `connection:closing`, or an `ErrorCode` of a refused `auth:refresh`;
+ * `message` is for people.
+ * - `STARTING`: the client was just created; `CONNECTED`: online;
+ * - `RECONNECT_REQUESTED`: `reconnect()` was called;
+ * - `NETWORK_UNAVAILABLE`: the device has no network (`offline` event, `navigator.onLine`,
+ *   `setNetworkAvailable(false)`);
+ * - `TRANSPORT_ERROR`: the connection failed or dropped (network, server unreachable);
+ * - `TOKEN_UNAVAILABLE`: `getToken()` threw or timed out;
+ * - `NO_TOKEN`: `getToken()` returned null (signed out);
+ * - `CLOSED`: `close()` was called.
+ */
+export interface ConnectionStatus {
+  readonly state: ConnectionState;
+  readonly code: string;
+  readonly message: string;
+}
+
 export interface ChatClientOptions {
   /** Server origin, e.g. `https://chat.example.com`. */
   url: string;
@@ -85,7 +105,7 @@ export interface ChatClientOptions {
 /** Events of `client.on()`. */
 export interface ChatClientEvents {
   /** The connection state changed. */
-  state: (state: ConnectionState, previous: ConnectionState) => void;
+  state: (state: ConnectionState, previous: ConnectionState, status: ConnectionStatus) => void;
   /**
    * A new message in an open chat, after de-duplication and gap filling: per chat, every
    * message exactly once, in seq order (live, caught up after a reconnect, or from an ack).
@@ -124,6 +144,8 @@ export interface ChatClient {
   readonly connection: ReadableStore<ConnectionState>;
   /** Same as `connection.getSnapshot()`. */
   readonly state: ConnectionState;
+  /** The connection state with its reason (`{ state, code, message }`), as a store. */
+  readonly connectionStatus: ReadableStore<ConnectionStatus>;
   /** The user's chats, live. */
   readonly sidebar: SidebarStore;
   /** Unconfirmed messages of every chat (pending, sending, failed), in send order. */
@@ -225,6 +247,9 @@ class ValueStore<T> extends Store<T> {
 
 class ChatClientImpl implements ChatClient {
   readonly connection = new ValueStore<ConnectionState>("connecting");
+  readonly connectionStatus = new ValueStore<ConnectionStatus>(
+    Object.freeze({ state: "connecting", code: "STARTING", message: "Connecting" }),
+  );
   readonly sidebar: SidebarState;
   readonly outbox: OutboxStore;
   readonly ready: Promise<void>;
@@ -296,7 +321,7 @@ class ChatClientImpl implements ChatClient {
     this.ready = this.loadOutbox();
     if (options.detectNetwork !== false) this.watchNetwork();
     if (this.networkUp) this.socket.connect();
-    else this.setState("offline");
+    else this.setState("offline", "NETWORK_UNAVAILABLE", "The device has no network");
   }
 
   // -------------------------------------------------------------------------------------------
@@ -432,7 +457,7 @@ class ChatClientImpl implements ChatClient {
     this.connectFailures = 0;
     if (this.socket.connected) return;
     this.authAttempt++;
-    this.setState("connecting");
+    this.setState("connecting", "RECONNECT_REQUESTED", "Reconnecting (reconnect() was called)");
     this.restartSocket();
   }
 
@@ -440,7 +465,9 @@ class ChatClientImpl implements ChatClient {
     if (this.closed || available === this.networkUp) return;
     this.networkUp = available;
     if (!available) {
-      if (this.state !== "signedOut") this.setState("offline");
+      if (this.state !== "signedOut") {
+        this.setState("offline", "NETWORK_UNAVAILABLE", "The device has no network");
+      }
       // Cut the connection now: an idle WebSocket can take a minute to notice on its own.
       this.authAttempt++;
       this.socket.disconnect();
@@ -464,7 +491,7 @@ class ChatClientImpl implements ChatClient {
     const closed = new ChatClientError(ClientErrorCode.CLOSED, "The client was closed");
     for (const w of this.waiters.values()) w.reject(closed);
     this.waiters.clear();
-    this.setState("offline");
+    this.setState("offline", "CLOSED", "The client was closed");
     this.emitter.clear();
     await Promise.allSettled([...this.storageOps]);
   }
@@ -536,11 +563,15 @@ class ChatClientImpl implements ChatClient {
     });
   }
 
-  private setState(next: ConnectionState): void {
+  private setState(next: ConnectionState, code: string, message: string): void {
     const previous = this.state;
+    const status = this.connectionStatus.getSnapshot();
+    if (status.state !== next || status.code !== code || status.message !== message) {
+      this.connectionStatus.set(Object.freeze({ state: next, code, message }));
+    }
     if (previous === next) return;
     this.connection.set(next);
-    this.emitter.emit("state", next, previous);
+    this.emitter.emit("state", next, previous, this.connectionStatus.getSnapshot());
   }
 
   /** The handshake's `auth`: a fresh token for every (re)connect. */
@@ -550,7 +581,7 @@ class ChatClientImpl implements ChatClient {
       (token) => {
         if (this.closed || attempt !== this.authAttempt) return;
         if (token === null) {
-          this.signOut("getToken() returned null");
+          this.signOut("NO_TOKEN", "getToken() returned null");
           return;
         }
         this.currentToken = token;
@@ -559,7 +590,7 @@ class ChatClientImpl implements ChatClient {
       (err) => {
         if (this.closed || attempt !== this.authAttempt) return;
         this.report(err, "getToken");
-        this.setState("offline");
+        this.setState("offline", "TOKEN_UNAVAILABLE", `getToken() failed: ${String(err)}`);
         this.socket.disconnect();
         this.scheduleReconnect(backoff(this.connectFailures++, 1000, 30_000));
       },
@@ -583,7 +614,7 @@ class ChatClientImpl implements ChatClient {
     if (this.closed) return;
     this.authFailures = 0;
     this.connectedAt = Date.now();
-    this.setState("online");
+    this.setState("online", "CONNECTED", "Connected");
     this.scheduleRefresh();
     void this.afterConnect();
   }
@@ -661,7 +692,7 @@ class ChatClientImpl implements ChatClient {
     const code = (err as Error & { data?: { code?: unknown } }).data?.code;
     if (typeof code !== "string") {
       // A network failure: socket.io-client retries by itself.
-      this.setState("offline");
+      this.setState("offline", "TRANSPORT_ERROR", err.message || "The connection failed");
       if (!this.socket.active)
         this.scheduleReconnect(backoff(this.connectFailures++, 1000, 30_000));
       return;
@@ -672,19 +703,27 @@ class ChatClientImpl implements ChatClient {
         // A cached token may be stale: fetch a fresh one (a few times for an expired one).
         this.authFailures++;
         if (this.authFailures > (code === ConnectErrorCode.TOKEN_EXPIRED ? 3 : 1)) {
-          this.signOut(`The server refused the token (${code})`);
+          this.signOut(code, `The server refused the token (${code})`);
           return;
         }
-        this.setState("reauthenticating");
+        this.setState(
+          "reauthenticating",
+          code,
+          err.message || `The server refused the token (${code})`,
+        );
         this.scheduleReconnect(backoff(this.authFailures - 1, 300, 3000));
         return;
       }
       case ConnectErrorCode.TOKEN_MISSING:
       case ConnectErrorCode.TOKEN_WRONG_PARTY:
-        this.signOut(`The server refused the token (${code})`);
+        this.signOut(code, `The server refused the token (${code})`);
         return;
       default: {
-        this.setState("offline");
+        this.setState(
+          "offline",
+          code,
+          err.message || `The server refused the connection (${code})`,
+        );
         // RATE_LIMITED says when a new attempt may succeed; earlier ones would only count.
         const hint = (err as Error & { data?: { retryAfterMs?: unknown } }).data?.retryAfterMs;
         const wait = backoff(this.connectFailures++, 1000, 30_000);
@@ -705,12 +744,16 @@ class ChatClientImpl implements ChatClient {
     if (reason === "io client disconnect") return;
     if (reason === "io server disconnect") {
       if (closing && !closing.reconnect) {
-        this.signOut(closing.message);
+        this.signOut(closing.reason, closing.message);
         return;
       }
       // socket.io-client does not reconnect after a server-side disconnect: we do.
       const expired = closing?.reason === DisconnectReason.TOKEN_EXPIRED;
-      this.setState(expired ? "reauthenticating" : "offline");
+      this.setState(
+        expired ? "reauthenticating" : "offline",
+        closing?.reason ?? "TRANSPORT_ERROR",
+        closing?.message ?? "The server closed the connection",
+      );
       const delay =
         closing?.reason === DisconnectReason.SERVER_SHUTDOWN
           ? 250 + Math.random() * 1000
@@ -718,14 +761,14 @@ class ChatClientImpl implements ChatClient {
       this.scheduleReconnect(delay);
       return;
     }
-    this.setState("offline");
+    this.setState("offline", "TRANSPORT_ERROR", `The connection dropped (${reason})`);
   }
 
-  private signOut(reason: string): void {
+  private signOut(code: string, reason: string): void {
     if (this.state === "signedOut" || this.closed) return;
     this.clearRefresh();
     this.authAttempt++;
-    this.setState("signedOut");
+    this.setState("signedOut", code, reason);
     this.socket.disconnect();
     this.report(new ChatClientError(ClientErrorCode.SIGNED_OUT, reason), "auth");
   }
@@ -791,7 +834,7 @@ class ChatClientImpl implements ChatClient {
       try {
         const token = await this.fetchToken();
         if (token === null) {
-          this.signOut("getToken() returned null");
+          this.signOut("NO_TOKEN", "getToken() returned null");
           return false;
         }
         if (!this.socket.connected) return false;
@@ -806,7 +849,7 @@ class ChatClientImpl implements ChatClient {
           err.code === ErrorCode.FORBIDDEN ||
           (err.code === ErrorCode.UNAUTHORIZED && ++refused > 1)
         ) {
-          this.signOut(err.message);
+          this.signOut(err.code, err.message);
           return false;
         }
         if (err.code === ClientErrorCode.DISCONNECTED) return false;

@@ -41,6 +41,7 @@ export {
   type ChatClientEvents,
   type ChatClientOptions,
   type ConnectionState,
+  type ConnectionStatus,
   createChatClient,
   type OutboxStore,
 } from "./client.js";

@@ -10,6 +10,7 @@ import {
   useChat,
   useChatClient,
   useConnection,
+  useConnectionStatus,
   useOutbox,
   useSendMessage,
   useSidebar,
@@ -82,11 +83,17 @@ function Sidebar() {
 
 function Status() {
   const state = useConnection();
+  const status = useConnectionStatus();
   const stats = useStats();
   return h(
     "p",
-    { id: "status", "data-state": state, "data-messages": stats ? stats.messageCount : "" },
-    state,
+    {
+      id: "status",
+      "data-state": state,
+      "data-code": status.code,
+      "data-messages": stats ? stats.messageCount : "",
+    },
+    `${state}: ${status.message}`,
   );
 }
 

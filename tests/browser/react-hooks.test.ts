@@ -135,6 +135,7 @@ describe("@chat-backend/react in Chromium under StrictMode, two devices", () => 
     await settledCommits(phone);
     expect(upgrades).toBe(2);
     expect(connections).toBe(2);
+    expect(await desktop.getAttribute("#status", "data-code")).toBe("CONNECTED");
     expect(server.app.io.of("/").sockets.size).toBe(2);
   });
 

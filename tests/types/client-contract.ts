@@ -15,7 +15,7 @@ import type {
   UserStats,
 } from "@chat-backend/client";
 import { type ChatClient, createChatClient, ErrorCode } from "@chat-backend/client";
-import { useChat, useConnection, useSendMessage } from "@chat-backend/react";
+import { useChat, useConnection, useConnectionStatus, useSendMessage } from "@chat-backend/react";
 import { io, type Socket } from "socket.io-client";
 import { expectTypeOf } from "vitest";
 
@@ -82,6 +82,7 @@ export function HookContract(): null {
     ReturnType<ChatClient["connection"]["getSnapshot"]>
   >();
   expectTypeOf(useChat("id")).toEqualTypeOf<ChatSnapshot | null>();
+  expectTypeOf(useConnectionStatus().code).toEqualTypeOf<string>();
   const send = useSendMessage();
   // @ts-expect-error content is a string
   void send({ chatId: "id", content: 1 });

@@ -6,6 +6,7 @@ import {
   type CommandInput,
   type CommandResults,
   type ConnectionState,
+  type ConnectionStatus,
   type OutboxEntry,
   type SidebarSnapshot,
   type UserStats,
@@ -55,6 +56,31 @@ export function useConnection(): ConnectionState {
   return useSyncExternalStore(
     client ? client.connection.subscribe : noSubscribe,
     client ? client.connection.getSnapshot : getFallback,
+    getFallback,
+  );
+}
+
+const startingStatus: ConnectionStatus = Object.freeze({
+  state: "connecting",
+  code: "STARTING",
+  message: "Connecting",
+});
+const signedOutStatus: ConnectionStatus = Object.freeze({
+  state: "signedOut",
+  code: "NO_USER",
+  message: "No user is signed in",
+});
+
+/**
+ * The connection state with its reason, `{ state, code, message }` (see `ConnectionStatus`):
+ * `STARTING` before the client exists (and on the server), `NO_USER` while no user is signed in.
+ */
+export function useConnectionStatus(): ConnectionStatus {
+  const { client, signedIn } = useProvided();
+  const getFallback = useCallback(() => (signedIn ? startingStatus : signedOutStatus), [signedIn]);
+  return useSyncExternalStore(
+    client ? client.connectionStatus.subscribe : noSubscribe,
+    client ? client.connectionStatus.getSnapshot : getFallback,
     getFallback,
   );
 }

@@ -10,6 +10,7 @@ export {
   type OutboxView,
   useChat,
   useConnection,
+  useConnectionStatus,
   useOutbox,
   useSendMessage,
   useSidebar,
