@@ -3,6 +3,10 @@ FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
+# The workspace manifests (npm workspaces: the protocol and the SDK packages) for npm ci.
+COPY protocol/package.json ./protocol/
+COPY client-sdk/package.json ./client-sdk/
+COPY client-sdk/react/package.json ./client-sdk/react/
 # Dev dependencies stay out; tsx (a runtime dependency) runs the TypeScript sources.
 RUN npm ci --omit=dev --no-audit --no-fund --ignore-scripts
 COPY tsconfig.json ./

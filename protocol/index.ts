@@ -1,103 +1,78 @@
 /**
- * The wire protocol: every client command with its zod schema, every server event, the ack
- * shape and the error codes. The server validates with these schemas; the client SDK imports
- * the types (and `./constants.js` at run time), so a changed payload breaks the build.
- * docs/protocol.md is the same contract written for people.
+ * The wire protocol as plain TypeScript: every client command's payload, every server event,
+ * the ack shape and the error codes. No dependencies: any client (browser, React Native, Node)
+ * imports these types, and `./constants.js` at run time, without zod. The server validates
+ * with zod schemas of its own (server/src/protocol-schemas.ts) that are checked against these
+ * types at compile time, so the two cannot drift. docs/protocol.md is the same contract
+ * written for people.
  */
-import { z } from "zod";
-import {
-  type DisconnectReason,
-  type ErrorCode,
-  Limits,
-  type ResyncReason,
-  type StreamFailureReason,
+import type {
+  DisconnectReason,
+  ErrorCode,
+  ResyncReason,
+  StreamFailureReason,
 } from "./constants.js";
 
 export * from "./constants.js";
 
 // ---------------------------------------------------------------------------------------------
-// Building blocks
+// Client commands: each is emitted as (payload, ack). Limits (lengths, page sizes) are in
+// `Limits` and docs/protocol.md; the server answers INVALID_PAYLOAD when one is broken.
 
-/** False for text Postgres cannot store (NUL) and broken UTF-16 (lone surrogates). */
-export function isStorableText(s: string): boolean {
-  return !s.includes("\u0000") && s.isWellFormed();
-}
-
-/** A string of at most `max` characters that Postgres can store (see isStorableText). */
-export const storableText = (max: number) =>
-  z
-    .string()
-    .max(max)
-    .refine((s) => !s.includes("\u0000"), "must not contain NUL characters")
-    .refine((s) => s.isWellFormed(), "must be well-formed Unicode");
-
-/**
- * A chat id: a UUID in any letter case, normalised to lower case, the form Postgres returns and
- * the one room names are built from. Without it, a device that opened a chat by its upper-case
- * id would sit in another room and miss the chat's broadcasts.
- */
-export const chatIdSchema = z.uuid({ message: "must be a UUID" }).transform((s) => s.toLowerCase());
-const chatId = chatIdSchema;
-const title = storableText(Limits.MAX_TITLE_CHARS)
-  .transform((s) => s.trim())
-  .pipe(z.string().min(1, "must not be blank"));
-const limit = z.number().int().min(1).max(Limits.MAX_PAGE_SIZE).optional();
-const seq = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
-
-/** A client-generated id: UUIDs, ULIDs and similar. */
-export const clientIdSchema = z
-  .string()
-  .min(1)
-  .max(Limits.MAX_CLIENT_ID_CHARS)
-  .regex(/^[A-Za-z0-9._:-]+$/, "may contain only letters, digits and . _ : -");
-
-/** Content of a message. */
-export const contentSchema = storableText(Limits.MAX_MESSAGE_CHARS).refine(
-  (s) => s.trim().length > 0,
-  "must not be blank",
-);
-
-// ---------------------------------------------------------------------------------------------
-// Client commands: each is emitted as (payload, ack).
-
-export const commandSchemas = {
+/** The payload of each command as the client sends it. */
+export interface CommandInputs {
   /** Re-authenticate the open socket with a fresh token for the same user. */
-  "auth:refresh": z.strictObject({ token: z.string().min(1).max(16_384) }),
+  "auth:refresh": { token: string };
   /** A page of the sidebar: the user's chats, latest activity first. */
-  "chat:list": z.strictObject({ limit, cursor: z.string().max(200).optional() }),
-  /** Create a chat. A client-generated `id` makes the create idempotent when retried. */
-  "chat:create": z.strictObject({ id: chatId.optional(), title: title.optional() }),
-  "chat:rename": z.strictObject({ chatId, title }),
+  "chat:list": { limit?: number | undefined; cursor?: string | undefined };
+  /** Create a chat. A client-generated `id` (a UUID) makes the create idempotent when retried. */
+  "chat:create": { id?: string | undefined; title?: string | undefined };
+  "chat:rename": { chatId: string; title: string };
   /** Delete a chat and its messages. The user's lifetime counters do not go down. */
-  "chat:delete": z.strictObject({ chatId }),
+  "chat:delete": { chatId: string };
   /** Open a chat: join its live stream and get its latest messages. */
-  "chat:open": z.strictObject({ chatId, limit }),
+  "chat:open": { chatId: string; limit?: number | undefined };
   /** Leave a chat's live stream. */
-  "chat:close": z.strictObject({ chatId }),
+  "chat:close": { chatId: string };
   /** Send a user message. Retrying with the same `clientId` stores it once. */
-  "message:send": z.strictObject({ chatId, clientId: clientIdSchema, content: contentSchema }),
-  /** A page of history: before a sequence (older) or after one (newer). */
-  "message:history": z
-    .strictObject({ chatId, before: seq.optional(), after: seq.optional(), limit })
-    .refine((p) => p.before === undefined || p.after === undefined, {
-      message: "give either before or after, not both",
-    }),
+  "message:send": { chatId: string; clientId: string; content: string };
+  /** A page of history: before a sequence (older) or after one (newer), not both. */
+  "message:history": {
+    chatId: string;
+    before?: number | undefined;
+    after?: number | undefined;
+    limit?: number | undefined;
+  };
   /** Everything after the last sequence this device saw, oldest first. */
-  "message:sync": z.strictObject({ chatId, afterSeq: seq, limit }),
+  "message:sync": { chatId: string; afterSeq: number; limit?: number | undefined };
   /** The user's lifetime counters and plan (`get_user_stats`). */
-  "user:stats": z.strictObject({}),
+  "user:stats": Record<string, never>;
   /**
    * Stop a streamed reply in progress in one of the user's chats. The text streamed so far is
    * stored once as the final message, marked `stopped`; the app's backend is told.
    */
-  "message:stop": z.strictObject({ chatId, streamId: clientIdSchema }),
-} as const;
+  "message:stop": { chatId: string; streamId: string };
+}
 
-export type CommandName = keyof typeof commandSchemas;
+export type CommandName = keyof CommandInputs;
 /** The payload of a command as the client sends it. */
-export type CommandInput<C extends CommandName> = z.input<(typeof commandSchemas)[C]>;
-/** The payload of a command after validation (what the server's handlers get). */
-export type CommandPayload<C extends CommandName> = z.output<(typeof commandSchemas)[C]>;
+export type CommandInput<C extends CommandName> = CommandInputs[C];
+
+/** Every command name, at run time. */
+export const commandNames = [
+  "auth:refresh",
+  "chat:list",
+  "chat:create",
+  "chat:rename",
+  "chat:delete",
+  "chat:open",
+  "chat:close",
+  "message:send",
+  "message:history",
+  "message:sync",
+  "user:stats",
+  "message:stop",
+] as const satisfies readonly CommandName[];
 
 // ---------------------------------------------------------------------------------------------
 // Data on the wire
@@ -352,21 +327,4 @@ export interface ServerToClientEvents {
   "message:stopped": (event: MessageStopped) => void;
   /** A reply started or stopped being generated in one of the user's chats (every device). */
   "chat:generating": (event: ChatGenerating) => void;
-}
-
-/** Events between server nodes (none beyond the adapter's own). */
-export type InterServerEvents = Record<string, never>;
-
-/** What the server keeps on each authenticated socket. */
-export interface SocketData {
-  /** Clerk user id (`sub`). */
-  userId: string;
-  /** Primary key of the user's `users` row. */
-  dbUserId: string;
-  /** `users.subscription_tier` when the socket connected: picks the per-user write limits. */
-  subscriptionTier: string | null;
-  /** Clerk session id (`sid`), when the token has one. */
-  sessionId: string | null;
-  /** Expiry of the current token, epoch milliseconds. */
-  tokenExpiresAt: number;
 }

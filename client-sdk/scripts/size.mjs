@@ -1,6 +1,8 @@
 /**
  * Bundle size of the SDK as an app would ship it: esbuild, minified, ESM for browsers, once with
- * socket.io-client bundled in and once with it external. Prints min and min+gzip bytes.
+ * socket.io-client bundled in and once with it external, socket.io-client alone (the baseline
+ * of the same run) and the React package (React and the SDK external). Prints min and
+ * min+gzip bytes.
  * Usage: node client-sdk/scripts/size.mjs
  */
 import { fileURLToPath } from "node:url";
@@ -8,10 +10,18 @@ import { gzipSync } from "node:zlib";
 import { build } from "esbuild";
 
 const entry = fileURLToPath(new URL("../src/index.ts", import.meta.url));
+const reactEntry = fileURLToPath(new URL("../react/src/index.ts", import.meta.url));
 
-async function measure(label, external) {
+async function measure(label, external, entryPoint = entry) {
   const result = await build({
-    entryPoints: [entry],
+    ...(entryPoint === "socket.io-client"
+      ? {
+          stdin: {
+            contents: 'export * from "socket.io-client";',
+            resolveDir: fileURLToPath(new URL(".", import.meta.url)),
+          },
+        }
+      : { entryPoints: [entryPoint] }),
     bundle: true,
     minify: true,
     format: "esm",
@@ -20,6 +30,7 @@ async function measure(label, external) {
     write: false,
     external,
     legalComments: "none",
+    conditions: ["@chat-backend/source"],
     logLevel: "error",
   });
   const code = result.outputFiles[0].contents;
@@ -29,8 +40,14 @@ async function measure(label, external) {
 
 const kb = (n) => `${(n / 1024).toFixed(1)} KiB`;
 const rows = [
+  await measure("socket.io-client alone", [], "socket.io-client"),
   await measure("SDK + socket.io-client", []),
   await measure("SDK only (socket.io-client external)", ["socket.io-client"]),
+  await measure(
+    "React package only (react, SDK external)",
+    ["react", "@chat-backend/client"],
+    reactEntry,
+  ),
 ];
 for (const r of rows) {
   console.log(

@@ -3,8 +3,7 @@
  * `getToken()`, with typed commands, live stores, catch-up after every reconnect and an outbox
  * that delivers every sent message exactly once.
  */
-import { io, type ManagerOptions, type Socket, type SocketOptions } from "socket.io-client";
-import { ConnectErrorCode, DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
+
 import type {
   Ack,
   ChatMessage,
@@ -15,7 +14,9 @@ import type {
   ConnectionClosing,
   ConnectionResync,
   ServerToClientEvents,
-} from "../../protocol/index.js";
+} from "@chat-backend/protocol";
+import { ConnectErrorCode, DisconnectReason, ErrorCode, Limits } from "@chat-backend/protocol";
+import { io, type ManagerOptions, type Socket, type SocketOptions } from "socket.io-client";
 import { ChatClientError, ClientErrorCode, toChatClientError } from "./errors.js";
 import {
   memoryOutboxStorage,
@@ -58,6 +59,26 @@ export type ConnectionState =
   | "reauthenticating"
   | "signedOut";
 
+/**
+ * Why the connection is in its state, with every state change (centrifuge-js style): `code`
+ * is one of the SDK's codes below, a `ConnectErrorCode` of a refused handshake, a
+ * `DisconnectReason` of `connection:closing`, or an `ErrorCode` of a refused `auth:refresh`;
+ * `message` is for people.
+ * - `STARTING`: the client was just created; `CONNECTED`: online;
+ * - `RECONNECT_REQUESTED`: `reconnect()` was called;
+ * - `NETWORK_UNAVAILABLE`: the device has no network (`offline` event, `navigator.onLine`,
+ *   `setNetworkAvailable(false)`);
+ * - `TRANSPORT_ERROR`: the connection failed or dropped (network, server unreachable);
+ * - `TOKEN_UNAVAILABLE`: `getToken()` threw or timed out;
+ * - `NO_TOKEN`: `getToken()` returned null (signed out);
+ * - `CLOSED`: `close()` was called.
+ */
+export interface ConnectionStatus {
+  readonly state: ConnectionState;
+  readonly code: string;
+  readonly message: string;
+}
+
 export interface ChatClientOptions {
   /** Server origin, e.g. `https://chat.example.com`. */
   url: string;
@@ -85,7 +106,7 @@ export interface ChatClientOptions {
 /** Events of `client.on()`. */
 export interface ChatClientEvents {
   /** The connection state changed. */
-  state: (state: ConnectionState, previous: ConnectionState) => void;
+  state: (state: ConnectionState, previous: ConnectionState, status: ConnectionStatus) => void;
   /**
    * A new message in an open chat, after de-duplication and gap filling: per chat, every
    * message exactly once, in seq order (live, caught up after a reconnect, or from an ack).
@@ -124,6 +145,8 @@ export interface ChatClient {
   readonly connection: ReadableStore<ConnectionState>;
   /** Same as `connection.getSnapshot()`. */
   readonly state: ConnectionState;
+  /** The connection state with its reason (`{ state, code, message }`), as a store. */
+  readonly connectionStatus: ReadableStore<ConnectionStatus>;
   /** The user's chats, live. */
   readonly sidebar: SidebarStore;
   /** Unconfirmed messages of every chat (pending, sending, failed), in send order. */
@@ -139,8 +162,16 @@ export interface ChatClient {
   createChat(input?: CommandInput<"chat:create">): Promise<CommandResults["chat:create"]>;
   renameChat(input: CommandInput<"chat:rename">): Promise<CommandResults["chat:rename"]>;
   deleteChat(input: CommandInput<"chat:delete">): Promise<CommandResults["chat:delete"]>;
-  /** Opens a chat: loads its latest page into `chat(chatId)` and keeps it live and caught up. */
+  /**
+   * Opens a chat: loads its latest page into `chat(chatId)` and keeps it live and caught up.
+   * Opens are counted: every call (each component showing the chat) is matched by one
+   * `closeChat`, and the chat stays live until the last one is closed.
+   */
   openChat(input: CommandInput<"chat:open">): Promise<CommandResults["chat:open"]>;
+  /**
+   * Undoes one `openChat`. The last close of a chat leaves its live stream (`chat:close`);
+   * earlier ones resolve at once and change nothing.
+   */
   closeChat(input: CommandInput<"chat:close">): Promise<CommandResults["chat:close"]>;
   /**
    * Sends a message through the outbox: it shows as pending at once, is retried with the same
@@ -217,6 +248,9 @@ class ValueStore<T> extends Store<T> {
 
 class ChatClientImpl implements ChatClient {
   readonly connection = new ValueStore<ConnectionState>("connecting");
+  readonly connectionStatus = new ValueStore<ConnectionStatus>(
+    Object.freeze({ state: "connecting", code: "STARTING", message: "Connecting" }),
+  );
   readonly sidebar: SidebarState;
   readonly outbox: OutboxStore;
   readonly ready: Promise<void>;
@@ -224,6 +258,8 @@ class ChatClientImpl implements ChatClient {
   private readonly socket: ChatSocket;
   private readonly emitter = new Emitter<ChatClientEvents>();
   private readonly chats = new Map<string, ChatState>();
+  /** How many `openChat` calls of each chat are not matched by a `closeChat` yet. */
+  private readonly openCounts = new Map<string, number>();
   private readonly storage: OutboxStorage;
   private readonly getToken: () => Promise<string | null>;
   private readonly commandTimeoutMs: number;
@@ -286,7 +322,7 @@ class ChatClientImpl implements ChatClient {
     this.ready = this.loadOutbox();
     if (options.detectNetwork !== false) this.watchNetwork();
     if (this.networkUp) this.socket.connect();
-    else this.setState("offline");
+    else this.setState("offline", "NETWORK_UNAVAILABLE", "The device has no network");
   }
 
   // -------------------------------------------------------------------------------------------
@@ -345,6 +381,7 @@ class ChatClientImpl implements ChatClient {
 
   async openChat(input: CommandInput<"chat:open">) {
     const state = this.chatState(input.chatId);
+    this.openCounts.set(state.chatId, (this.openCounts.get(state.chatId) ?? 0) + 1);
     state.beginLoad();
     // Known deleted before the chat was read: found now, it exists again (created anew).
     const deletedBefore = this.sidebar.isDeleted(input.chatId);
@@ -366,7 +403,15 @@ class ChatClientImpl implements ChatClient {
   }
 
   async closeChat(input: CommandInput<"chat:close">) {
-    this.chats.get(input.chatId)?.setOpen(false);
+    const state = this.chats.get(input.chatId);
+    const key = state?.chatId ?? input.chatId;
+    const count = this.openCounts.get(key) ?? 0;
+    if (count > 1) {
+      this.openCounts.set(key, count - 1);
+      return { chatId: input.chatId };
+    }
+    this.openCounts.delete(key);
+    state?.setOpen(false);
     // Rooms belong to a connection: offline, there is nothing to leave.
     if (!this.socket.connected) return { chatId: input.chatId };
     return this.command("chat:close", input);
@@ -413,7 +458,7 @@ class ChatClientImpl implements ChatClient {
     this.connectFailures = 0;
     if (this.socket.connected) return;
     this.authAttempt++;
-    this.setState("connecting");
+    this.setState("connecting", "RECONNECT_REQUESTED", "Reconnecting (reconnect() was called)");
     this.restartSocket();
   }
 
@@ -421,7 +466,9 @@ class ChatClientImpl implements ChatClient {
     if (this.closed || available === this.networkUp) return;
     this.networkUp = available;
     if (!available) {
-      if (this.state !== "signedOut") this.setState("offline");
+      if (this.state !== "signedOut") {
+        this.setState("offline", "NETWORK_UNAVAILABLE", "The device has no network");
+      }
       // Cut the connection now: an idle WebSocket can take a minute to notice on its own.
       this.authAttempt++;
       this.socket.disconnect();
@@ -445,7 +492,7 @@ class ChatClientImpl implements ChatClient {
     const closed = new ChatClientError(ClientErrorCode.CLOSED, "The client was closed");
     for (const w of this.waiters.values()) w.reject(closed);
     this.waiters.clear();
-    this.setState("offline");
+    this.setState("offline", "CLOSED", "The client was closed");
     this.emitter.clear();
     await Promise.allSettled([...this.storageOps]);
   }
@@ -517,11 +564,15 @@ class ChatClientImpl implements ChatClient {
     });
   }
 
-  private setState(next: ConnectionState): void {
+  private setState(next: ConnectionState, code: string, message: string): void {
     const previous = this.state;
+    const status = this.connectionStatus.getSnapshot();
+    if (status.state !== next || status.code !== code || status.message !== message) {
+      this.connectionStatus.set(Object.freeze({ state: next, code, message }));
+    }
     if (previous === next) return;
     this.connection.set(next);
-    this.emitter.emit("state", next, previous);
+    this.emitter.emit("state", next, previous, this.connectionStatus.getSnapshot());
   }
 
   /** The handshake's `auth`: a fresh token for every (re)connect. */
@@ -531,7 +582,7 @@ class ChatClientImpl implements ChatClient {
       (token) => {
         if (this.closed || attempt !== this.authAttempt) return;
         if (token === null) {
-          this.signOut("getToken() returned null");
+          this.signOut("NO_TOKEN", "getToken() returned null");
           return;
         }
         this.currentToken = token;
@@ -540,7 +591,7 @@ class ChatClientImpl implements ChatClient {
       (err) => {
         if (this.closed || attempt !== this.authAttempt) return;
         this.report(err, "getToken");
-        this.setState("offline");
+        this.setState("offline", "TOKEN_UNAVAILABLE", `getToken() failed: ${String(err)}`);
         this.socket.disconnect();
         this.scheduleReconnect(backoff(this.connectFailures++, 1000, 30_000));
       },
@@ -564,7 +615,7 @@ class ChatClientImpl implements ChatClient {
     if (this.closed) return;
     this.authFailures = 0;
     this.connectedAt = Date.now();
-    this.setState("online");
+    this.setState("online", "CONNECTED", "Connected");
     this.scheduleRefresh();
     void this.afterConnect();
   }
@@ -642,7 +693,7 @@ class ChatClientImpl implements ChatClient {
     const code = (err as Error & { data?: { code?: unknown } }).data?.code;
     if (typeof code !== "string") {
       // A network failure: socket.io-client retries by itself.
-      this.setState("offline");
+      this.setState("offline", "TRANSPORT_ERROR", err.message || "The connection failed");
       if (!this.socket.active)
         this.scheduleReconnect(backoff(this.connectFailures++, 1000, 30_000));
       return;
@@ -653,23 +704,31 @@ class ChatClientImpl implements ChatClient {
         // A cached token may be stale: fetch a fresh one (a few times for an expired one).
         this.authFailures++;
         if (this.authFailures > (code === ConnectErrorCode.TOKEN_EXPIRED ? 3 : 1)) {
-          this.signOut(`The server refused the token (${code})`);
+          this.signOut(code, `The server refused the token (${code})`);
           return;
         }
-        this.setState("reauthenticating");
+        this.setState(
+          "reauthenticating",
+          code,
+          err.message || `The server refused the token (${code})`,
+        );
         this.scheduleReconnect(backoff(this.authFailures - 1, 300, 3000));
         return;
       }
       case ConnectErrorCode.TOKEN_MISSING:
       case ConnectErrorCode.TOKEN_WRONG_PARTY:
-        this.signOut(`The server refused the token (${code})`);
+        this.signOut(code, `The server refused the token (${code})`);
         return;
       case ConnectErrorCode.ORIGIN_NOT_ALLOWED:
         // The page's origin is not allowed: a configuration error no retry can fix.
-        this.signOut(`The server refused this page's origin (${code})`);
+        this.signOut(code, `The server refused this page's origin (${code})`);
         return;
       default: {
-        this.setState("offline");
+        this.setState(
+          "offline",
+          code,
+          err.message || `The server refused the connection (${code})`,
+        );
         // RATE_LIMITED says when a new attempt may succeed; earlier ones would only count.
         const hint = (err as Error & { data?: { retryAfterMs?: unknown } }).data?.retryAfterMs;
         const wait = backoff(this.connectFailures++, 1000, 30_000);
@@ -690,12 +749,16 @@ class ChatClientImpl implements ChatClient {
     if (reason === "io client disconnect") return;
     if (reason === "io server disconnect") {
       if (closing && !closing.reconnect) {
-        this.signOut(closing.message);
+        this.signOut(closing.reason, closing.message);
         return;
       }
       // socket.io-client does not reconnect after a server-side disconnect: we do.
       const expired = closing?.reason === DisconnectReason.TOKEN_EXPIRED;
-      this.setState(expired ? "reauthenticating" : "offline");
+      this.setState(
+        expired ? "reauthenticating" : "offline",
+        closing?.reason ?? "TRANSPORT_ERROR",
+        closing?.message ?? "The server closed the connection",
+      );
       const delay =
         closing?.reason === DisconnectReason.SERVER_SHUTDOWN
           ? 250 + Math.random() * 1000
@@ -703,14 +766,14 @@ class ChatClientImpl implements ChatClient {
       this.scheduleReconnect(delay);
       return;
     }
-    this.setState("offline");
+    this.setState("offline", "TRANSPORT_ERROR", `The connection dropped (${reason})`);
   }
 
-  private signOut(reason: string): void {
+  private signOut(code: string, reason: string): void {
     if (this.state === "signedOut" || this.closed) return;
     this.clearRefresh();
     this.authAttempt++;
-    this.setState("signedOut");
+    this.setState("signedOut", code, reason);
     this.socket.disconnect();
     this.report(new ChatClientError(ClientErrorCode.SIGNED_OUT, reason), "auth");
   }
@@ -776,7 +839,7 @@ class ChatClientImpl implements ChatClient {
       try {
         const token = await this.fetchToken();
         if (token === null) {
-          this.signOut("getToken() returned null");
+          this.signOut("NO_TOKEN", "getToken() returned null");
           return false;
         }
         if (!this.socket.connected) return false;
@@ -791,7 +854,7 @@ class ChatClientImpl implements ChatClient {
           err.code === ErrorCode.FORBIDDEN ||
           (err.code === ErrorCode.UNAUTHORIZED && ++refused > 1)
         ) {
-          this.signOut(err.message);
+          this.signOut(err.code, err.message);
           return false;
         }
         if (err.code === ClientErrorCode.DISCONNECTED) return false;
@@ -957,6 +1020,7 @@ class ChatClientImpl implements ChatClient {
 
   /** A chat was deleted (here, on another device, or found missing). */
   private chatGone(chatId: string): void {
+    this.openCounts.delete(chatId);
     this.sidebar.remove(chatId);
     this.chats.get(chatId)?.markDeleted();
     const gone = new ChatClientError(ErrorCode.NOT_FOUND, "The chat was deleted");

@@ -1,5 +1,5 @@
-import { retryableErrorCodes } from "../../protocol/constants.js";
-import type { CommandName, ErrorCode, ProtocolError } from "../../protocol/index.js";
+import type { CommandName, ErrorCode, ProtocolError } from "@chat-backend/protocol";
+import { retryableErrorCodes } from "@chat-backend/protocol";
 
 /** Codes the SDK itself produces, beside the server's `ErrorCode`s. */
 export const ClientErrorCode = {

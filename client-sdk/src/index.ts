@@ -3,20 +3,14 @@
  * See docs/sdk.md.
  */
 
-export {
-  ConnectErrorCode,
-  DisconnectReason,
-  ErrorCode,
-  Limits,
-  PROTOCOL_VERSION,
-  retryableErrorCodes,
-  StreamFailureReason,
-} from "../../protocol/constants.js";
 export type {
+  Ack,
   ChatGenerating,
   ChatMessage,
   ChatSummary,
+  ClientToServerEvents,
   CommandInput,
+  CommandInputs,
   CommandName,
   CommandResults,
   ConnectionClosing,
@@ -28,14 +22,26 @@ export type {
   MessageStreamFailed,
   MessageStreaming,
   ProtocolError,
+  ServerToClientEvents,
   StreamSnapshot,
   UserStats,
-} from "../../protocol/index.js";
+} from "@chat-backend/protocol";
+export {
+  ConnectErrorCode,
+  commandNames,
+  DisconnectReason,
+  ErrorCode,
+  Limits,
+  PROTOCOL_VERSION,
+  retryableErrorCodes,
+  StreamFailureReason,
+} from "@chat-backend/protocol";
 export {
   type ChatClient,
   type ChatClientEvents,
   type ChatClientOptions,
   type ConnectionState,
+  type ConnectionStatus,
   createChatClient,
   type OutboxStore,
 } from "./client.js";

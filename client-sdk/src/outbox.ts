@@ -3,7 +3,7 @@
  * kept in an `OutboxStorage` so that they survive a reload or an app restart, and are resent
  * with the same `clientId` (the server stores each clientId once per chat).
  */
-import type { ChatMessage } from "../../protocol/index.js";
+import type { ChatMessage } from "@chat-backend/protocol";
 import type { ChatErrorCode } from "./errors.js";
 
 /** What the storage keeps of a message that is not confirmed yet. */

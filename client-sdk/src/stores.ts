@@ -14,7 +14,7 @@ import type {
   MessageStreaming,
   StreamFailureReason,
   StreamSnapshot,
-} from "../../protocol/index.js";
+} from "@chat-backend/protocol";
 import type { ChatClientError, ChatErrorCode } from "./errors.js";
 import type { OutboxEntry, OutboxStatus } from "./outbox.js";
 import { Store, sameItems } from "./util.js";
@@ -151,8 +151,11 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
   private refreshing: Promise<void> | null = null;
   private loadingMore: Promise<void> | null = null;
 
-  constructor(private readonly list: ListPage) {
+  private readonly list: ListPage;
+
+  constructor(list: ListPage) {
     super(Object.freeze({ status: "idle", chats: Object.freeze([]), hasMore: false }));
+    this.list = list;
   }
 
   upsert(chat: ChatSummary): void {
@@ -431,11 +434,12 @@ function messageItem(m: ChatMessage): ChatItem {
   return item;
 }
 
-function entryItem(e: OutboxEntry): ChatItem {
+/** `clashes`: a stored message has the entry's clientId (a CONFLICT): the row needs its own key. */
+function entryItem(e: OutboxEntry, clashes: boolean): ChatItem {
   let item = itemOfEntry.get(e);
-  if (!item) {
+  if (!item || (item.key !== e.clientId) !== clashes) {
     item = Object.freeze({
-      key: e.clientId,
+      key: clashes ? `${e.clientId}:failed` : e.clientId,
       clientId: e.clientId,
       role: "user" as const,
       content: e.content,
@@ -501,10 +505,10 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
   /** A re-snapshot for a streamed reply's missed text is scheduled or running. */
   resnapshotting = false;
 
-  constructor(
-    readonly chatId: string,
-    private readonly hooks: ChatStateHooks,
-  ) {
+  readonly chatId: string;
+  private readonly hooks: ChatStateHooks;
+
+  constructor(chatId: string, hooks: ChatStateHooks) {
     super(
       Object.freeze({
         chatId,
@@ -518,6 +522,8 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
         error: null,
       }),
     );
+    this.chatId = chatId;
+    this.hooks = hooks;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -782,9 +788,14 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
     const messages = sameItems(prev.messages, this.messages)
       ? prev.messages
       : Object.freeze([...this.messages]);
+    // An entry is hidden once a stored message is it: same clientId and same content (the
+    // server stores a clientId once). One with another message's clientId but other content
+    // (refused with CONFLICT, or being retried) stays visible.
+    const stored = new Map<string, string>();
+    for (const m of this.messages) stored.set(m.clientId, m.content);
     const pendingNow = this.hooks
       .pending(this.chatId)
-      .filter((e) => !this.clientIds.has(e.clientId));
+      .filter((e) => stored.get(e.clientId) !== e.content);
     const pending = sameItems(prev.pending, pendingNow) ? prev.pending : Object.freeze(pendingNow);
     // A stored message replaces the streamed reply it was streamed as (same clientId).
     for (const id of this.streams.keys()) {
@@ -814,7 +825,7 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
         : Object.freeze([
             ...messages.map(messageItem),
             ...streams.map(streamItem),
-            ...pending.map(entryItem),
+            ...pending.map((e) => entryItem(e, this.clientIds.has(e.clientId))),
           ]);
     this.publish(
       Object.freeze({

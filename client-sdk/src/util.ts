@@ -86,7 +86,11 @@ export function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
 export class Store<T> {
   private readonly listeners = new Set<() => void>();
 
-  constructor(private snapshot: T) {}
+  private snapshot: T;
+
+  constructor(snapshot: T) {
+    this.snapshot = snapshot;
+  }
 
   readonly getSnapshot = (): T => this.snapshot;
 

@@ -5,7 +5,7 @@
  */
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { clientIdSchema, contentSchema } from "../../protocol/index.js";
+import { clientIdSchema, contentSchema } from "../../server/src/protocol-schemas.js";
 import { asRole, type Claims } from "../helpers/db.js";
 import {
   acceptedUserContents,

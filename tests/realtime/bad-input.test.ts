@@ -6,7 +6,8 @@
 import { randomUUID } from "node:crypto";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { commandSchemas, ErrorCode, Limits, type ProtocolError } from "../../protocol/index.js";
+import { ErrorCode, Limits, type ProtocolError } from "../../protocol/index.js";
+import { commandSchemas } from "../../server/src/protocol-schemas.js";
 import {
   type ClientSocket,
   recordEvents,

@@ -23,10 +23,10 @@ import {
   type CommandName,
   type CommandResults,
   ConnectErrorCode,
-  commandSchemas,
   ErrorCode,
 } from "../../protocol/index.js";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
+import { commandSchemas } from "../../server/src/protocol-schemas.js";
 import {
   type ClientSocket,
   startTestServer,

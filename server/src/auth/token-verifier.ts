@@ -1,7 +1,7 @@
 import { verifyToken } from "@clerk/backend";
 import { ConnectErrorCode } from "../../../protocol/constants.js";
-import { isStorableText } from "../../../protocol/index.js";
 import { ExpiringMap } from "../expiring-map.js";
+import { isStorableText } from "../protocol-schemas.js";
 import { createLocalKeyVerify, type LocalKeyHooks } from "./local-key.js";
 
 /** What the server keeps of a verified Clerk session token. */

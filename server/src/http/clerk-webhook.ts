@@ -11,8 +11,9 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { verifyWebhook } from "@clerk/backend/webhooks";
 import { z } from "zod";
-import { ErrorCode, isStorableText } from "../../../protocol/index.js";
+import { ErrorCode } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
+import { isStorableText } from "../protocol-schemas.js";
 import type { ClerkEvent, ClerkWebhookService } from "../services/clerk-webhook.service.js";
 import type { Inflight } from "../socket/inflight.js";
 import {

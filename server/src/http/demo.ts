@@ -32,6 +32,8 @@ export async function createDemoHandler(): Promise<DemoHandler> {
       platform: "browser",
       target: "es2020",
       sourcemap: "inline",
+      // The workspace packages (@chat-backend/*) from their sources, not their built dist/.
+      conditions: ["@chat-backend/source"],
       logLevel: "silent",
     }),
   ]);

@@ -8,16 +8,15 @@
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { z } from "zod";
+import { ErrorCode, Limits } from "../../../protocol/index.js";
+import type { Logger } from "../logger.js";
 import {
   chatIdSchema,
   clientIdSchema,
   contentSchema,
-  ErrorCode,
   isStorableText,
-  Limits,
   storableText,
-} from "../../../protocol/index.js";
-import type { Logger } from "../logger.js";
+} from "../protocol-schemas.js";
 import type { AppEventRepository } from "../repositories/app-event.repository.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { ServiceRoleService } from "../services/service-role.service.js";

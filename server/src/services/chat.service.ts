@@ -1,6 +1,5 @@
 import {
   type ChatSummary,
-  type CommandPayload,
   type CommandResults,
   ErrorCode,
   type GeneratingState,
@@ -8,6 +7,7 @@ import {
   type StreamSnapshot,
 } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
+import type { CommandPayload } from "../protocol-schemas.js";
 import type { ChatRepository, SidebarCursor } from "../repositories/chat.repository.js";
 import type { MessageRepository } from "../repositories/message.repository.js";
 import type { StreamStore } from "../repositories/stream.repository.js";

@@ -1,7 +1,6 @@
 import {
   type ChatMessage,
   type ChatSummary,
-  type CommandPayload,
   type CommandResults,
   ErrorCode,
   Limits,
@@ -10,6 +9,7 @@ import {
 import { mayHaveCommitted } from "../db/errors.js";
 import type { MessageJson } from "../db/schema.js";
 import type { Logger } from "../logger.js";
+import type { CommandPayload } from "../protocol-schemas.js";
 import type { MessageRepository, StoredBatch } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";

@@ -1,13 +1,12 @@
 import {
   type ChatMessage,
-  type CommandPayload,
   type CommandResults,
-  contentSchema,
   ErrorCode,
   Limits,
   StreamFailureReason,
 } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
+import { type CommandPayload, contentSchema } from "../protocol-schemas.js";
 import type {
   StreamRecord,
   StreamStatus,

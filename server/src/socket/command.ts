@@ -2,9 +2,7 @@ import { ZodError } from "zod";
 import {
   type Ack,
   type CommandName,
-  type CommandPayload,
   type CommandResults,
-  commandSchemas,
   DisconnectReason,
   ErrorCode,
   Limits,
@@ -13,6 +11,7 @@ import {
 import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
+import { type CommandPayload, commandSchemas } from "../protocol-schemas.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { CommandBucket } from "../services/rate-limits.js";
 import type { Inflight } from "./inflight.js";
