@@ -21,6 +21,8 @@ export interface StoredChat {
   title: string;
   lastSeq: number;
   lastMessage: { role: string; content: string } | null;
+  /** `updated_at` with its microseconds (ISO 8601), shown in order diffs. */
+  updatedAt: string;
   messages: StoredMessage[];
 }
 
@@ -38,11 +40,13 @@ export async function readDatabase(sql: postgres.Sql): Promise<DatabaseState> {
         id: string;
         clerk_id: string;
         title: string;
+        updated_at: string;
         last_seq: number;
         last_message: { role: string; content: string } | null;
       }[]
     >`
-      select c.id::text, u.clerk_id, c.title, c.last_seq::int, c.last_message
+      select c.id::text, u.clerk_id, c.title, c.last_seq::int, c.last_message,
+             to_char(c.updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as updated_at
         from chat_sessions c join users u on u.id = c.user_id
        order by u.clerk_id, c.updated_at desc, c.id desc`;
     const messages = await tx<(StoredMessage & { chat_id: string })[]>`
@@ -55,6 +59,7 @@ export async function readDatabase(sql: postgres.Sql): Promise<DatabaseState> {
         id: c.id,
         userId: c.clerk_id,
         title: c.title,
+        updatedAt: c.updated_at,
         lastSeq: c.last_seq,
         lastMessage: c.last_message
           ? { role: c.last_message.role, content: c.last_message.content }
@@ -92,8 +97,9 @@ export function diffDevice(
     );
   }
   if (!missing.length && !extra.length && expected.join() !== actual.join()) {
+    const shown = new Map(sidebar.chats.map((c) => [c.id, c.updatedAt]));
     out.push(
-      `${name} sidebar: order [${actual.map(short).join(" ")}], database [${expected.map(short).join(" ")}]`,
+      `${name} sidebar: order [${actual.map((id) => `${short(id)}@${shown.get(id)}`).join(" ")}], database [${expected.map((id) => `${short(id)}@${db.chats.get(id)?.updatedAt}`).join(" ")}]`,
     );
   }
   for (const c of sidebar.chats) {
