@@ -402,8 +402,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     const chaosUntil = chaosStart + options.durationMs;
     const MAX_OPS = Math.max(50, Math.round(options.durationMs / 20));
 
+    /** Set once the last fault is over and the operations ran on for a while after it. */
+    let faultsDone = false;
     const opsLoop = async () => {
-      for (let i = 0; i < MAX_OPS && Date.now() < chaosUntil; i++) {
+      // Until the duration has passed and the faults are over (the guaranteed faults may take
+      // longer than a short duration on a loaded machine), bounded in count and time.
+      const hardStop = chaosUntil + 60_000;
+      for (let i = 0; i < MAX_OPS && !(faultsDone && Date.now() >= chaosUntil); i++) {
+        if (Date.now() > hardStop) break;
         const idle = devices.filter((d) => !d.busy);
         if (idle.length) {
           const d = opRng.pick(idle);
@@ -442,34 +448,36 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       await node.start();
       mark(`node ${node.index} back`);
     };
-    /** SIGKILL Redis, down for 0.2–2.5 s (back by `backBy` at the latest). */
-    const redisKill = async (backBy = Number.POSITIVE_INFINITY) => {
+    /** SIGKILL Redis, down for 0.2–2.5 s. */
+    const redisKill = async () => {
       count(faults, "Redis SIGKILL");
       mark("SIGKILL redis");
       await redis.kill();
-      await sleep(Math.min(faultRng.int(200, 2500), Math.max(0, backBy - Date.now())));
+      await sleep(faultRng.int(200, 2500));
       await redis.start();
       mark("redis back");
     };
     const faultsLoop = async () => {
-      // Every kind at least once, in a seeded order, then more at random while time is left.
+      // Every kind at least once, in a seeded order; then more at random while time is left;
+      // then, always, a last Redis outage followed by 1.5 s of operations: the original run's
+      // worst case, events dropped across nodes with nothing much later to heal them.
       const kinds = [nodeKill, redisKill, purgeBurst, purgeBurst];
       for (let i = kinds.length - 1; i > 0; i--) {
         const j = faultRng.int(0, i);
         [kinds[i], kinds[j]] = [kinds[j] as typeof nodeKill, kinds[i] as typeof nodeKill];
       }
       await sleep(faultRng.int(300, 1500));
-      // The last fault is a Redis outage that ends while the devices are still busy (the
-      // original run's worst case: events dropped across nodes, with nothing later to heal
-      // them), so faults at random stop early enough for it.
-      const lastAt = chaosUntil - 4500;
-      for (let i = 0; i < 200 && Date.now() < lastAt; i++) {
-        const fault =
-          kinds[i] ?? faultRng.pick([nodeKill, redisKill, purgeBurst, purgeBurst, purgeBurst]);
+      for (const fault of kinds) {
         await fault();
         await sleep(faultRng.int(500, 2500));
       }
-      if (Date.now() < chaosUntil - 2500) await redisKill(chaosUntil - 1500);
+      for (let i = 0; i < 200 && Date.now() < chaosUntil - 6000; i++) {
+        await faultRng.pick([nodeKill, redisKill, purgeBurst, purgeBurst, purgeBurst])();
+        await sleep(faultRng.int(500, 2500));
+      }
+      await redisKill();
+      await sleep(1500);
+      faultsDone = true;
     };
     await Promise.all([opsLoop(), faultsLoop()]);
     mark(`faults stopped: ${JSON.stringify(operations)} ${JSON.stringify(faults)}`);

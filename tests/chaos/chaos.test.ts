@@ -33,12 +33,15 @@ describe("chaos", () => {
     console.log(
       `[chaos] seed ${SEED}: ${report.ok ? "PASS" : "FAIL"} in ${report.wallMs} ms; operations ${JSON.stringify(report.operations)}; faults ${JSON.stringify(report.faults)}; ${report.acked} acked; converged after ${report.convergedAfterMs ?? "never"} ms`,
     );
-    if (!report.ok) console.log(`[chaos] timeline:\n  ${report.timeline.join("\n  ")}`);
+    if (!report.ok) {
+      console.log(`[chaos] seed ${SEED}: ${report.problems.join("\n  ")}`);
+      console.log(`[chaos] timeline:\n  ${report.timeline.join("\n  ")}`);
+    }
+    expect(report.problems, `seed ${SEED}: reproduce with CHAOS_SEED=${SEED}`).toEqual([]);
     // Every kind of fault ran, and real work was done under them.
     expect(report.faults["node SIGKILL"]).toBeGreaterThanOrEqual(1);
-    expect(report.faults["Redis SIGKILL"]).toBeGreaterThanOrEqual(1);
+    expect(report.faults["Redis SIGKILL"]).toBeGreaterThanOrEqual(2);
     expect(report.faults.purge).toBeGreaterThanOrEqual(3);
     expect(report.acked).toBeGreaterThan(20);
-    expect(report.problems, `seed ${SEED}: reproduce with CHAOS_SEED=${SEED}`).toEqual([]);
   }, 150_000);
 });
