@@ -8,6 +8,7 @@ import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
+import type { ClusterMonitor } from "./cluster-monitor.js";
 import type { AppWebhookConfig } from "./config.js";
 import { createDatabase, type DatabaseHandle } from "./db/client.js";
 import { createClerkWebhookRoute } from "./http/clerk-webhook.js";
@@ -88,6 +89,11 @@ export interface AppComponents {
   socketMaxBufferedBytes?: number | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
+  /**
+   * With the Redis adapter: says when events between nodes may have been lost, so that this
+   * node's sockets are told to resynchronise (`connection:resync`). None with one node.
+   */
+  clusterMonitor?: Pick<ClusterMonitor, "onResync"> | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
   mintDevToken?: ((userId: string) => Promise<string>) | undefined;
   /** Development only: the demo page at `/` (see http/demo.ts). */
@@ -222,7 +228,10 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
 
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
-  const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
+  const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger, metrics);
+  const stopResyncs = components.clusterMonitor?.onResync((reason) =>
+    broadcaster.resyncLocal(reason),
+  );
   const messageRepo = new MessageRepository(database.sql, metrics);
   const streamStore: StreamStore = components.redis
     ? new RedisStreamStore(components.redis.client, components.redis.keyPrefix)
@@ -387,6 +396,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       while (io.engine.clientsCount > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 10));
       }
+      stopResyncs?.();
       broadcaster.close();
       rateLimits.close();
       await users.close();

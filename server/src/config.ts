@@ -37,6 +37,12 @@ const envSchema = z.object({
   REDIS_URL: optionalString.pipe(z.url({ protocol: /^rediss?$/ }).optional()),
   /** Prefix of every Redis key and channel, so several deployments can share one Redis. */
   REDIS_KEY_PREFIX: z.string().min(1).default("chat"),
+  /**
+   * With REDIS_URL: milliseconds between the nodes' heartbeats, by which a node notices that
+   * events between nodes were lost (Redis down, a node that could not publish or went silent)
+   * and has its sockets resynchronise. A peer silent for 4 beats counts as lost. Default 1000.
+   */
+  CLUSTER_HEARTBEAT_MS: z.coerce.number().int().min(50).max(60_000).default(1000),
   /** PEM public key of the Clerk instance: networkless token verification. */
   CLERK_JWT_KEY: optionalString,
   /** Clerk secret key: JWKS fetched from Clerk's API when CLERK_JWT_KEY is not set. */
@@ -234,6 +240,8 @@ export interface Config {
   migrateOnStart: boolean;
   redisUrl: string | undefined;
   redisKeyPrefix: string;
+  /** Milliseconds between the nodes' heartbeats (cluster-monitor.ts). */
+  clusterHeartbeatMs: number;
   auth: AuthConfig;
   tokenGraceSeconds: number;
   commandTimeoutMs: number;
@@ -421,6 +429,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     migrateOnStart: e.MIGRATE_ON_START,
     redisUrl: e.REDIS_URL,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
+    clusterHeartbeatMs: e.CLUSTER_HEARTBEAT_MS,
     auth: hasClerk
       ? {
           mode: "clerk",

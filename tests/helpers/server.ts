@@ -61,6 +61,8 @@ export interface TestServerOptions {
   redisUrl?: string;
   /** Redis key prefix; nodes of one test cluster share one, clusters of other tests must not. */
   redisKeyPrefix?: string;
+  /** Milliseconds between the nodes' heartbeats (CLUSTER_HEARTBEAT_MS); default the server's. */
+  clusterHeartbeatMs?: number;
   /** Flood limits (per address, user and socket); default generous enough for load-shaped tests. */
   rateLimits?: Partial<RateLimitConfig>;
   /** Browser origins allowed to connect; default as in development: any loopback origin. */
@@ -130,8 +132,12 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   const logger = createLogger(process.env.TEST_LOG_LEVEL ?? "silent");
   const metrics = new Metrics();
   const redis = options.redisUrl
-    ? createRedisAdapter(options.redisUrl, options.redisKeyPrefix ?? "test", logger, (kind) =>
-        metrics.adapterErrors.inc({ kind }),
+    ? createRedisAdapter(
+        options.redisUrl,
+        options.redisKeyPrefix ?? "test",
+        logger,
+        (kind) => metrics.adapterErrors.inc({ kind }),
+        { heartbeatMs: options.clusterHeartbeatMs },
       )
     : undefined;
   const rateLimits = new RateLimits(
@@ -169,6 +175,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     trustProxy: options.trustProxy,
     tokenGraceSeconds: options.tokenGraceSeconds ?? 15,
     adapter: redis?.adapter,
+    clusterMonitor: redis?.monitor,
     redis: redis
       ? { client: redis.client, keyPrefix: options.redisKeyPrefix ?? "test" }
       : undefined,
