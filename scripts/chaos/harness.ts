@@ -295,28 +295,60 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       const chats = chatsOf(d);
       const chatId = chats.length ? r.pick(chats) : undefined;
       const roll = r.next();
-      if (roll < 0.4 && chatId) {
+      if (roll < 0.36 && chatId) {
         count(operations, d.networkUp ? "send" : "send offline");
         void d.client.sendMessage({ chatId, content: `m${n} from ${d.name}` });
         return;
       }
-      if (roll < 0.47 && chats.length < 6) {
+      // Another device of the same user, preferably on another node, for the races below.
+      const others = devices.filter((x) => x.userId === d.userId && x !== d);
+      const other = r.pick(others.filter((x) => x.node !== d.node).concat(others));
+      if (roll < 0.4 && chatId && other) {
+        // A rename racing a message sent on another node.
+        count(operations, "rename racing a send");
+        void other.client.sendMessage({ chatId, content: `m${n} from ${other.name} (race)` });
+        await d.client.renameChat({ chatId, title: `race ${n}` });
+        return;
+      }
+      if (roll < 0.46 && chats.length < 6) {
         count(operations, "create");
         await d.client.createChat({ title: `chat ${n}` });
         return;
       }
-      if (roll < 0.57 && chatId) {
+      if (roll < 0.54 && chatId) {
         count(operations, "rename");
         await d.client.renameChat({ chatId, title: `title ${n}` });
         return;
       }
-      if (roll < 0.61 && chatId && chats.length > 2) {
+      if (roll < 0.57 && chatId && chats.length > 2) {
         count(operations, "delete");
         d.open.delete(chatId);
         await d.client.deleteChat({ chatId });
         return;
       }
-      if (roll < 0.7 && chatId && d.networkUp) {
+      if (roll < 0.6 && chatId && chats.length > 2 && other) {
+        // A delete racing a send on another device and an assistant reply on any node.
+        count(operations, "delete racing a send");
+        d.open.delete(chatId);
+        void other.client.sendMessage({ chatId, content: `m${n} from ${other.name} (race)` });
+        const node = upNode(r);
+        const clientId = `reply-${n}-${randomUUID()}`;
+        const reply = node
+          ? service(node, `/users/${d.userId}/chats/${chatId}/messages`, {
+              clientId,
+              content: `reply ${n} (race)`,
+              role: "assistant",
+            })
+              .then((res) => {
+                if (res.status === 200 || res.status === 201)
+                  ack(chatId, clientId, `reply ${n} (race)`);
+              })
+              .catch(() => {})
+          : Promise.resolve();
+        await Promise.all([d.client.deleteChat({ chatId }).catch(() => {}), reply]);
+        return;
+      }
+      if (roll < 0.69 && chatId && d.networkUp) {
         count(operations, "open");
         try {
           await d.client.openChat({ chatId });
@@ -326,14 +358,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         }
         return;
       }
-      if (roll < 0.74 && d.open.size) {
+      if (roll < 0.73 && d.open.size) {
         count(operations, "close");
         const id = r.pick([...d.open]);
         d.open.delete(id);
         await d.client.closeChat({ chatId: id });
         return;
       }
-      if (roll < 0.83 && chatId) {
+      if (roll < 0.82 && chatId) {
         count(operations, "service reply");
         const clientId = `reply-${n}-${randomUUID()}`;
         const content = `reply ${n}`;
@@ -345,7 +377,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         if (res.status === 200 || res.status === 201) ack(chatId, clientId, content);
         return;
       }
-      if (roll < 0.89 && chatId) {
+      if (roll < 0.88 && chatId) {
         count(operations, "service stream");
         const streamId = `stream-${n}-${randomUUID()}`;
         const start = await serviceRetry(r, `/users/${d.userId}/chats/${chatId}/streams`, {
@@ -369,7 +401,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         }
         return;
       }
-      if (roll < 0.94) {
+      if (roll < 0.93) {
         // The app reloads behind the load balancer and lands on another node: a new client,
         // same outbox storage, the same chats opened again.
         const target = r.pick(nodes.filter((x) => x !== d.node));
@@ -460,7 +492,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     };
     const faultsLoop = async () => {
       // Every kind at least once, in a seeded order; then more at random while time is left;
-      // then, always, a last Redis outage followed by 1.5 s of operations: the original run's
+      // then, always, a last Redis outage followed by 4 s of operations: the original run's
       // worst case, events dropped across nodes with nothing much later to heal them.
       const kinds = [nodeKill, redisKill, purgeBurst, purgeBurst];
       for (let i = kinds.length - 1; i > 0; i--) {
@@ -477,7 +509,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         await sleep(faultRng.int(500, 2500));
       }
       await redisKill();
-      await sleep(1500);
+      // Long enough for the nodes to be back on Redis and for races after that to happen.
+      await sleep(4000);
       faultsDone = true;
     };
     await Promise.all([opsLoop(), faultsLoop()]);
