@@ -98,6 +98,7 @@ describe("live events across a user's devices", () => {
       title: "Trip planning",
       lastMessage: null,
       lastSeq: 0,
+      version: 1,
       createdAt: expect.any(String),
       updatedAt: sameInstant(chat.createdAt),
       // No reply is being generated in a new chat.
@@ -147,6 +148,8 @@ describe("live events across a user's devices", () => {
       title: "Live",
       lastMessage: { role: "user", content: "hello devices" },
       lastSeq: 1,
+      // Created at 1; the message's two trigger updates (seq, then preview) raise it twice.
+      version: 3,
       createdAt: chat.createdAt,
       updatedAt: sameInstant(message.createdAt),
     };
