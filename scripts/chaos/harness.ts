@@ -130,6 +130,8 @@ interface Device {
   open: Set<string>;
   busy: boolean;
   networkUp: boolean;
+  /** What happened to its connection (ms since the chaos phase began), for the diff. */
+  history: string[];
 }
 
 export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
@@ -221,12 +223,20 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         detectNetwork: false,
         commandTimeoutMs: 10_000,
       });
-    const watchAcks = (d: Device) =>
+    const watchAcks = (d: Device) => {
+      const at = () => `+${Date.now() - chaosStart}`;
+      d.history.push(`${at()} client on node ${d.node.index}`);
+      d.client.on("state", (state) => {
+        d.history.push(`${at()} ${state}`);
+        if (d.history.length > 200) d.history.splice(0, 100);
+      });
+      d.client.on("connection:resync", () => d.history.push(`${at()} resync`));
       d.client.on("outbox", ({ entry }) => {
         if (entry.status === "confirmed" && entry.message) {
           ack(entry.chatId, entry.clientId, entry.content);
         }
       });
+    };
     for (const userId of users) {
       for (let k = 0; k < devicesPerUser; k++) {
         const node = nodes[(users.indexOf(userId) + k) % nodeCount] as Node;
@@ -240,6 +250,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
           open: new Set(),
           busy: false,
           networkUp: true,
+          history: [],
         };
         watchAcks(d);
         devices.push(d);
@@ -424,6 +435,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         return;
       }
       count(operations, d.networkUp ? "network off" : "network on");
+      d.history.push(`+${Date.now() - chaosStart} network ${d.networkUp ? "off" : "on"}`);
       d.networkUp = !d.networkUp;
       d.client.setNetworkAvailable(d.networkUp);
     };
@@ -595,6 +607,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       problems.push(
         `devices still differ from the database ${options.settleTimeoutMs ?? 30_000} ms after settling (no reconnect forced):`,
         ...diffs,
+        ...devices
+          .filter((d) => diffs.some((x) => x.startsWith(`${d.name} `)))
+          .map((d) => `${d.name} connection history: ${d.history.slice(-30).join(", ")}`),
       );
     }
     if (!converged) {
