@@ -224,7 +224,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         commandTimeoutMs: 10_000,
       });
     const watchAcks = (d: Device) => {
-      const at = () => `+${Date.now() - chaosStart}`;
+      // Absolute times, shown relative to the chaos phase's start (during the setup: negative).
+      const at = () => `@${Date.now()}`;
       d.history.push(`${at()} client on node ${d.node.index}`);
       d.client.on("state", (state) => {
         d.history.push(`${at()} ${state}`);
@@ -412,6 +413,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         }
         return;
       }
+      if (tail) {
+        // The tail: devices stay where they are (a reconnect would heal what is under test).
+        if (chatId) void d.client.sendMessage({ chatId, content: `m${n} from ${d.name}` });
+        count(operations, "send");
+        return;
+      }
       if (roll < 0.93) {
         // The app reloads behind the load balancer and lands on another node: a new client,
         // same outbox storage, the same chats opened again.
@@ -435,7 +442,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         return;
       }
       count(operations, d.networkUp ? "network off" : "network on");
-      d.history.push(`+${Date.now() - chaosStart} network ${d.networkUp ? "off" : "on"}`);
+      d.history.push(`@${Date.now()} network ${d.networkUp ? "off" : "on"}`);
       d.networkUp = !d.networkUp;
       d.client.setNetworkAvailable(d.networkUp);
     };
@@ -447,6 +454,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     const chaosUntil = chaosStart + options.durationMs;
     const MAX_OPS = Math.max(50, Math.round(options.durationMs / 20));
 
+    /** Set from the last fault on: no device moves or loses its network any more. */
+    let tail = false;
     /** Set once the last fault is over and the operations ran on for a while after it. */
     let faultsDone = false;
     const opsLoop = async () => {
@@ -494,11 +503,33 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       mark(`node ${node.index} back`);
     };
     /** SIGKILL Redis, down for 0.2–2.5 s. */
-    const redisKill = async () => {
+    /** While Redis is down, each user's changes that devices on other nodes can only miss. */
+    const changesWhileDown = async () => {
+      await Promise.all(
+        users.map(async (userId) => {
+          const mine = devices.filter((x) => x.userId === userId);
+          const d = faultRng.pick(mine);
+          const chats = chatsOf(d);
+          const n = opNo++;
+          count(operations, "changes while Redis is down");
+          try {
+            if (chats.length) {
+              void d.client.sendMessage({ chatId: faultRng.pick(chats), content: `m${n} down` });
+              await d.client.renameChat({ chatId: faultRng.pick(chats), title: `down ${n}` });
+            }
+            await d.client.createChat({ title: `created while down ${n}` });
+          } catch {
+            count(operations, "refused or failed");
+          }
+        }),
+      );
+    };
+    /** SIGKILL Redis, down for 0.2–2.5 s (with `changes`, at least as long as they take). */
+    const redisKill = async (changes = false) => {
       count(faults, "Redis SIGKILL");
       mark("SIGKILL redis");
       await redis.kill();
-      await sleep(faultRng.int(200, 2500));
+      await Promise.all([sleep(faultRng.int(200, 2500)), changes ? changesWhileDown() : null]);
       await redis.start();
       mark("redis back");
     };
@@ -520,7 +551,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         await faultRng.pick([nodeKill, redisKill, purgeBurst, purgeBurst, purgeBurst])();
         await sleep(faultRng.int(500, 2500));
       }
-      await redisKill();
+      // From here on, devices neither move nor lose their network (the tail).
+      tail = true;
+      await redisKill(true);
       // Long enough for the nodes to be back on Redis and for races after that to happen.
       await sleep(4000);
       faultsDone = true;
@@ -609,7 +642,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         ...diffs,
         ...devices
           .filter((d) => diffs.some((x) => x.startsWith(`${d.name} `)))
-          .map((d) => `${d.name} connection history: ${d.history.slice(-30).join(", ")}`),
+          .map(
+            (d) =>
+              `${d.name} connection history (ms since the faults began): ${d.history
+                .slice(-30)
+                .map((h) => h.replace(/^@(\d+)/, (_, t) => `${Number(t) - chaosStart}`))
+                .join(", ")}`,
+          ),
       );
     }
     if (!converged) {
