@@ -579,6 +579,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         // A Redis restart (no persistence) forgets open streams: nothing to finish, and the
         // devices must not show it streaming (checked below).
         else if (fin.status === 404) count(faults, "stream lost with Redis");
+        // A finish claimed by a node that was killed holds its lease (docs/service-api.md):
+        // whether it gets stored later or not, the devices must agree with the database.
+        else if (fin.status === 409) count(faults, "stream finish held by a killed node");
         else problems.push(`stream ${streamId} could not be finished: ${JSON.stringify(fin)}`);
       } catch (e) {
         problems.push(`stream ${streamId} could not be finished: ${String(e)}`);
