@@ -111,6 +111,9 @@ function sameGenerating(
  */
 function mergeChat(prev: ChatSummary | undefined, next: ChatSummary): ChatSummary {
   if (!prev) return Object.freeze({ ...next });
+  // A chat created anew under the same id: its versions start again.
+  if (timeKey(next.createdAt) > timeKey(prev.createdAt)) return Object.freeze({ ...next });
+  if (timeKey(next.createdAt) < timeKey(prev.createdAt)) return prev;
   if (next.version < prev.version) return prev;
   let merged = next;
   if (next.lastSeq < prev.lastSeq) {

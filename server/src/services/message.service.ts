@@ -7,6 +7,7 @@ import {
   Limits,
   type MessageBody,
 } from "../../../protocol/index.js";
+import { mayHaveCommitted } from "../db/errors.js";
 import type { MessageJson } from "../db/schema.js";
 import type { Logger } from "../logger.js";
 import type { MessageRepository, StoredBatch } from "../repositories/message.repository.js";
@@ -151,6 +152,14 @@ export class MessageService {
       });
     } catch (err) {
       for (const p of batch) p.reject(err);
+      // The batch may have committed with its answer lost: a retry then finds its messages
+      // stored (`duplicate: true`) and broadcasts nothing, so the users' other devices are told
+      // to resynchronise instead.
+      if (mayHaveCommitted(err)) {
+        for (const userId of new Set(batch.map((p) => p.actor.userId))) {
+          this.notifier.resyncUser(userId);
+        }
+      }
     }
   }
 
