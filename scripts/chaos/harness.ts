@@ -232,6 +232,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         if (d.history.length > 200) d.history.splice(0, 100);
       });
       d.client.on("connection:resync", () => d.history.push(`${at()} resync`));
+      d.client.on("error", ({ error, context }) =>
+        d.history.push(`${at()} error (${context}: ${error.code})`),
+      );
       d.client.on("outbox", ({ entry }) => {
         if (entry.status === "confirmed" && entry.message) {
           ack(entry.chatId, entry.clientId, entry.content);
@@ -565,6 +568,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     await Promise.all(nodes.filter((n) => !n.up).map((n) => n.start()));
     for (const d of devices) {
       if (!d.networkUp) {
+        d.history.push(`@${Date.now()} network on (settling)`);
         d.networkUp = true;
         d.client.setNetworkAvailable(true);
       }
