@@ -2,54 +2,35 @@
  * `npm start` in production mode, as a real process: accepts Clerk-shaped RS256 session tokens
  * signed with the configured key and rejects every other kind; no development routes.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { createHmac, generateKeyPairSync } from "node:crypto";
 import { io } from "socket.io-client";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
-import { AUTHORIZED_PARTY, eventually, testKeys, tokenFor } from "../helpers/server.js";
+import { AUTHORIZED_PARTY, testKeys, tokenFor } from "../helpers/server.js";
+import { type ServerProcess, startServerProcess } from "../helpers/server-process.js";
 
-let child: ChildProcess;
+let node: ServerProcess;
 let tdb: TestDatabase;
 let url: string;
 
 beforeAll(async () => {
   tdb = await createTestDatabase();
-  child = spawn(process.execPath, ["--import", "tsx", "server/src/main.ts"], {
+  node = await startServerProcess({
     env: {
-      ...process.env,
       NODE_ENV: "production",
       HOST: "127.0.0.1",
-      PORT: "0",
       DATABASE_URL: tdb.url,
       CLERK_JWT_KEY: testKeys.publicKeyPem,
       CLERK_AUTHORIZED_PARTIES: AUTHORIZED_PARTY,
       LOG_LEVEL: "info",
     },
-    stdio: ["ignore", "pipe", "pipe"],
   });
-  let output = "";
-  child.stdout?.on("data", (d) => {
-    output += d;
-  });
-  child.stderr?.on("data", (d) => {
-    output += d;
-  });
-  const port = await eventually(() => {
-    const m = /"port":(\d+)/.exec(output);
-    if (!m) throw new Error(`not listening yet:\n${output}`);
-    return m[1];
-  }, 30_000);
-  url = `http://127.0.0.1:${port}`;
+  url = node.url;
 });
 
 afterAll(async () => {
-  if (child && child.exitCode === null) {
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    await exited;
-  }
+  await node?.stop();
   await tdb?.drop();
 });
 

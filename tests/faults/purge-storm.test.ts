@@ -7,7 +7,6 @@
  * every command must either succeed or answer the retryable UNAVAILABLE; every acknowledged
  * message is then in the database exactly once.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import type postgres from "postgres";
 import { io } from "socket.io-client";
@@ -22,6 +21,7 @@ import {
   testKeys,
   tokenFor,
 } from "../helpers/server.js";
+import { type ServerProcess, startServerProcess } from "../helpers/server-process.js";
 import { openSql } from "../realtime/support.js";
 
 const SOCKETS = 4;
@@ -29,20 +29,16 @@ const STORM_MS = 8000;
 /** Most commands one socket sends during the storm (the loop is also bounded by time). */
 const MAX_COMMANDS_PER_SOCKET = 3000;
 
-let child: ChildProcess;
+let node: ServerProcess;
 let tdb: TestDatabase;
 let url: string;
-let output = "";
-let exit: { code: number | null; signal: string | null } | undefined;
 
 beforeAll(async () => {
   tdb = await createTestDatabase();
-  child = spawn(process.execPath, ["--import", "tsx", "server/src/main.ts"], {
+  node = await startServerProcess({
     env: {
-      ...process.env,
       NODE_ENV: "production",
       HOST: "127.0.0.1",
-      PORT: "0",
       DATABASE_URL: tdb.url,
       DATABASE_POOL_SIZE: "4",
       CLERK_JWT_KEY: testKeys.publicKeyPem,
@@ -53,31 +49,12 @@ beforeAll(async () => {
       RATE_LIMIT_COMMAND_BURST: "100000",
       LOG_LEVEL: "info",
     },
-    stdio: ["ignore", "pipe", "pipe"],
   });
-  child.stdout?.on("data", (d) => {
-    output += d;
-  });
-  child.stderr?.on("data", (d) => {
-    output += d;
-  });
-  child.once("exit", (code, signal) => {
-    exit = { code, signal };
-  });
-  const port = await eventually(async () => {
-    const m = /"port":(\d+)/.exec(output);
-    if (!m) throw new Error(`not listening yet:\n${output}`);
-    return m[1];
-  }, 30_000);
-  url = `http://127.0.0.1:${port}`;
+  url = node.url;
 });
 
 afterAll(async () => {
-  if (child && child.exitCode === null) {
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    await exited;
-  }
+  await node?.stop();
   await tdb?.drop();
 });
 
@@ -169,8 +146,7 @@ describe("a purge storm under load", () => {
     }
 
     // The process is alive and serves again.
-    expect(exit).toBeUndefined();
-    expect(child.exitCode).toBeNull();
+    expect(node.exit).toBeUndefined();
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
     expect(unexpected).toEqual([]);
     expect(outcomes["send ok"] ?? 0).toBeGreaterThan(10);
@@ -206,6 +182,6 @@ describe("a purge storm under load", () => {
       for (const s of sockets) s.disconnect();
     }
     // Not even caught by the process-level handler: with fetch_types off, nothing was dropped.
-    expect(output).not.toMatch(/unhandled promise rejection|uncaught exception/);
+    expect(node.output()).not.toMatch(/unhandled promise rejection|uncaught exception/);
   }, 90_000);
 });

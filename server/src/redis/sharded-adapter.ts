@@ -83,7 +83,7 @@ export function shardedAdapter(
   };
   const make = createShardedAdapter(pub, sub, { channelPrefix, subscriptionMode: "dynamic" });
   // Socket.IO calls it with `new`: a function (not an arrow) that returns the adapter.
-  return function ShardedAdapter(nsp: unknown) {
+  return function shardedAdapter(nsp: unknown) {
     const adapter = make(nsp as never) as unknown as Adapter & SubscribedAdapter;
     const name = (nsp as { name: string }).name;
     adapter.whenSubscribed = (room) =>
