@@ -102,6 +102,27 @@ export const DisconnectReason = {
 export type DisconnectReason = (typeof DisconnectReason)[keyof typeof DisconnectReason];
 
 /**
+ * Why the server sent `connection:resync`: this socket may have missed events (sent by other
+ * nodes, or not sent at all), although it stayed connected. Whatever the reason, the client does
+ * the same: re-list the sidebar and catch up every open chat, without reconnecting.
+ */
+export const ResyncReason = {
+  /**
+   * This node's link to the other nodes (Redis) was down or stalled and works again: events
+   * published meanwhile did not reach it.
+   */
+  CLUSTER_RECONNECTED: "CLUSTER_RECONNECTED",
+  /** Another node could not publish some events, or some of its events did not arrive here. */
+  PEER_EVENTS_LOST: "PEER_EVENTS_LOST",
+  /** Another node went silent (crashed or cut off): events it had not published are lost. */
+  PEER_LOST: "PEER_LOST",
+  /** This node could not build an event it owed the user's devices (a database error after a commit). */
+  EVENTS_DROPPED: "EVENTS_DROPPED",
+} as const;
+
+export type ResyncReason = (typeof ResyncReason)[keyof typeof ResyncReason];
+
+/**
  * Why a streamed reply ended without being stored, carried by `message:failed`. The partial
  * text the devices showed should be dropped (or marked failed); nothing was stored.
  */

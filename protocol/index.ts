@@ -9,6 +9,7 @@ import {
   type DisconnectReason,
   type ErrorCode,
   Limits,
+  type ResyncReason,
   type StreamFailureReason,
 } from "./constants.js";
 
@@ -244,6 +245,18 @@ export interface ConnectionClosing {
 }
 
 /**
+ * Sent to a socket that stayed connected but may have missed events (see ResyncReason): the
+ * client MUST re-list its sidebar (`chat:list`) and catch up every chat it has open (`chat:open`,
+ * then `message:sync`), as after a reconnect, without disconnecting. It SHOULD start at a random
+ * moment within `spreadMs`, so that a node's sockets do not all query at once.
+ */
+export interface ConnectionResync {
+  reason: ResyncReason;
+  /** Milliseconds over which the node's sockets should spread their catch-up (0: at once). */
+  spreadMs: number;
+}
+
+/**
  * A streamed reply (from the app's backend, through the service API) began in a chat this
  * socket has open. Deltas follow; it ends with `message:created` (whose `message.clientId`
  * equals `streamId`), `message:stopped` (then `message:created` of the partial reply, if any) or
@@ -321,6 +334,8 @@ export interface ServerToClientEvents {
   "stats:updated": (event: { stats: UserStats }) => void;
   /** The server is about to disconnect this socket, and why. */
   "connection:closing": (event: ConnectionClosing) => void;
+  /** Events may have been missed: re-list the sidebar and catch up open chats (no reconnect). */
+  "connection:resync": (event: ConnectionResync) => void;
   /** A streamed reply began in a chat this socket has open. */
   "message:streaming": (event: MessageStreaming) => void;
   /** A piece of a streamed reply (coalesced); place it by `offset`, drop what you have. */

@@ -13,6 +13,7 @@ import type {
   CommandName,
   CommandResults,
   ConnectionClosing,
+  ConnectionResync,
   ServerToClientEvents,
 } from "../../protocol/index.js";
 import { ChatClientError, ClientErrorCode, toChatClientError } from "./errors.js";
@@ -97,6 +98,12 @@ export interface ChatClientEvents {
   "chat:generating": ServerToClientEvents["chat:generating"];
   "stats:updated": ServerToClientEvents["stats:updated"];
   "connection:closing": (event: ConnectionClosing) => void;
+  /**
+   * The server said events may have been missed (`connection:resync`); the SDK re-lists the
+   * sidebar and catches up the open chats by itself, without reconnecting. Informational (an
+   * app that keeps data of its own, stats for example, may re-read it).
+   */
+  "connection:resync": (event: ConnectionResync) => void;
   /** An outbox entry changed (pending, sending, confirmed, failed). */
   outbox: (event: { entry: OutboxEntry }) => void;
   /** The token was refreshed in-band (`auth:refresh`). */
@@ -179,6 +186,10 @@ const DEFAULT_COMMAND_TIMEOUT_MS = 15_000;
  */
 const STREAM_GAP_WAIT_MS = 500;
 const TOKEN_TIMEOUT_MS = 10_000;
+/** The most a `connection:resync` is put off (its `spreadMs`, bounded). */
+const MAX_RESYNC_SPREAD_MS = 30_000;
+/** Attempts of one resynchronisation whose commands fail (UNAVAILABLE, timeouts). */
+const RESYNC_ATTEMPTS = 5;
 /** Refresh when this fraction of the token's remaining lifetime has passed. */
 const REFRESH_AT = 0.7;
 /** A connection that lasted this long resets the reconnect backoff. */
@@ -242,6 +253,9 @@ class ChatClientImpl implements ChatClient {
   private connectFailures = 0;
   private connectedAt = 0;
   private closing: ConnectionClosing | null = null;
+  private resyncScheduled = false;
+  private resyncing: Promise<void> | null = null;
+  private resyncAgain = false;
 
   constructor(options: ChatClientOptions) {
     this.getToken = options.getToken;
@@ -444,6 +458,10 @@ class ChatClientImpl implements ChatClient {
       this.closing = event;
       this.emitter.emit("connection:closing", event);
     });
+    s.on("connection:resync", (event) => {
+      this.emitter.emit("connection:resync", event);
+      this.scheduleResync(event?.spreadMs);
+    });
     s.on("message:created", ({ message }) => {
       this.sidebar.applyMessage(message);
       const state = this.chats.get(message.chatId);
@@ -545,6 +563,60 @@ class ChatClientImpl implements ChatClient {
     this.setState("online");
     this.scheduleRefresh();
     void this.afterConnect();
+  }
+
+  /**
+   * `connection:resync`: at a random moment within `spreadMs` (so that a node's devices do not
+   * all query at once), the same catch-up as after a reconnect, on the open connection. Another
+   * resync asked for before it starts is the same one; one asked for while it runs runs after it.
+   */
+  private scheduleResync(spreadMs: unknown): void {
+    if (this.resyncScheduled || this.closed) return;
+    this.resyncScheduled = true;
+    const spread =
+      typeof spreadMs === "number" && spreadMs > 0 ? Math.min(spreadMs, MAX_RESYNC_SPREAD_MS) : 0;
+    this.later(Math.random() * spread, () => {
+      this.resyncScheduled = false;
+      void this.resync();
+    });
+  }
+
+  private resync(): Promise<void> {
+    if (this.resyncing) {
+      this.resyncAgain = true;
+      return this.resyncing;
+    }
+    const run = async () => {
+      do {
+        this.resyncAgain = false;
+        for (let attempt = 1; ; attempt++) {
+          // Disconnected: the reconnect's own catch-up does the same.
+          if (this.closed || !this.socket.connected || this.state === "signedOut") return;
+          if (await this.resyncOnce()) break;
+          if (attempt >= RESYNC_ATTEMPTS) break;
+          await this.sleep(backoff(attempt - 1, 500, 5000));
+        }
+      } while (this.resyncAgain);
+    };
+    this.resyncing = run().finally(() => {
+      this.resyncing = null;
+    });
+    return this.resyncing;
+  }
+
+  /** The sidebar re-listed and every open chat caught up; false when something failed. */
+  private async resyncOnce(): Promise<boolean> {
+    const results = await Promise.all([
+      this.sidebar.resync().then(
+        () => true,
+        (e: unknown) => {
+          this.report(e, "resync sidebar");
+          return false;
+        },
+      ),
+      ...[...this.chats.values()].filter((state) => state.open).map((state) => this.rejoin(state)),
+    ]);
+    return results.every(Boolean);
   }
 
   /** After every (re)connect: the sidebar, then rejoin and catch up open chats, then the outbox. */
@@ -800,12 +872,15 @@ class ChatClientImpl implements ChatClient {
     if (state.hasGap && state.open) this.catchUp(state);
   }
 
-  /** After a reconnect: join the chat's stream again, then fetch what was missed. */
-  private async rejoin(state: ChatState): Promise<void> {
+  /**
+   * After a reconnect (or a resync): join the chat's stream again, then fetch what was missed.
+   * False when it failed (the chat being gone is not a failure: it turns `deleted`).
+   */
+  private async rejoin(state: ChatState): Promise<boolean> {
     try {
       if (state.status !== "ready") {
         await this.openChat({ chatId: state.chatId });
-        return;
+        return true;
       }
       const data = await this.command("chat:open", { chatId: state.chatId, limit: 1 });
       this.sidebar.upsert(data.chat);
@@ -813,10 +888,15 @@ class ChatClientImpl implements ChatClient {
       if (data.chat.lastSeq > state.lastSeq) await this.syncChat(state);
       // After the catch-up, so that a reply stored meanwhile replaces its streamed item.
       state.applyStreams(data.streams);
+      return true;
     } catch (e) {
       const err = toChatClientError(e, "chat:open");
-      if (err.code === ErrorCode.NOT_FOUND) this.chatGone(state.chatId);
-      else this.report(err, `rejoin ${state.chatId}`);
+      if (err.code === ErrorCode.NOT_FOUND) {
+        this.chatGone(state.chatId);
+        return true;
+      }
+      this.report(err, `rejoin ${state.chatId}`);
+      return false;
     }
   }
 

@@ -193,6 +193,15 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
     return this.chats.get(chatId);
   }
 
+  /**
+   * A reload that starts after this call (`connection:resync`): one already in flight may have
+   * read the server before the changes the resync is about, so it is waited for, not joined.
+   */
+  async resync(): Promise<void> {
+    await this.refreshing?.catch(() => {});
+    return this.refresh();
+  }
+
   refresh(): Promise<void> {
     this.refreshing ??= this.reload().finally(() => {
       this.refreshing = null;

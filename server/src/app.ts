@@ -4,10 +4,10 @@
  * tests pass in their own.
  */
 import type { Server as HttpServer, IncomingMessage } from "node:http";
-import type { Redis } from "ioredis";
 import { Server, type ServerOptions } from "socket.io";
 import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js";
 import type { TokenVerifier } from "./auth/token-verifier.js";
+import type { ClusterMonitor } from "./cluster-monitor.js";
 import type { AppWebhookConfig } from "./config.js";
 import { createDatabase, type DatabaseHandle } from "./db/client.js";
 import { createClerkWebhookRoute } from "./http/clerk-webhook.js";
@@ -15,15 +15,14 @@ import { createHttpHandler, type HttpRoute } from "./http/routes.js";
 import { createServiceApi } from "./http/service-api.js";
 import type { Logger } from "./logger.js";
 import { Metrics } from "./metrics.js";
+import type { RedisClient } from "./redis/client.js";
 import { AppEventRepository } from "./repositories/app-event.repository.js";
 import { ChatRepository } from "./repositories/chat.repository.js";
 import { MessageRepository } from "./repositories/message.repository.js";
 import { SearchRepository } from "./repositories/search.repository.js";
-import {
-  MemoryStreamStore,
-  RedisStreamStore,
-  type StreamStore,
-} from "./repositories/stream.repository.js";
+import { MemoryStreamStore } from "./repositories/stream.memory.js";
+import { RedisStreamStore } from "./repositories/stream.redis.js";
+import type { StreamStore } from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
 import { AppEventDelivery } from "./services/app-event-delivery.js";
 import { type AppEvents, noAppEvents, OutboxAppEvents } from "./services/app-events.js";
@@ -32,7 +31,7 @@ import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
 import { AppError } from "./services/errors.js";
 import { MessageService } from "./services/message.service.js";
 import type { RateLimits } from "./services/rate-limits.js";
-import { Revocations } from "./services/revocations.js";
+import { createRevocations } from "./services/revocations.js";
 import { ServiceRoleService } from "./services/service-role.service.js";
 import { StreamService } from "./services/stream.service.js";
 import { UserService } from "./services/user.service.js";
@@ -93,6 +92,11 @@ export interface AppComponents {
   socketMaxBufferedBytes?: number | undefined;
   /** The Socket.IO adapter (Redis across nodes); default in-memory, one node. */
   adapter?: ServerOptions["adapter"] | undefined;
+  /**
+   * With the Redis adapter: says when events between nodes may have been lost, so that this
+   * node's sockets are told to resynchronise (`connection:resync`). None with one node.
+   */
+  clusterMonitor?: Pick<ClusterMonitor, "onResync"> | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
   mintDevToken?: ((userId: string) => Promise<string>) | undefined;
   /** Development only: the demo page at `/` (see http/demo.ts). */
@@ -109,7 +113,7 @@ export interface AppComponents {
    * Redis for state shared by the nodes (streamed replies), with the key prefix. Without it the
    * state is in this node's memory, which is only right for a single node.
    */
-  redis?: { client: Redis; keyPrefix: string } | undefined;
+  redis?: { client: RedisClient; keyPrefix: string } | undefined;
   /**
    * Webhooks to the app's backend (APP_WEBHOOK_*): events are enqueued and this node delivers
    * them (on connections of its own to `databaseUrl`). Without it no events are enqueued: the
@@ -151,7 +155,7 @@ export const DEFAULT_SOCKET_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 export function createApplication(httpServer: HttpServer, components: AppComponents): Application {
   const { database, verifier, logger, rateLimits } = components;
-  const revocations = new Revocations(components.redis?.client, components.redis?.keyPrefix);
+  const revocations = createRevocations(components.redis?.client, components.redis?.keyPrefix);
   const metrics = components.metrics ?? new Metrics();
 
   const inflight = new Inflight();
@@ -227,7 +231,10 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
 
   const userRepo = new UserRepository(database.db);
   const users = new UserService(userRepo);
-  const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger);
+  const broadcaster = new SocketBroadcaster(io, (ids) => users.statsMany(ids), logger, metrics);
+  const stopResyncs = components.clusterMonitor?.onResync((reason) =>
+    broadcaster.resyncLocal(reason),
+  );
   // Set once the outbox's delivery runs: a stored message wakes it on this node.
   let wakeDelivery: (() => void) | undefined;
   const messageRepo = new MessageRepository(database.sql, metrics, () => wakeDelivery?.());
@@ -406,6 +413,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       while (io.engine.clientsCount > 0 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 10));
       }
+      stopResyncs?.();
       broadcaster.close();
       rateLimits.close();
       await users.close();

@@ -35,8 +35,26 @@ const envSchema = z.object({
   DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(500).default(10),
   /** Redis connection string. When set, nodes share events through the Redis adapter. */
   REDIS_URL: optionalString.pipe(z.url({ protocol: /^rediss?$/ }).optional()),
+  /**
+   * Seed nodes of a Redis Cluster, comma-separated `host:port` (or `redis[s]://[user:pass@]host:port`,
+   * the same credentials and TLS for every node): every Redis use goes to the cluster. Exclusive
+   * with REDIS_URL.
+   */
+  REDIS_CLUSTER_NODES: optionalString.pipe(csv.optional()),
+  /**
+   * The adapter between nodes: `sharded` (Redis 7 sharded pub/sub, a node receives only the
+   * rooms it has sockets in) or `classic` (pub/sub, every node receives every broadcast).
+   * Default sharded (docs/benchmarks.md, "Adapter fan-out").
+   */
+  REDIS_ADAPTER: z.enum(["classic", "sharded"]).default("sharded"),
   /** Prefix of every Redis key and channel, so several deployments can share one Redis. */
   REDIS_KEY_PREFIX: z.string().min(1).default("chat"),
+  /**
+   * With REDIS_URL: milliseconds between the nodes' heartbeats, by which a node notices that
+   * events between nodes were lost (Redis down, a node that could not publish or went silent)
+   * and has its sockets resynchronise. A peer silent for 4 beats counts as lost. Default 1000.
+   */
+  CLUSTER_HEARTBEAT_MS: z.coerce.number().int().min(50).max(60_000).default(1000),
   /** PEM public key of the Clerk instance: networkless token verification. */
   CLERK_JWT_KEY: optionalString,
   /** Clerk secret key: JWKS fetched from Clerk's API when CLERK_JWT_KEY is not set. */
@@ -227,6 +245,40 @@ const envSchema = z.object({
 
 export type Env = z.infer<typeof envSchema>;
 
+/** Seed nodes and credentials of a Redis Cluster. */
+export interface RedisClusterConfig {
+  nodes: { host: string; port: number }[];
+  username?: string | undefined;
+  password?: string | undefined;
+  tls?: boolean | undefined;
+}
+
+/** Parses REDIS_CLUSTER_NODES' entries: `host:port` or `redis[s]://[user:pass@]host:port`. */
+export function parseClusterNodes(entries: readonly string[]): RedisClusterConfig {
+  const out: RedisClusterConfig = { nodes: [] };
+  for (const entry of entries) {
+    const withScheme = /^[a-z]+:\/\//i.test(entry) ? entry : `redis://${entry}`;
+    let url: URL;
+    try {
+      url = new URL(withScheme);
+    } catch {
+      throw new ConfigError(`REDIS_CLUSTER_NODES: "${entry}" is not host:port`);
+    }
+    const port = Number(url.port);
+    if (!/^rediss?:$/.test(url.protocol) || !url.hostname || !Number.isInteger(port) || port < 1) {
+      throw new ConfigError(
+        `REDIS_CLUSTER_NODES: "${entry}" is not host:port (a port is required)`,
+      );
+    }
+    out.nodes.push({ host: url.hostname.replace(/^\[|\]$/g, ""), port });
+    if (url.protocol === "rediss:") out.tls = true;
+    if (url.username) out.username = decodeURIComponent(url.username);
+    if (url.password) out.password = decodeURIComponent(url.password);
+  }
+  if (out.nodes.length === 0) throw new ConfigError("REDIS_CLUSTER_NODES: no node given");
+  return out;
+}
+
 /** Typed configuration of one server node. */
 export interface Config {
   env: Env["NODE_ENV"];
@@ -237,7 +289,13 @@ export interface Config {
   databasePoolSize: number;
   migrateOnStart: boolean;
   redisUrl: string | undefined;
+  /** A Redis Cluster instead of one Redis (REDIS_CLUSTER_NODES). */
+  redisCluster: RedisClusterConfig | undefined;
+  /** The adapter between nodes (REDIS_ADAPTER). */
+  redisAdapter: "classic" | "sharded";
   redisKeyPrefix: string;
+  /** Milliseconds between the nodes' heartbeats (cluster-monitor.ts). */
+  clusterHeartbeatMs: number;
   auth: AuthConfig;
   tokenGraceSeconds: number;
   commandTimeoutMs: number;
@@ -401,6 +459,12 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
       "APP_WEBHOOK_NODE_TIMEOUT_MS must exceed APP_WEBHOOK_TIMEOUT_MS: a live node's delivery must end before its chats are taken over.",
     );
   }
+  if (e.REDIS_URL && e.REDIS_CLUSTER_NODES) {
+    throw new ConfigError(
+      "REDIS_URL and REDIS_CLUSTER_NODES are exclusive: set REDIS_URL for one Redis, REDIS_CLUSTER_NODES for a Redis Cluster.",
+    );
+  }
+  const redisCluster = e.REDIS_CLUSTER_NODES ? parseClusterNodes(e.REDIS_CLUSTER_NODES) : undefined;
   if (e.CLERK_JWT_KEY && !e.CLERK_JWT_KEY.includes("BEGIN PUBLIC KEY")) {
     throw new ConfigError("CLERK_JWT_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----).");
   }
@@ -424,7 +488,10 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     databasePoolSize: e.DATABASE_POOL_SIZE,
     migrateOnStart: e.MIGRATE_ON_START,
     redisUrl: e.REDIS_URL,
+    redisCluster,
+    redisAdapter: e.REDIS_ADAPTER,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
+    clusterHeartbeatMs: e.CLUSTER_HEARTBEAT_MS,
     auth: hasClerk
       ? {
           mode: "clerk",

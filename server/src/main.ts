@@ -61,9 +61,18 @@ async function main(): Promise<void> {
   }
 
   const metrics = new Metrics();
-  const redis = config.redisUrl
-    ? createRedisAdapter(config.redisUrl, config.redisKeyPrefix, logger, (kind) =>
-        metrics.adapterErrors.inc({ kind }),
+  const redisTarget = config.redisCluster
+    ? { cluster: config.redisCluster }
+    : config.redisUrl
+      ? { url: config.redisUrl }
+      : undefined;
+  const redis = redisTarget
+    ? createRedisAdapter(
+        redisTarget,
+        config.redisKeyPrefix,
+        logger,
+        (kind) => metrics.adapterErrors.inc({ kind }),
+        { heartbeatMs: config.clusterHeartbeatMs, kind: config.redisAdapter },
       )
     : undefined;
   const rateLimits = new RateLimits(config.rateLimits, redis?.client, config.redisKeyPrefix);
@@ -111,6 +120,7 @@ async function main(): Promise<void> {
     // The demo page needs dev tokens, so it exists exactly when they do.
     demo: mintDevToken ? await createDemoHandler() : undefined,
     adapter: redis?.adapter,
+    clusterMonitor: redis?.monitor,
     redis: redis ? { client: redis.client, keyPrefix: config.redisKeyPrefix } : undefined,
     serviceApiKey: devAssistant?.serviceApiKey ?? config.serviceApiKey,
     webhookSigningSecret: config.webhookSigningSecret,

@@ -56,6 +56,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly resyncs = new Counter({
+    name: "chat_connection_resyncs_total",
+    help: "connection:resync sent to this node's sockets (events between nodes may have been lost), by reason",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+
   readonly slowConsumers = new Counter({
     name: "chat_slow_consumer_disconnects_total",
     help: "Sockets disconnected because more than SOCKET_MAX_BUFFERED_BYTES waited to be written to them",

@@ -21,7 +21,7 @@ import {
 } from "../../server/src/http/server-options.js";
 import { createLogger } from "../../server/src/logger.js";
 import { Metrics } from "../../server/src/metrics.js";
-import { createRedisAdapter } from "../../server/src/redis-adapter.js";
+import { type AdapterKind, createRedisAdapter } from "../../server/src/redis-adapter.js";
 import type { AppEvents } from "../../server/src/services/app-events.js";
 import { type RateLimitConfig, RateLimits } from "../../server/src/services/rate-limits.js";
 import type { OriginPolicy } from "../../server/src/socket/origins.js";
@@ -44,6 +44,10 @@ export const AUTHORIZED_PARTY = "http://localhost:3000";
 /** Redis for multi-node tests. The tests fail (never skip) when it is not reachable. */
 export const testRedisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 
+/** The adapter multi-node tests use unless they choose: the product's default, sharded. */
+export const testRedisAdapter: AdapterKind =
+  process.env.TEST_REDIS_ADAPTER === "classic" ? "classic" : "sharded";
+
 /** A Clerk-shaped session token for `userId`, signed with the test key. */
 export function tokenFor(userId: string, options: MintOptions = {}): Promise<string> {
   return mintSessionToken(testKeys.privateKeyPem, userId, {
@@ -59,8 +63,14 @@ export interface TestServerOptions {
   authorizedParties?: string[];
   /** Use the Redis adapter on this Redis (multi-node tests). Default: in-memory adapter. */
   redisUrl?: string;
+  /** Use a Redis Cluster (these seed nodes) for the adapter and every store, instead of redisUrl. */
+  redisCluster?: { host: string; port: number }[];
+  /** The adapter between nodes (default testRedisAdapter). */
+  redisAdapter?: AdapterKind;
   /** Redis key prefix; nodes of one test cluster share one, clusters of other tests must not. */
   redisKeyPrefix?: string;
+  /** Milliseconds between the nodes' heartbeats (CLUSTER_HEARTBEAT_MS); default the server's. */
+  clusterHeartbeatMs?: number;
   /** Flood limits (per address, user and socket); default generous enough for load-shaped tests. */
   rateLimits?: Partial<RateLimitConfig>;
   /** Browser origins allowed to connect; default as in development: any loopback origin. */
@@ -129,9 +139,21 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   const database = createDatabase(databaseUrl, { max: 10 });
   const logger = createLogger(process.env.TEST_LOG_LEVEL ?? "silent");
   const metrics = new Metrics();
-  const redis = options.redisUrl
-    ? createRedisAdapter(options.redisUrl, options.redisKeyPrefix ?? "test", logger, (kind) =>
-        metrics.adapterErrors.inc({ kind }),
+  const target = options.redisCluster
+    ? { cluster: { nodes: options.redisCluster } }
+    : options.redisUrl
+      ? { url: options.redisUrl }
+      : undefined;
+  const redis = target
+    ? createRedisAdapter(
+        target,
+        options.redisKeyPrefix ?? "test",
+        logger,
+        (kind) => metrics.adapterErrors.inc({ kind }),
+        {
+          heartbeatMs: options.clusterHeartbeatMs,
+          kind: options.redisAdapter ?? testRedisAdapter,
+        },
       )
     : undefined;
   const rateLimits = new RateLimits(
@@ -169,6 +191,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     trustProxy: options.trustProxy,
     tokenGraceSeconds: options.tokenGraceSeconds ?? 15,
     adapter: redis?.adapter,
+    clusterMonitor: redis?.monitor,
     redis: redis
       ? { client: redis.client, keyPrefix: options.redisKeyPrefix ?? "test" }
       : undefined,

@@ -1,10 +1,10 @@
 /**
  * Two nodes behind one Redis (adapter and stream state, unique key prefix) and one database:
  * a revoked Clerk session is disconnected on every node while the user's other sessions stay,
- * and a streamed reply can move between nodes call by call and is still stored once.
+ * and a streamed reply can move between nodes call by call and is still stored once. Run on
+ * every Redis backend (tests/helpers/backends.ts): classic and sharded adapter, Redis Cluster.
  */
 import { randomBytes } from "node:crypto";
-import { Redis } from "ioredis";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type {
@@ -14,13 +14,8 @@ import type {
   MessageStreaming,
 } from "../../protocol/index.js";
 import { rooms } from "../../server/src/socket/types.js";
-import {
-  eventually,
-  recordEvents,
-  startTestServer,
-  type TestServer,
-  testRedisUrl,
-} from "../helpers/server.js";
+import { redisBackends, stopBackends } from "../helpers/backends.js";
+import { eventually, recordEvents, startTestServer, type TestServer } from "../helpers/server.js";
 import { disconnected, nextEvent, ok, openSql, userId } from "../realtime/support.js";
 import {
   chatOpenOn,
@@ -35,44 +30,40 @@ import {
 
 const KEY = newServiceKey();
 const SECRET = newSigningSecret();
-let nodes: [TestServer, TestServer];
-let sql: postgres.Sql;
-const redisKeyPrefix = `test-svc-${randomBytes(4).toString("hex")}`;
+afterAll(stopBackends);
 
-beforeAll(async () => {
-  const common = { redisUrl: testRedisUrl, redisKeyPrefix, serviceApiKey: KEY };
-  const first = await startTestServer({ ...common, webhookSigningSecret: SECRET });
-  const second = await startTestServer({
-    ...common,
-    webhookSigningSecret: SECRET,
-    databaseUrl: first.databaseUrl,
+describe.each(redisBackends)("across two nodes on $name", (backend) => {
+  let nodes: [TestServer, TestServer];
+  let sql: postgres.Sql;
+  const redisKeyPrefix = `test-svc-${randomBytes(4).toString("hex")}`;
+
+  beforeAll(async () => {
+    const common = { ...(await backend.options()), redisKeyPrefix, serviceApiKey: KEY };
+    const first = await startTestServer({ ...common, webhookSigningSecret: SECRET });
+    const second = await startTestServer({
+      ...common,
+      webhookSigningSecret: SECRET,
+      databaseUrl: first.databaseUrl,
+    });
+    nodes = [first, second];
+    sql = openSql(first.databaseUrl);
   });
-  nodes = [first, second];
-  sql = openSql(first.databaseUrl);
-});
-afterAll(async () => {
-  await sql?.end({ timeout: 5 });
-  // The first node owns (and drops) the database: close it last.
-  await nodes?.[1]?.close();
-  await nodes?.[0]?.close();
-  // Stream state and rate-limit counters of this cluster (they would expire on their own).
-  const redis = new Redis(testRedisUrl, { maxRetriesPerRequest: 1 });
-  try {
-    const keys = await redis.keys(`${redisKeyPrefix}:*`);
-    if (keys.length > 0) await redis.del(...keys);
-  } finally {
-    redis.disconnect();
+  afterAll(async () => {
+    await sql?.end({ timeout: 5 });
+    // The first node owns (and drops) the database: close it last.
+    await nodes?.[1]?.close();
+    await nodes?.[0]?.close();
+    // Stream state and rate-limit counters of this cluster (they would expire on their own).
+    await backend.cleanup(redisKeyPrefix);
+  });
+
+  /** Waits until node 0 sees `n` sockets in `room` across the cluster (the adapter is subscribed). */
+  async function clusterSees(room: string, n: number) {
+    await eventually(async () => {
+      expect(await nodes[0].app.io.in(room).fetchSockets()).toHaveLength(n);
+    });
   }
-});
 
-/** Waits until node 0 sees `n` sockets in `room` across the cluster (the adapter is subscribed). */
-async function clusterSees(room: string, n: number) {
-  await eventually(async () => {
-    expect(await nodes[0].app.io.in(room).fetchSockets()).toHaveLength(n);
-  });
-}
-
-describe("across two nodes", () => {
   test("a revoked session is disconnected on every node; other sessions stay", async () => {
     const uid = userId("x_revoke");
     const [n1, n2] = nodes;

@@ -15,7 +15,7 @@ import type {
   MessageDelta,
   MessageStreamFailed,
 } from "../../protocol/index.js";
-import { RedisStreamStore } from "../../server/src/repositories/stream.repository.js";
+import { RedisStreamStore } from "../../server/src/repositories/stream.redis.js";
 import { rooms } from "../../server/src/socket/types.js";
 import { freePort, RedisProcess } from "../helpers/redis-process.js";
 import {

@@ -98,10 +98,36 @@ describe("loadConfig", () => {
     expect(c.host).toBe("0.0.0.0");
   });
 
+  test("Redis: one Redis or a cluster's seed nodes, and the sharded adapter by default", () => {
+    expect(loadConfig({ REDIS_URL: "redis://r:6379" })).toMatchObject({
+      redisUrl: "redis://r:6379",
+      redisCluster: undefined,
+      redisAdapter: "sharded",
+    });
+    const c = loadConfig({
+      REDIS_CLUSTER_NODES: "10.0.0.1:7000, rediss://app:s%40cret@[::1]:7001",
+      REDIS_ADAPTER: "classic",
+    });
+    expect(c.redisAdapter).toBe("classic");
+    expect(c.redisCluster).toEqual({
+      nodes: [
+        { host: "10.0.0.1", port: 7000 },
+        { host: "::1", port: 7001 },
+      ],
+      tls: true,
+      username: "app",
+      password: "s@cret",
+    });
+  });
+
   test.each([
     [{ PORT: "abc" }, /PORT/],
     [{ DATABASE_URL: "mysql://x" }, /DATABASE_URL/],
     [{ REDIS_URL: "http://x" }, /REDIS_URL/],
+    [{ REDIS_CLUSTER_NODES: "10.0.0.1" }, /REDIS_CLUSTER_NODES: "10.0.0.1" is not host:port/],
+    [{ REDIS_CLUSTER_NODES: "http://a:1" }, /REDIS_CLUSTER_NODES/],
+    [{ REDIS_CLUSTER_NODES: "a:1", REDIS_URL: "redis://b:2" }, /exclusive/],
+    [{ REDIS_ADAPTER: "streams" }, /REDIS_ADAPTER/],
     [{ TOKEN_GRACE_SECONDS: "120" }, /TOKEN_GRACE_SECONDS/],
     [{ CLERK_JWT_KEY: "not a pem" }, /CLERK_JWT_KEY/],
     [{ LOG_LEVEL: "loud" }, /LOG_LEVEL/],

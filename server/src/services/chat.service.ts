@@ -101,11 +101,12 @@ export class ChatService {
   async open(
     actor: Actor,
     input: CommandPayload<"chat:open">,
-    join: () => void,
+    join: () => void | Promise<void>,
     signal?: AbortSignal,
   ): Promise<CommandResults["chat:open"]> {
     await this.requireOwned(actor, input.chatId);
-    join();
+    // Joined (and, across nodes, receiving the room's broadcasts) before the snapshot is read.
+    await join();
     const [{ rows, hasMore }, streams] = await Promise.all([
       this.messages.page(
         actor.dbUserId,

@@ -34,6 +34,11 @@ export interface Notifier {
   messageStopped(event: MessageStopped): void;
   /** A reply started or stopped being generated: to every socket of the user (the sidebar). */
   chatGenerating(userId: string, event: ChatGenerating): void;
+  /**
+   * An event owed to the user's devices could not be built (a database error after a commit):
+   * every socket of the user, on every node, is told to resynchronise (`connection:resync`).
+   */
+  resyncUser(userId: string): void;
   /** Tells every socket of the user, on every node, `closing`, then disconnects them. */
   disconnectUser(userId: string, closing: ConnectionClosing): void;
   /** The same for every socket authenticated with one Clerk session (`sid`), on every node. */

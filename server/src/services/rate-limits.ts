@@ -5,17 +5,17 @@
  *   (messages, chat creates, chat renames and deletes) per user, with limits by subscription
  *   tier: rate-limiter-flexible, falling back to this node's memory while Redis is down; every
  *   entry expires with its window;
- * - open sockets: a Redis sorted set per user of leases (socket id → expiry), added atomically
- *   when under the cap, renewed by the node holding the socket, removed on disconnect. A
- *   crashed node's leases lapse after LEASE_MS. While Redis is down, each node counts only its
- *   own sockets;
+ * - open sockets per user: SocketLeases (socket-leases.ts; a memory and a Redis implementation,
+ *   a file each);
  * - commands per socket: a token bucket held by the socket itself (CommandBucket), so it needs
  *   no shared state and goes away with the socket.
  */
-import type { Redis } from "ioredis";
+
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from "rate-limiter-flexible";
 import { ErrorCode } from "../../../protocol/constants.js";
+import type { RedisClient } from "../redis/client.js";
 import { AppError } from "./errors.js";
+import { createSocketLeases, type SocketLeases } from "./socket-leases.js";
 
 /** A user's writes, each limited per user (across devices and nodes) by subscription tier. */
 export type WriteKind = "message" | "chatCreate" | "chatEdit";
@@ -73,7 +73,7 @@ function limiter(
   points: number,
   duration: number,
   keyPrefix: string,
-  redis?: Redis,
+  redis?: RedisClient,
   options: { shieldRedis?: boolean } = {},
 ) {
   const memory = new RateLimiterMemory({ points, duration, keyPrefix });
@@ -153,17 +153,6 @@ const WRITE_REFUSALS: Record<WriteKind, string> = {
   chatEdit: "Too many chat renames or deletes; slow down",
 };
 
-/** How long a socket lease lives without renewal; renewed every third of it. */
-const LEASE_MS = 90_000;
-
-// Atomically: drop lapsed leases, refuse past the cap, add the lease. Returns 1 if added.
-const ACQUIRE = `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1`;
-
 /** The limits of every tier: the free limits, the built-in multiples, then the overrides. */
 export function resolveTiers(config: RateLimitConfig): Map<string, TierLimits> {
   const overrides = new Map(
@@ -197,13 +186,12 @@ export class RateLimits {
   private readonly tiers: Map<string, TierLimits>;
   private readonly connections;
   private readonly addresses;
-  /** This node's open sockets, by user. */
-  private readonly open = new Map<string, Set<string>>();
-  private readonly renewTimer: NodeJS.Timeout | undefined;
+  /** Open sockets per user (this node's, and every node's when shared). */
+  private readonly leases: SocketLeases;
 
   constructor(
     private readonly config: RateLimitConfig,
-    private readonly redis?: Redis,
+    private readonly redis?: RedisClient,
     private readonly keyPrefix = "chat",
   ) {
     this.tiers = resolveTiers(config);
@@ -215,14 +203,7 @@ export class RateLimits {
       redis,
       { shieldRedis: true },
     );
-    if (redis) {
-      this.renewTimer = setInterval(() => void this.renewLeases(), LEASE_MS / 3);
-      this.renewTimer.unref();
-    }
-  }
-
-  private leaseKey(userId: string): string {
-    return `${this.keyPrefix}:sockets:${userId}`;
+    this.leases = createSocketLeases(config.maxSocketsPerUser, redis, keyPrefix);
   }
 
   /** The tier whose limits apply to `subscriptionTier`: itself if known, else free. */
@@ -303,7 +284,7 @@ export class RateLimits {
         [...this.writes.values()].reduce((sum, l) => sum + memoryKeys(l.memory), 0) +
         memoryKeys(this.connections.memory) +
         memoryKeys(this.addresses.memory),
-      usersWithSockets: this.open.size,
+      usersWithSockets: this.leases.usersWithSockets(),
     };
   }
 
@@ -313,10 +294,8 @@ export class RateLimits {
    * follow, on disconnect).
    */
   async acquireConnection(userId: string, socketId: string): Promise<number> {
-    const local = this.open.get(userId) ?? new Set<string>();
-    if (local.size >= this.config.maxSocketsPerUser) return 1000;
-    local.add(socketId); // reserved before the awaits, so concurrent attempts count
-    this.open.set(userId, local);
+    // Reserved before the awaits, so concurrent attempts count.
+    if (!this.leases.reserve(userId, socketId)) return 1000;
     try {
       await this.connections.limiter.consume(userId);
     } catch (e) {
@@ -324,53 +303,15 @@ export class RateLimits {
       if (e instanceof RateLimiterRes) return Math.max(1, Math.ceil(e.msBeforeNext));
       throw e;
     }
-    if (this.redis?.status === "ready") {
-      try {
-        const now = Date.now();
-        const added = await this.redis.eval(
-          ACQUIRE,
-          1,
-          this.leaseKey(userId),
-          now,
-          now + LEASE_MS,
-          socketId,
-          this.config.maxSocketsPerUser,
-          LEASE_MS * 2,
-        );
-        if (added !== 1) {
-          this.release(userId, socketId);
-          return 5000;
-        }
-      } catch {
-        // Redis went away mid-way: this node's own count (above) still applies.
-      }
-    }
-    return 0;
+    return (await this.leases.confirm(userId, socketId)) ? 0 : 5000;
   }
 
   release(userId: string, socketId: string): void {
-    const local = this.open.get(userId);
-    local?.delete(socketId);
-    if (local?.size === 0) this.open.delete(userId);
-    if (this.redis?.status === "ready") {
-      this.redis.zrem(this.leaseKey(userId), socketId).catch(() => {});
-    }
-  }
-
-  /** Renews this node's leases so that they lapse only if the node dies. */
-  private async renewLeases(): Promise<void> {
-    if (this.redis?.status !== "ready" || this.open.size === 0) return;
-    const expiry = Date.now() + LEASE_MS;
-    const pipeline = this.redis.pipeline();
-    for (const [userId, sockets] of this.open) {
-      for (const id of sockets) pipeline.zadd(this.leaseKey(userId), "XX", expiry, id);
-      pipeline.pexpire(this.leaseKey(userId), LEASE_MS * 2);
-    }
-    await pipeline.exec().catch(() => {});
+    this.leases.release(userId, socketId);
   }
 
   /** Stops renewing (shutdown). The node's leases are released by the disconnects. */
   close(): void {
-    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.leases.close();
   }
 }

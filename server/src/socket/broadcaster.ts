@@ -1,3 +1,4 @@
+import { ResyncReason } from "../../../protocol/constants.js";
 import type {
   ChatGenerating,
   ChatMessage,
@@ -10,6 +11,8 @@ import type {
   UserStats,
 } from "../../../protocol/index.js";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import { MAIN_CHANNEL_ROOM } from "../redis/sharded-adapter.js";
 import type { Notifier } from "../services/notifier.js";
 import { type ChatServer, rooms } from "./types.js";
 
@@ -24,6 +27,12 @@ const STATS_DEBOUNCE_MS = 1000;
 const STATS_EMIT_CHUNK = 100;
 /** Most users read by one stats query. */
 const MAX_STATS_PER_QUERY = 1000;
+/**
+ * `connection:resync`'s `spreadMs`: the node's sockets re-read over about 2 ms each (500 a
+ * second), at most 10 s, so that an outage's end does not hit the database all at once.
+ */
+const RESYNC_SPREAD_MS_PER_SOCKET = 2;
+const RESYNC_MAX_SPREAD_MS = 10_000;
 
 /**
  * The Notifier over Socket.IO rooms. With the Redis adapter, `io.to(room).emit` reaches the
@@ -37,7 +46,27 @@ export class SocketBroadcaster implements Notifier {
     private readonly io: ChatServer,
     private readonly loadStats: (userIds: string[]) => Promise<Map<string, UserStats>>,
     private readonly logger: Logger,
+    private readonly metrics?: Metrics,
   ) {}
+
+  /**
+   * Every socket of this node may have missed events from other nodes (cluster-monitor.ts):
+   * `connection:resync` to each of them, to catch up without reconnecting.
+   */
+  resyncLocal(reason: ResyncReason): void {
+    const sockets = this.io.engine.clientsCount;
+    const spreadMs = Math.min(RESYNC_MAX_SPREAD_MS, sockets * RESYNC_SPREAD_MS_PER_SOCKET);
+    this.logger.warn({ reason, sockets, spreadMs }, "events may have been missed: resync");
+    this.metrics?.resyncs.inc({ reason });
+    this.io.local.emit("connection:resync", { reason, spreadMs });
+  }
+
+  resyncUser(userId: string): void {
+    this.metrics?.resyncs.inc({ reason: ResyncReason.EVENTS_DROPPED });
+    this.io
+      .to(rooms.user(userId))
+      .emit("connection:resync", { reason: ResyncReason.EVENTS_DROPPED, spreadMs: 0 });
+  }
 
   messageCreated(_userId: string, message: ChatMessage): void {
     this.io.to(rooms.chat(message.chatId)).emit("message:created", { message });
@@ -90,7 +119,9 @@ export class SocketBroadcaster implements Notifier {
    * disconnect waits until its buffered packets (the closing event) are written.
    */
   private closeRoom(room: string, closing: ConnectionClosing): void {
-    this.io.to(room).emit("connection:closing", closing);
+    // To two rooms (one that nobody joins): the sharded adapter then sends it on the main
+    // channel, the one the disconnect takes, so the two cannot overtake each other.
+    this.io.to([room, MAIN_CHANNEL_ROOM]).emit("connection:closing", closing);
     this.io.in(room).disconnectSockets(true);
   }
 

@@ -1,3 +1,4 @@
+import { whenSubscribed } from "../../redis/sharded-adapter.js";
 import type { ChatService } from "../../services/chat.service.js";
 import type { CommandHandlers } from "../command.js";
 import { rooms } from "../types.js";
@@ -19,8 +20,11 @@ export function chatHandlers(chats: ChatService): ChatCommands {
       chats.open(
         socket.data,
         p,
-        () => {
-          if (socket.connected) socket.join(rooms.chat(p.chatId));
+        async () => {
+          if (!socket.connected) return;
+          socket.join(rooms.chat(p.chatId));
+          // The sharded adapter subscribes per room: wait until this node receives it.
+          await whenSubscribed(socket.nsp.adapter, rooms.chat(p.chatId));
         },
         signal,
       ),

@@ -1,0 +1,201 @@
+/**
+ * Devices that stay connected converge after a window in which events between nodes were lost
+ * (issue #12, item 2). Two nodes over a private redis-server that this test spawns; node A
+ * reaches it through a TCP proxy, so that A alone can be cut off. Real SDK clients. Each test
+ * changes things on node A while the events cannot reach node B, and then checks that B's
+ * device (sidebar and open chat) equals the database by itself: no reconnect, the same socket,
+ * its connection state never leaving `online`.
+ */
+import { randomBytes } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { type ChatClient, createChatClient } from "../../client-sdk/src/index.js";
+import { isoFromMicros } from "../../server/src/db/time.js";
+import { freePort, RedisProcess } from "../helpers/redis-process.js";
+import { eventually, startTestServer, type TestServer, tokenFor } from "../helpers/server.js";
+import { TcpProxy } from "../helpers/tcp-proxy.js";
+import { until, untilState } from "../sdk/helpers.js";
+
+const CONVERGE_MS = 20_000;
+
+const redis = new RedisProcess(await freePort());
+let proxy: TcpProxy;
+let nodeA: TestServer;
+let nodeB: TestServer;
+const created: ChatClient[] = [];
+let redisUp = false;
+
+function client(node: TestServer, userId: string): ChatClient {
+  const c = createChatClient({ url: node.url, getToken: () => tokenFor(userId) });
+  created.push(c);
+  return c;
+}
+
+beforeAll(async () => {
+  await redis.start();
+  redisUp = true;
+  proxy = new TcpProxy(redis.port);
+  await proxy.start();
+  const prefix = `conv-${randomBytes(4).toString("hex")}`;
+  // A beats fast; B notices a silent peer only after 4 of its own (slower) beats, so that A's
+  // changes in the cut-off test are made before B gives A up.
+  nodeA = await startTestServer({
+    redisUrl: proxy.url,
+    redisKeyPrefix: prefix,
+    clusterHeartbeatMs: 200,
+  });
+  nodeB = await startTestServer({
+    redisUrl: redis.url,
+    redisKeyPrefix: prefix,
+    databaseUrl: nodeA.databaseUrl,
+    clusterHeartbeatMs: 750,
+  });
+});
+
+afterAll(async () => {
+  await Promise.all(created.map((c) => c.close()));
+  proxy?.restore();
+  if (!redisUp) await redis.start().catch(() => {});
+  await nodeB?.close();
+  await nodeA?.close();
+  await proxy?.close();
+  await redis.kill();
+});
+
+/** The user's sidebar and one chat's messages as the database has them. */
+async function database(userId: string, chatId: string) {
+  const sql = nodeB.database.sql;
+  const chats = await sql<
+    { id: string; title: string; last_seq: string; content: string | null; updated_us: string }[]
+  >`
+    select c.id, c.title, c.last_seq, c.last_message->>'content' as content,
+           (extract(epoch from c.updated_at) * 1000000)::bigint::text as updated_us
+      from chat_sessions c join users u on u.id = c.user_id
+     where u.clerk_id = ${userId}
+     order by c.updated_at desc, c.id desc`;
+  const messages = await sql<{ seq: string; client_id: string; content: string }[]>`
+    select seq, client_id, message->>'content' as content
+      from chat_memory where session_id = ${chatId} order by seq`;
+  return {
+    sidebar: chats.map((c) => ({
+      id: c.id,
+      title: c.title,
+      lastSeq: Number(c.last_seq),
+      content: c.content,
+      updatedAt: isoFromMicros(c.updated_us),
+    })),
+    messages: messages.map((m) => ({
+      seq: Number(m.seq),
+      clientId: m.client_id,
+      content: m.content,
+    })),
+  };
+}
+
+/** What the device shows: its sidebar, and the open chat's items. */
+function shown(c: ChatClient, chatId: string) {
+  return {
+    sidebar: c.sidebar.getSnapshot().chats.map((e) => ({
+      id: e.id,
+      title: e.title,
+      lastSeq: e.lastSeq,
+      content: e.lastMessage?.content ?? null,
+      updatedAt: e.updatedAt,
+    })),
+    messages: c
+      .chat(chatId)
+      .getSnapshot()
+      .items.map((i) => ({ seq: i.seq, clientId: i.clientId, content: i.content })),
+  };
+}
+
+async function expectConverged(c: ChatClient, userId: string, chatId: string): Promise<void> {
+  await eventually(async () => {
+    expect(shown(c, chatId)).toEqual(await database(userId, chatId));
+  }, CONVERGE_MS);
+}
+
+/** The ids of the user's sockets on one node (this node's own view, no Redis needed). */
+function socketIds(node: TestServer, userId: string): string[] {
+  return [...node.app.io.of("/").sockets.values()]
+    .filter((s) => s.data.userId === userId)
+    .map((s) => s.id)
+    .sort();
+}
+
+/** A device on each node with three chats, one of them open on B's device. */
+async function setUp(label: string) {
+  const userId = `user_conv_${label}_${randomBytes(3).toString("hex")}`;
+  const a = client(nodeA, userId);
+  const b = client(nodeB, userId);
+  await Promise.all([untilState(a, "online"), untilState(b, "online")]);
+  const open = (await a.createChat({ title: "Open on B" })).chat;
+  const doomed = (await a.createChat({ title: "Deleted on A" })).chat;
+  const renamed = (await a.createChat({ title: "Renamed on A" })).chat;
+  await a.sendMessage({ chatId: open.id, content: "before" });
+  await b.openChat({ chatId: open.id });
+  await a.openChat({ chatId: open.id });
+  await until(b.sidebar, (s) => s.chats.length === 3, 5000, "B's sidebar with three chats");
+  await until(b.chat(open.id), (s) => s.messages.length === 1, 5000, "B's chat loaded");
+  const states: string[] = [];
+  b.on("state", (state) => states.push(state));
+  const sockets = socketIds(nodeB, userId);
+  expect(sockets).toHaveLength(1);
+  return { userId, a, b, open, doomed, renamed, states, sockets };
+}
+
+/** Changes on A that B's device must end up showing. */
+async function changeOnA(
+  a: ChatClient,
+  chats: { open: string; doomed: string; renamed: string },
+  label: string,
+) {
+  for (let i = 0; i < 3; i++) await a.sendMessage({ chatId: chats.open, content: `${label} ${i}` });
+  await a.renameChat({ chatId: chats.renamed, title: `Renamed ${label}` });
+  await a.deleteChat({ chatId: chats.doomed });
+  const fresh = (await a.createChat({ title: `New ${label}` })).chat;
+  await a.sendMessage({ chatId: fresh.id, content: `in the new chat ${label}` });
+}
+
+describe("a device that stays connected converges", () => {
+  test("after Redis is killed and comes back (changes during the outage and right after)", async () => {
+    const s = await setUp("redis");
+    await redis.kill();
+    redisUp = false;
+    await changeOnA(s.a, { open: s.open.id, doomed: s.doomed.id, renamed: s.renamed.id }, "down");
+    await redis.start();
+    redisUp = true;
+    // Right after Redis is back, before ioredis has reconnected: still lost on the way.
+    await s.a.sendMessage({ chatId: s.open.id, content: "just after" });
+
+    await expectConverged(s.b, s.userId, s.open.id);
+    await expectConverged(s.a, s.userId, s.open.id);
+    const shownOnB = shown(s.b, s.open.id);
+    expect(shownOnB.sidebar.map((c) => c.id)).not.toContain(s.doomed.id);
+    expect(shownOnB.messages.map((m) => m.content)).toContain("just after");
+    // No reconnect: the same socket, never out of `online`.
+    expect(socketIds(nodeB, s.userId)).toEqual(s.sockets);
+    expect(s.states).toEqual([]);
+    expect(s.b.state).toBe("online");
+  });
+
+  test("when one node is cut off from Redis: while it stays away, and after it returns", async () => {
+    const s = await setUp("cut");
+    const resyncs: string[] = [];
+    s.b.on("connection:resync", (e) => resyncs.push(e.reason));
+    proxy.cut();
+    await changeOnA(s.a, { open: s.open.id, doomed: s.doomed.id, renamed: s.renamed.id }, "cut");
+    // A never comes back in this part: B gives it up (its heartbeats stopped) and resyncs.
+    await expectConverged(s.b, s.userId, s.open.id);
+    expect(resyncs).toContain("PEER_LOST");
+
+    // More changes while A is still away, then A returns: its heartbeats show the gap.
+    await s.a.sendMessage({ chatId: s.open.id, content: "still cut off" });
+    await s.a.renameChat({ chatId: s.open.id, title: "Renamed while cut off" });
+    proxy.restore();
+    await expectConverged(s.b, s.userId, s.open.id);
+    await expectConverged(s.a, s.userId, s.open.id);
+    expect(shown(s.b, s.open.id).messages.map((m) => m.content)).toContain("still cut off");
+    expect(socketIds(nodeB, s.userId)).toEqual(s.sockets);
+    expect(s.states).toEqual([]);
+  });
+});
