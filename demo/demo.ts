@@ -350,20 +350,16 @@ function send(): void {
   ui.content.value = "";
   autosize();
   const chatId = currentChat;
-  // Shown as pending at once; the outbox delivers it (also after being offline).
-  const post = () => client?.sendMessage({ chatId, content }).catch((err) => report("send", err));
   // A chat still named by default takes its first message as its title, like assistant apps
-  // do: renamed first, so that the message's sidebar entry already carries the new title.
+  // do. The rename and the send go at once: whichever commits last, every device ends with the
+  // row as committed (sidebar entries carry a version, docs/protocol.md "Sidebar entries").
   const chat = client.sidebar.getSnapshot().chats.find((c) => c.id === chatId);
   if (chat && chat.title === DEFAULT_TITLE && !chat.lastMessage) {
     const title = content.trim().replace(/\s+/g, " ").slice(0, 60);
-    client
-      .renameChat({ chatId, title })
-      .catch((err) => report("rename", err))
-      .finally(post);
-  } else {
-    post();
+    client.renameChat({ chatId, title }).catch((err) => report("rename", err));
   }
+  // Shown as pending at once; the outbox delivers it (also after being offline).
+  client.sendMessage({ chatId, content }).catch((err) => report("send", err));
 }
 
 function autosize(): void {

@@ -116,7 +116,10 @@ export const ResyncReason = {
   PEER_EVENTS_LOST: "PEER_EVENTS_LOST",
   /** Another node went silent (crashed or cut off): events it had not published are lost. */
   PEER_LOST: "PEER_LOST",
-  /** This node could not build an event it owed the user's devices (a database error after a commit). */
+  /**
+   * This node could not build an event it owed the user's devices (a database error after a
+   * commit), or cannot tell whether a send committed (its connection broke with the answer).
+   */
   EVENTS_DROPPED: "EVENTS_DROPPED",
 } as const;
 

@@ -137,6 +137,12 @@ export interface ChatSummary {
   lastMessage: MessageBody | null;
   /** The latest message's `seq` (0 for an empty chat). */
   lastSeq: number;
+  /**
+   * Raised by every change to the chat (a rename, each stored message). Of two entries for one
+   * chat, the one with the higher version is newer: keep it, ignore the older (events from
+   * several server nodes may arrive in any order).
+   */
+  version: number;
   createdAt: string;
   /**
    * Latest activity, ISO 8601 with microseconds (`2026-11-25T05:03:10.123456Z`): the exact

@@ -313,6 +313,7 @@ class ChatClientImpl implements ChatClient {
     for (let attempt = 0; ; attempt++) {
       try {
         const data = await this.command("chat:create", payload);
+        this.sidebar.revive(data.chat.id);
         this.sidebar.upsert(data.chat);
         return data;
       } catch (e) {
@@ -345,8 +346,11 @@ class ChatClientImpl implements ChatClient {
   async openChat(input: CommandInput<"chat:open">) {
     const state = this.chatState(input.chatId);
     state.beginLoad();
+    // Known deleted before the chat was read: found now, it exists again (created anew).
+    const deletedBefore = this.sidebar.isDeleted(input.chatId);
     try {
       const data = await this.command("chat:open", input);
+      if (deletedBefore) this.sidebar.revive(data.chat.id);
       this.sidebar.upsert(data.chat);
       state.load(data.messages, data.hasMore);
       state.applyStreams(data.streams);

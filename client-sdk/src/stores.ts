@@ -63,16 +63,13 @@ function timeKey(iso: string): string {
 
 /**
  * The server's order: `updatedAt` descending, then `id` descending. `updatedAt` carries the
- * database's microseconds; for entries still equal, the order of the server's last listing
- * (`rank`) is kept when it is known.
+ * database's microseconds, and entries still equal (chats written by one batch share their
+ * `updated_at`) are ordered by id, as the server orders them.
  */
-function compareChats(a: ChatSummary, b: ChatSummary, rank: Map<string, number>): number {
+function compareChats(a: ChatSummary, b: ChatSummary): number {
   const ta = timeKey(a.updatedAt);
   const tb = timeKey(b.updatedAt);
   if (ta !== tb) return ta < tb ? 1 : -1;
-  const ra = rank.get(a.id);
-  const rb = rank.get(b.id);
-  if (ra !== undefined && rb !== undefined && ra !== rb) return ra - rb;
   return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
 }
 
@@ -90,6 +87,7 @@ function sameChat(a: ChatSummary, b: ChatSummary): boolean {
     a.id === b.id &&
     a.title === b.title &&
     a.lastSeq === b.lastSeq &&
+    a.version === b.version &&
     a.createdAt === b.createdAt &&
     a.updatedAt === b.updatedAt &&
     sameBody(a.lastMessage, b.lastMessage) &&
@@ -104,19 +102,28 @@ function sameGenerating(
   return a === b || (!!a && !!b && a.streamId === b.streamId && a.startedAt === b.startedAt);
 }
 
-/** Combines a known entry with a newer one; ignores one that is older in every respect. */
+/**
+ * Combines a known entry with another one for the same chat. The one with the higher `version`
+ * is the newer row (events from several nodes arrive in any order): an older one is ignored.
+ * A message this device already applied (from its ack or `message:created`, ahead of the
+ * entry's own `chat:updated`) is never taken back: its preview, `lastSeq` and time stay until
+ * an entry that includes it arrives.
+ */
 function mergeChat(prev: ChatSummary | undefined, next: ChatSummary): ChatSummary {
   if (!prev) return Object.freeze({ ...next });
-  const older = timeKey(next.updatedAt) < timeKey(prev.updatedAt);
-  const notNewer = timeKey(next.updatedAt) <= timeKey(prev.updatedAt);
-  if (next.lastSeq < prev.lastSeq && notNewer) return prev;
-  if (next.lastSeq <= prev.lastSeq && older) return prev;
+  // A chat created anew under the same id: its versions start again.
+  if (timeKey(next.createdAt) > timeKey(prev.createdAt)) return Object.freeze({ ...next });
+  if (timeKey(next.createdAt) < timeKey(prev.createdAt)) return prev;
+  if (next.version < prev.version) return prev;
   let merged = next;
   if (next.lastSeq < prev.lastSeq) {
-    // A rename that raced a newer message: keep the newer preview.
-    merged = { ...next, lastMessage: prev.lastMessage, lastSeq: prev.lastSeq };
+    merged = {
+      ...next,
+      lastMessage: prev.lastMessage,
+      lastSeq: prev.lastSeq,
+      updatedAt: laterIso(next.updatedAt, prev.updatedAt),
+    };
   }
-  merged = { ...merged, updatedAt: laterIso(merged.updatedAt, prev.updatedAt) };
   // `chat:updated` may omit the generating state: absent means unchanged.
   if (merged.generating === undefined && prev.generating !== undefined) {
     merged = { ...merged, generating: prev.generating };
@@ -124,10 +131,19 @@ function mergeChat(prev: ChatSummary | undefined, next: ChatSummary): ChatSummar
   return sameChat(prev, merged) ? prev : Object.freeze({ ...merged });
 }
 
+/** Deleted chat ids remembered (bounded), so that a late event cannot bring one back. */
+const MAX_TOMBSTONES = 1000;
+
 export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore {
   private readonly chats = new Map<string, ChatSummary>();
-  /** Position of each chat in the server's last listing (tie-break within a millisecond). */
-  private rank = new Map<string, number>();
+  /**
+   * Chats deleted (by an event, this device, or found missing), with the `createdAt` of the
+   * deleted chat when known. An entry for one of them that arrives later (another node's
+   * `chat:updated` or `chat:created` for a change made just before the delete) is ignored,
+   * unless it is a new chat under the same id (created later) or a listing made after the
+   * deletion shows it.
+   */
+  private readonly tombstones = new Map<string, string | null>();
   private status: SidebarSnapshot["status"] = "idle";
   private nextCursor: string | null = null;
   /** Changes that arrive while a refresh is in flight, applied over its result. */
@@ -140,6 +156,7 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
   }
 
   upsert(chat: ChatSummary): void {
+    if (this.buried(chat)) return;
     const merged = mergeChat(this.chats.get(chat.id), chat);
     this.changes?.set(chat.id, merged);
     this.chats.set(chat.id, merged);
@@ -148,7 +165,37 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
 
   remove(chatId: string): void {
     this.changes?.set(chatId, null);
+    const createdAt = this.chats.get(chatId)?.createdAt ?? this.tombstones.get(chatId) ?? null;
+    this.tombstones.delete(chatId); // re-inserted last: the newest deletion is kept longest
+    this.tombstones.set(chatId, createdAt);
+    if (this.tombstones.size > MAX_TOMBSTONES) {
+      this.tombstones.delete(this.tombstones.keys().next().value as string);
+    }
     if (this.chats.delete(chatId)) this.rebuild();
+  }
+
+  /** Whether the chat is known to be deleted. */
+  isDeleted(chatId: string): boolean {
+    return this.tombstones.has(chatId);
+  }
+
+  /**
+   * The chat exists after all: this device created it, or read it (`chat:open`) after it was
+   * known to be deleted.
+   */
+  revive(chatId: string): void {
+    this.tombstones.delete(chatId);
+  }
+
+  /** An entry for a deleted chat, not a new chat created under its id later. */
+  private buried(chat: ChatSummary): boolean {
+    if (!this.tombstones.has(chat.id)) return false;
+    const createdAt = this.tombstones.get(chat.id);
+    if (createdAt && timeKey(chat.createdAt) > timeKey(createdAt)) {
+      this.tombstones.delete(chat.id);
+      return false;
+    }
+    return true;
   }
 
   /** Stream ids seen ending (bounded), so that a late start of one is ignored. */
@@ -216,6 +263,9 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
       this.rebuild();
     }
     this.changes = new Map();
+    // Deletions known before the listing was asked for: a listing that still shows the chat
+    // was read after the deletion, so the chat exists again (created anew under its id).
+    const buriedBefore = new Set(this.tombstones.keys());
     try {
       const loaded: ChatSummary[] = [];
       let cursor: string | null = null;
@@ -229,8 +279,10 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
       } while (cursor && loaded.length < target);
       const previous = new Map(this.chats);
       this.chats.clear();
-      this.rank = new Map(loaded.map((chat, i) => [chat.id, i]));
-      for (const chat of loaded) this.chats.set(chat.id, mergeChat(previous.get(chat.id), chat));
+      for (const chat of loaded) {
+        if (buriedBefore.has(chat.id)) this.tombstones.delete(chat.id);
+        this.chats.set(chat.id, mergeChat(previous.get(chat.id), chat));
+      }
       for (const [id, change] of this.changes) {
         if (change === null) this.chats.delete(id);
         else this.chats.set(id, mergeChat(this.chats.get(id), change));
@@ -249,9 +301,11 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
       try {
         const cursor = this.nextCursor;
         if (!cursor) return;
+        const buriedBefore = new Set(this.tombstones.keys());
         const page = await this.list({ limit: PAGE, cursor });
         for (const chat of page.chats) {
-          if (!this.rank.has(chat.id)) this.rank.set(chat.id, this.rank.size);
+          if (buriedBefore.has(chat.id)) this.tombstones.delete(chat.id);
+          else if (this.tombstones.has(chat.id)) continue; // deleted while the page was read
           this.chats.set(chat.id, mergeChat(this.chats.get(chat.id), chat));
         }
         this.nextCursor = page.nextCursor;
@@ -265,7 +319,7 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
 
   private rebuild(): void {
     const prev = this.getSnapshot();
-    const chats = [...this.chats.values()].sort((a, b) => compareChats(a, b, this.rank));
+    const chats = [...this.chats.values()].sort(compareChats);
     const hasMore = this.nextCursor !== null;
     if (prev.status === this.status && prev.hasMore === hasMore && sameItems(prev.chats, chats)) {
       return;

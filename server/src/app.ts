@@ -249,7 +249,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     streamStore,
     logger,
   );
-  const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
+  const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits, logger);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
   const serviceRole = new ServiceRoleService(

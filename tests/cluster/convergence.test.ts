@@ -23,6 +23,7 @@ let nodeA: TestServer;
 let nodeB: TestServer;
 const created: ChatClient[] = [];
 let redisUp = false;
+let prefix = "";
 
 function client(node: TestServer, userId: string): ChatClient {
   const c = createChatClient({ url: node.url, getToken: () => tokenFor(userId) });
@@ -35,7 +36,7 @@ beforeAll(async () => {
   redisUp = true;
   proxy = new TcpProxy(redis.port);
   await proxy.start();
-  const prefix = `conv-${randomBytes(4).toString("hex")}`;
+  prefix = `conv-${randomBytes(4).toString("hex")}`;
   // A beats fast; B notices a silent peer only after 4 of its own (slower) beats, so that A's
   // changes in the cut-off test are made before B gives A up.
   nodeA = await startTestServer({
@@ -47,7 +48,7 @@ beforeAll(async () => {
     redisUrl: redis.url,
     redisKeyPrefix: prefix,
     databaseUrl: nodeA.databaseUrl,
-    clusterHeartbeatMs: 750,
+    clusterHeartbeatMs: 1500,
   });
 });
 
@@ -157,6 +158,96 @@ async function changeOnA(
 }
 
 describe("a device that stays connected converges", () => {
+  test("a node that shuts down gracefully says goodbye: the others do not resync for it", async () => {
+    const userId = `user_conv_bye_${randomBytes(3).toString("hex")}`;
+    const b = client(nodeB, userId);
+    await untilState(b, "online");
+    const resyncs: string[] = [];
+    b.on("connection:resync", (e) => resyncs.push(e.reason));
+    const nodeC = await startTestServer({
+      redisUrl: redis.url,
+      redisKeyPrefix: prefix,
+      databaseUrl: nodeA.databaseUrl,
+      clusterHeartbeatMs: 200,
+    });
+    // B knows C once C's heartbeats arrive; a socket on C is seen from B through Redis.
+    const probe = await nodeC.connectAs(userId);
+    await eventually(async () => {
+      expect(await nodeB.app.io.in(`user:${userId}`).fetchSockets()).toHaveLength(2);
+    });
+    await new Promise((r) => setTimeout(r, 600)); // a few of C's beats reach B
+    probe.disconnect();
+    await nodeC.close();
+    // Longer than B's patience with a silent peer (4 beats of 1.5 s): C said goodbye.
+    await new Promise((r) => setTimeout(r, 7000));
+    expect(resyncs).toEqual([]);
+    expect(b.state).toBe("online");
+  });
+
+  test("a send whose commit succeeded but whose answer was lost: the other devices still see it", async () => {
+    const userId = `user_conv_lost_${randomBytes(3).toString("hex")}`;
+    // Node C reaches Postgres through a proxy that can swallow the database's answers.
+    const dbUrl = new URL(nodeA.databaseUrl);
+    const pgProxy = new TcpProxy(Number(dbUrl.port || 5432), dbUrl.hostname);
+    await pgProxy.start();
+    dbUrl.port = String(pgProxy.port);
+    const nodeC = await startTestServer({
+      redisUrl: redis.url,
+      redisKeyPrefix: prefix,
+      databaseUrl: dbUrl.toString(),
+      clusterHeartbeatMs: 200,
+    });
+    try {
+      const b = client(nodeB, userId);
+      await untilState(b, "online");
+      const { chat } = await b.createChat({ title: "Lost answer" });
+      await b.openChat({ chatId: chat.id });
+      const sender = await nodeC.connectAs(userId);
+      const states: string[] = [];
+      b.on("state", (state) => states.push(state));
+
+      // The insert is prepared on node C's connection first (a first run waits for Postgres to
+      // describe it, which would be held back too).
+      for (let i = 0; i < 3; i++) {
+        const warm = await sender
+          .timeout(10_000)
+          .emitWithAck("message:send", { chatId: chat.id, clientId: `warm-${i}`, content: "warm" });
+        expect(warm.ok).toBe(true);
+      }
+      await until(b.chat(chat.id), (snap) => snap.messages.length === 3, 5000, "the warm-up");
+      pgProxy.holdReplies();
+      const clientId = `lost-${randomBytes(4).toString("hex")}`;
+      const ack = sender
+        .timeout(10_000)
+        .emitWithAck("message:send", { chatId: chat.id, clientId, content: "committed" });
+      // Committed in the database, while node C has not heard back…
+      await eventually(async () => {
+        const rows = await nodeB.database.sql`
+          select 1 from chat_memory where session_id = ${chat.id} and client_id = ${clientId}`;
+        expect(rows).toHaveLength(1);
+      }, 10_000);
+      // …and never will: the connection breaks with the answer in it.
+      pgProxy.cut();
+      const answer = await ack;
+      expect(answer.ok).toBe(false);
+      pgProxy.restore();
+
+      // B's device learns of the message although node C never broadcast it.
+      await until(
+        b.chat(chat.id),
+        (snap) => snap.messages.some((m) => m.clientId === clientId),
+        CONVERGE_MS,
+        "the committed message on B's device",
+      );
+      await expectConverged(b, userId, chat.id);
+      expect(states).toEqual([]);
+      sender.disconnect();
+    } finally {
+      await nodeC.close();
+      await pgProxy.close();
+    }
+  });
+
   test("after Redis is killed and comes back (changes during the outage and right after)", async () => {
     const s = await setUp("redis");
     await redis.kill();
@@ -184,6 +275,8 @@ describe("a device that stays connected converges", () => {
     s.b.on("connection:resync", (e) => resyncs.push(e.reason));
     proxy.cut();
     await changeOnA(s.a, { open: s.open.id, doomed: s.doomed.id, renamed: s.renamed.id }, "cut");
+    // The changes were made before B gave A up (B waits 4 of its 1.5 s beats).
+    expect(resyncs).toEqual([]);
     // A never comes back in this part: B gives it up (its heartbeats stopped) and resyncs.
     await expectConverged(s.b, s.userId, s.open.id);
     expect(resyncs).toContain("PEER_LOST");

@@ -101,6 +101,7 @@ describe.each(adapterBackends)("on the $name adapter", (adapter) => {
         title: "Trip planning",
         lastMessage: null,
         lastSeq: 0,
+        version: 1,
         createdAt: expect.any(String),
         updatedAt: sameInstant(chat.createdAt),
         // No reply is being generated in a new chat.
@@ -150,6 +151,8 @@ describe.each(adapterBackends)("on the $name adapter", (adapter) => {
         title: "Live",
         lastMessage: { role: "user", content: "hello devices" },
         lastSeq: 1,
+        // Created at 1; the message's two trigger updates (seq, then preview) raise it twice.
+        version: 3,
         createdAt: chat.createdAt,
         updatedAt: sameInstant(message.createdAt),
       };

@@ -43,3 +43,26 @@ export function isUnavailable(err: unknown): boolean {
 
 /** Postgres: a foreign key refused the row (e.g. its parent was deleted meanwhile). */
 export const FOREIGN_KEY_VIOLATION = "23503";
+
+/**
+ * Errors after which a write may or may not have committed: the connection broke (or the
+ * backend was terminated) while the statement was on its way or running, so the commit may have
+ * happened with its answer lost. Not those that mean it never reached the database (refused,
+ * connect timeout, too many connections).
+ */
+const outcomeUnknownCodes = new Set([
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "57P01",
+  "57P02",
+  "57014",
+]);
+
+export function mayHaveCommitted(err: unknown): boolean {
+  const code = errorCode(err);
+  return code !== undefined && outcomeUnknownCodes.has(code);
+}

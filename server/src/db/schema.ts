@@ -88,6 +88,11 @@ export const chatSessions = pgTable(
     lastMessage: jsonb("last_message").$type<MessageJson>(),
     /** The highest `chat_memory.seq` handed out in this chat; the per-chat message counter. */
     lastSeq: bigint("last_seq", { mode: "number" }).notNull().default(0),
+    /**
+     * Raised by the database on every change to the row (a rename, each stored message): of two
+     * sidebar entries for one chat, the one with the higher version is newer (0010_chat_version).
+     */
+    version: bigint("version", { mode: "number" }).notNull().default(1),
   },
   (t) => [
     foreignKey({

@@ -35,10 +35,25 @@ export interface SubscribedAdapter {
   whenSubscribed(room: string): Promise<void>;
 }
 
+/**
+ * How long `whenSubscribed` waits at most. While Redis is down a subscription waits for it to
+ * come back; a command must not: it goes on, as with the classic adapter, and the cluster
+ * monitor has the devices resync once Redis is back.
+ */
+export const SUBSCRIBE_WAIT_MS = 1000;
+
 /** Waits for `adapter` to be subscribed to `room`, if it is an adapter that subscribes per room. */
 export function whenSubscribed(adapter: unknown, room: string): Promise<void> {
   const a = adapter as Partial<SubscribedAdapter> | undefined;
-  return a?.whenSubscribed ? a.whenSubscribed(room) : Promise.resolve();
+  const subscribed = a?.whenSubscribed?.(room);
+  if (!subscribed) return Promise.resolve();
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    subscribed,
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, SUBSCRIBE_WAIT_MS);
+    }),
+  ]).finally(() => clearTimeout(timer));
 }
 
 /**

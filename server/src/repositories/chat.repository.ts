@@ -17,6 +17,7 @@ const chatColumns = {
   updatedAt: chatSessions.updatedAt,
   lastMessage: chatSessions.lastMessage,
   lastSeq: chatSessions.lastSeq,
+  version: chatSessions.version,
   // JS dates keep milliseconds; Postgres keeps microseconds. The cursor needs them all.
   updatedUs: sql<string>`(extract(epoch from ${chatSessions.updatedAt}) * 1000000)::bigint::text`,
 };
@@ -38,6 +39,7 @@ type SidebarRow = {
   updated_at: string;
   last_message: MessageJson | null;
   last_seq: string;
+  version: string;
   updated_us: string;
   page_rows: string;
 };
@@ -76,6 +78,7 @@ export class ChatRepository {
     const query = sql<SidebarRow[]>`
       with recursive page as (
         select c.id, c.user_id, c.title, c.created_at, c.updated_at, c.last_message, c.last_seq,
+               c.version,
                (extract(epoch from c.updated_at) * 1000000)::bigint::text as updated_us
           from public.chat_sessions c
          where c.user_id = ${userId} ${position}
@@ -93,7 +96,7 @@ export class ChatRepository {
          where w.total <= ${maxBytes} and n.rn <= ${limit}
       )
       select n.id, n.user_id, n.title, n.created_at, n.updated_at, n.last_message, n.last_seq,
-             n.updated_us, n.page_rows
+             n.version, n.updated_us, n.page_rows
         from numbered n join walk w on w.rn = n.rn
        where n.rn = 1 or w.total <= ${maxBytes}
        order by n.updated_at desc, n.id desc`;
@@ -107,10 +110,38 @@ export class ChatRepository {
         updatedAt: new Date(r.updated_at),
         lastMessage: r.last_message,
         lastSeq: Number(r.last_seq),
+        version: Number(r.version),
         updatedUs: r.updated_us,
       })),
       hasMore: rows.length > 0 && Number(rows[0]?.page_rows) > rows.length,
     };
+  }
+
+  /**
+   * Chats as committed now, each only if it is its group's user's: the sidebar entries of a
+   * batch of stored messages, read after the commit (a chat deleted since is missing). One query
+   * for the whole batch; the pairs travel as one jsonb parameter (no array types, db/client.ts).
+   */
+  async findMany(pairs: { userId: string; chatId: string }[]): Promise<ChatRow[]> {
+    if (pairs.length === 0) return [];
+    const json = JSON.stringify(pairs.map((p) => ({ u: p.userId, s: p.chatId })));
+    const rows = await this.sql<Omit<SidebarRow, "page_rows">[]>`
+      select c.id, c.user_id, c.title, c.created_at, c.updated_at, c.last_message, c.last_seq,
+             c.version, (extract(epoch from c.updated_at) * 1000000)::bigint::text as updated_us
+        from public.chat_sessions c
+       where (c.id, c.user_id) in (select (e->>'s')::uuid, (e->>'u')::uuid
+                                     from jsonb_array_elements(${json}::jsonb) as t(e))`;
+    return rows.map((r) => ({
+      id: r.id,
+      userId: r.user_id,
+      title: r.title,
+      createdAt: new Date(r.created_at),
+      updatedAt: new Date(r.updated_at),
+      lastMessage: r.last_message,
+      lastSeq: Number(r.last_seq),
+      version: Number(r.version),
+      updatedUs: r.updated_us,
+    }));
   }
 
   async find(userId: string, chatId: string): Promise<ChatRow | undefined> {

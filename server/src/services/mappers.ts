@@ -53,6 +53,7 @@ export function toChatSummary(row: {
   title: string;
   lastMessage: MessageJson | null;
   lastSeq: number;
+  version: number;
   createdAt: Date;
   updatedAt: Date;
   /** updated_at in exact microseconds, when the query selected it (see db/time.ts). */
@@ -63,6 +64,7 @@ export function toChatSummary(row: {
     title: row.title,
     lastMessage: toMessageBody(row.lastMessage),
     lastSeq: row.lastSeq,
+    version: row.version,
     createdAt: row.createdAt.toISOString(),
     updatedAt: row.updatedUs ? isoFromMicros(row.updatedUs) : row.updatedAt.toISOString(),
   };

@@ -1,12 +1,15 @@
 import {
   type ChatMessage,
+  type ChatSummary,
   type CommandPayload,
   type CommandResults,
   ErrorCode,
   Limits,
   type MessageBody,
 } from "../../../protocol/index.js";
+import { mayHaveCommitted } from "../db/errors.js";
 import type { MessageJson } from "../db/schema.js";
+import type { Logger } from "../logger.js";
 import type { MessageRepository, StoredBatch } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";
@@ -60,6 +63,7 @@ export class MessageService {
     private readonly chats: ChatService,
     private readonly notifier: Notifier,
     private readonly rateLimits: RateLimits,
+    private readonly logger?: Logger,
   ) {}
 
   /**
@@ -135,12 +139,48 @@ export class MessageService {
           };
         }),
       );
+      const entries = await this.committedEntries(
+        chats.flatMap((sends, i) => {
+          const first = sends[0] as Pending;
+          const inserted = [...(stored[i]?.messages.values() ?? [])].some((m) => !m.duplicate);
+          return inserted ? [{ userId: first.actor.dbUserId, chatId: first.input.chatId }] : [];
+        }),
+      );
       chats.forEach((sends, i) => {
         const first = sends[0] as Pending;
-        this.settle(first.actor, first.input.chatId, sends, stored[i]);
+        this.settle(first.actor, first.input.chatId, sends, stored[i], entries);
       });
     } catch (err) {
       for (const p of batch) p.reject(err);
+      // The batch may have committed with its answer lost: a retry then finds its messages
+      // stored (`duplicate: true`) and broadcasts nothing, so the users' other devices are told
+      // to resynchronise instead.
+      if (mayHaveCommitted(err)) {
+        for (const userId of new Set(batch.map((p) => p.actor.userId))) {
+          this.notifier.resyncUser(userId);
+        }
+      }
+    }
+  }
+
+  /**
+   * The sidebar entries of the chats the batch stored messages in, read back after the commit
+   * (ChatService.committed), with one retry. Undefined when that failed: the messages are
+   * stored and acked all the same, and their users' devices are told to resynchronise.
+   */
+  private async committedEntries(
+    pairs: { userId: string; chatId: string }[],
+  ): Promise<Map<string, ChatSummary> | undefined> {
+    if (pairs.length === 0) return new Map();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.chats.committed(pairs);
+      } catch (err) {
+        if (attempt >= 2) {
+          this.logger?.warn({ err, chats: pairs.length }, "could not read back sidebar entries");
+          return undefined;
+        }
+      }
     }
   }
 
@@ -149,6 +189,7 @@ export class MessageService {
     chatId: string,
     batch: Pending[],
     stored: StoredBatch | undefined,
+    entries: Map<string, ChatSummary> | undefined,
   ): void {
     if (!stored) {
       for (const p of batch) p.reject(notFound());
@@ -181,17 +222,12 @@ export class MessageService {
     if (created.length === 0) return;
     created.sort((a, b) => a.message.seq - b.message.seq);
     for (const c of created) this.notifier.messageCreated(actor.userId, c.message);
-    const last = created.at(-1) as (typeof created)[number];
-    // The triggers set the chat's preview to the last message and updated_at to its
-    // created_at (one transaction, one now()), so the sidebar entry needs no other query.
-    this.notifier.chatUpdated(actor.userId, {
-      id: chatId,
-      title: stored.chat.title,
-      lastMessage: last.body,
-      lastSeq: last.message.seq,
-      createdAt: stored.chat.createdAt.toISOString(),
-      updatedAt: stored.updatedAt ?? last.message.createdAt,
-    });
+    // The entry as committed (with its version), or nothing when the chat was deleted since.
+    if (!entries) this.notifier.resyncUser(actor.userId);
+    else {
+      const entry = entries.get(chatId);
+      if (entry) this.notifier.chatUpdated(actor.userId, entry);
+    }
     this.notifier.statsChanged(actor.userId);
   }
 
