@@ -438,6 +438,37 @@ for (const backend of ["memory", "redis"] as const) {
       expect(rec.of("message:created")).toHaveLength(2);
     });
 
+    test("a finish whose node stored the reply but died before recording it: the sweep repeats message:created and marks it finished", async () => {
+      const uid = userId(`fin_stored_${backend}`);
+      const d = await server.connectAs(uid);
+      const chatId = await chatOpenOn(d, [d]);
+      const store = Reflect.get(server.app.services.streams, "store") as StreamStore;
+      const streamId = await startStream(uid, chatId);
+      await chunk(streamId, 0, "Stored");
+      const claimed = await store.transition(streamId, "active", "finishing", {
+        deadline: Date.now() - 1,
+        ttlMs: 60_000,
+        finishContent: null,
+      });
+      expect(claimed.ok).toBe(true);
+      // The dying node's write reached the database (its broadcast may not have gone out).
+      const posted = await api.post<{ message: ChatMessage }>(
+        `/users/${uid}/chats/${chatId}/messages`,
+        { clientId: streamId, role: "assistant", content: "Stored" },
+      );
+      expect(posted.status).toBe(201);
+      const rec = recordEvents(d);
+      await server.app.services.streams.sweep();
+      await eventually(() => {
+        const created = rec.of<{ message: ChatMessage }>("message:created").map((e) => e.message);
+        expect(created).toEqual([posted.body.message]);
+      });
+      expect(rec.of("message:failed")).toEqual([]);
+      const view = await api.get<{ stream: { status: string } }>(`/streams/${streamId}`);
+      expect(view.body.stream.status).toBe("finished");
+      expect((await rowsOf(chatId)).map((r) => r.client_id)).toEqual([streamId]);
+    });
+
     test("coalescing: one delta per flush instead of one per chunk, with the same text", async () => {
       const uid = userId(`coalesce_${backend}`);
       const plain = await startTestServer({
