@@ -619,6 +619,85 @@ describe("a node killed mid-stream", () => {
   });
 });
 
+describe("a node killed while storing a finish", () => {
+  test("SIGKILL inside the finish: another node's sweep stores the reply the finish asked for, once; devices get message:created; the retried finish is a duplicate", async () => {
+    // Its finishes hold a lease of the stream timeout plus twice its command timeout (4 s).
+    const c = await startNode(tdb.url, { ...env, COMMAND_TIMEOUT_MS: "1000" });
+    const locker = openSql(tdb.url);
+    try {
+      const uid = userId("bb_killed_finish");
+      const d = await on(a, uid);
+      const rd = record(d);
+      const { chat } = await ok(d, "chat:create", { title: "Killed finishing" });
+      const chatId = chat.id;
+      await ok(d, "chat:open", { chatId });
+      const streamId = (await start(c, uid, chatId)).stream.streamId as string;
+      expect((await chunk(c, streamId, 0, "Draft ")).status).toBe(200);
+      // The database holds the finish's write (a table lock), so node c is killed inside it.
+      let release: () => void = () => {};
+      const released = new Promise<void>((r) => {
+        release = r;
+      });
+      let locked: () => void = () => {};
+      const isLocked = new Promise<void>((r) => {
+        locked = r;
+      });
+      const holding = locker.begin(async (tx) => {
+        await tx`lock table chat_memory in access exclusive mode`;
+        locked();
+        await released;
+      });
+      await isLocked;
+      const finishing = serviceClient(c.url, KEY)
+        .post(`/streams/${streamId}/finish`, { content: "The final reply." })
+        .catch(() => undefined);
+      await eventually(async () => {
+        const view = await serviceClient(b.url, KEY).get<{ stream: { status: string } }>(
+          `/streams/${streamId}`,
+        );
+        expect(view.body.stream.status).toBe("finishing");
+      });
+      await c.kill();
+      release();
+      await holding;
+      await finishing;
+
+      // The backend retries its finish on another node until it is answered (503 meanwhile).
+      let retried: { status: number; body: { message: ChatMessage; duplicate: boolean } };
+      const until = Date.now() + 30_000;
+      for (;;) {
+        retried = await serviceClient(b.url, KEY).post<{
+          message: ChatMessage;
+          duplicate: boolean;
+        }>(`/streams/${streamId}/finish`, { content: "The final reply." });
+        if (retried.status !== 503 || Date.now() > until) break;
+      }
+      expect(retried.status, JSON.stringify(retried.body)).toBe(200);
+      expect(retried.body).toMatchObject({
+        duplicate: true,
+        message: { clientId: streamId, content: "The final reply." },
+      });
+      await eventually(() => {
+        const created = rd.of<{ message: ChatMessage }>("message:created");
+        expect(created.map((e) => e.message.seq)).toContain(retried.body.message.seq);
+        expect(created.every((e) => e.message.id === retried.body.message.id)).toBe(true);
+        expect(
+          rd.of<{ active: boolean }>("chat:generating", streamId).filter((g) => !g.active),
+        ).not.toHaveLength(0);
+      }, 15_000);
+      expect(rd.of("message:failed", streamId)).toEqual([]);
+      expect(await rowsOf(streamId)).toEqual([{ content: "The final reply.", stopped: false }]);
+      const view = await serviceClient(a.url, KEY).get<{ stream: { status: string } }>(
+        `/streams/${streamId}`,
+      );
+      expect(view.body.stream.status).toBe("finished");
+    } finally {
+      await c.kill();
+      await locker.end({ timeout: 5 });
+    }
+  }, 90_000);
+});
+
 describe("a node stopped gracefully mid-stream (SIGTERM)", () => {
   test("it sends the text it still holds before it exits: devices see no hole; the stream goes on elsewhere", async () => {
     const c = await startNode(tdb.url, env);

@@ -2,7 +2,7 @@
  * Streamed replies across nodes and through faults: a stop on one node of a stream fed through
  * another; a node that goes away mid-stream (another node carries on, or abandons the stream);
  * a node that died in the middle of a stop (the sweeper of another node stores the partial
- * reply); Redis restarting mid-stream with its data lost (documented outcome: 503 while it is
+ * reply) or of a finish (it stores the reply the finish asked for, once); Redis restarting mid-stream with its data lost (documented outcome: 503 while it is
  * down, then 404, and the backend posts the reply whole with clientId = streamId).
  */
 import { randomBytes } from "node:crypto";
@@ -145,6 +145,77 @@ describe("two nodes over Redis", () => {
     const view = await api.get<{ stream: { status: string } }>(`/streams/${streamId}`);
     expect(view.body.stream.status).toBe("stopped");
     expect(await sql`select 1 from chat_memory where session_id = ${chatId}`).toHaveLength(1);
+  });
+
+  test("a node that died while storing a finish: another node's sweeper stores the reply once, the retried finish is a duplicate", async () => {
+    const uid = userId("sc_halffinish");
+    const d1 = await owner.connectAs(uid);
+    const d2 = await other.connectAs(uid);
+    const chatId = await chatOpenOn(d1, [d1, d2]);
+    await clusterSees(rooms.chat(chatId), 2);
+    const recs = [recordEvents(d1), recordEvents(d2)];
+    const api = serviceClient(owner.url, KEY);
+    const retryApi = serviceClient(other.url, KEY);
+    const [plain, over] = [await started(api, uid, chatId), await started(api, uid, chatId)];
+    for (const s of [plain, over]) {
+      for (const [i, w] of ["So ", "far"].entries()) {
+        expect((await api.post(`/streams/${s}/chunks`, { index: i, delta: w })).status).toBe(200);
+      }
+    }
+    // What a node leaves behind when it dies right after claiming a finish: `finishing` (with
+    // the finish's content, when it gave one), the reply not stored.
+    const redis = new Redis(testRedisUrl, { maxRetriesPerRequest: 1 });
+    try {
+      const store = new RedisStreamStore(redis, prefix);
+      for (const [s, finishContent] of [
+        [plain, null],
+        [over, "The whole reply"],
+      ] as const) {
+        const claimed = await store.transition(s, "active", "finishing", {
+          deadline: Date.now() + 300,
+          ttlMs: 60_000,
+          finishContent,
+        });
+        expect(claimed.ok).toBe(true);
+      }
+    } finally {
+      redis.disconnect();
+    }
+    // The backend retries its finish on the other node: it waits for the finish in progress,
+    // which the sweepers (every 200 ms here) complete once the lease has passed.
+    const [a, b] = await Promise.all([
+      retryApi.post<{ message: ChatMessage; duplicate: boolean }>(`/streams/${plain}/finish`, {}),
+      retryApi.post<{ message: ChatMessage; duplicate: boolean }>(`/streams/${over}/finish`, {
+        content: "The whole reply",
+      }),
+    ]);
+    expect([a.status, b.status], JSON.stringify([a.body, b.body])).toEqual([200, 200]);
+    expect(a.body).toMatchObject({
+      duplicate: true,
+      message: { clientId: plain, content: "So far" },
+    });
+    expect(b.body).toMatchObject({
+      duplicate: true,
+      message: { clientId: over, content: "The whole reply" },
+    });
+    for (const rec of recs) {
+      await eventually(() => {
+        const created = rec.of<{ message: ChatMessage }>("message:created").map((e) => e.message);
+        expect(created.map((m) => [m.clientId, m.content]).sort()).toEqual(
+          [
+            [over, "The whole reply"],
+            [plain, "So far"],
+          ].sort(),
+        );
+      }, 10_000);
+      expect(rec.of("message:failed")).toEqual([]);
+    }
+    const again = await api.post<{ duplicate: boolean }>(`/streams/${plain}/finish`, {});
+    expect(again.status).toBe(200);
+    expect(again.body.duplicate).toBe(true);
+    const rows = await sql<{ client_id: string }[]>`
+      select client_id from chat_memory where session_id = ${chatId}`;
+    expect(rows.map((r) => r.client_id).sort()).toEqual([over, plain].sort());
   });
 
   test("a node that goes away mid-stream: the other node carries on, or abandons the stream", async () => {

@@ -17,6 +17,7 @@ import type {
   MessageStopped,
   StreamSnapshot,
 } from "../../protocol/index.js";
+import type { StreamStore } from "../../server/src/repositories/stream.repository.js";
 import type { AppEvents } from "../../server/src/services/app-events.js";
 import {
   type ClientSocket,
@@ -368,6 +369,104 @@ for (const backend of ["memory", "redis"] as const) {
         expect(stopped.size + failed.length + finishedIds.length).toBe(rounds);
       });
       expect(outcomes.size).toBeGreaterThan(1);
+    });
+
+    test("a finish whose node stopped while storing it: the sweep stores exactly what it asked, once; a retry is a duplicate", async () => {
+      const uid = userId(`fin_sweep_${backend}`);
+      const d = await server.connectAs(uid);
+      const chatId = await chatOpenOn(d, [d]);
+      const rec = recordEvents(d);
+      const store = Reflect.get(server.app.services.streams, "store") as StreamStore;
+      const [over, plain] = [await startStream(uid, chatId), await startStream(uid, chatId)];
+      for (const s of [over, plain]) {
+        await chunk(s, 0, "Hel");
+        await chunk(s, 1, "lo");
+      }
+      // What a finish leaves behind when its node dies right after claiming the stream:
+      // `finishing`, with the content it was given (or none: the chunks), its lease passed.
+      for (const [s, finishContent] of [
+        [over, "Hello, world"],
+        [plain, null],
+      ] as const) {
+        const claimed = await store.transition(s, "active", "finishing", {
+          deadline: Date.now() - 1,
+          ttlMs: 60_000,
+          finishContent,
+        });
+        expect(claimed.ok).toBe(true);
+      }
+      await server.app.services.streams.sweep();
+      await eventually(() => {
+        const created = rec.of<{ message: ChatMessage }>("message:created").map((e) => e.message);
+        expect(created.map((m) => [m.clientId, m.content]).sort()).toEqual(
+          [
+            [over, "Hello, world"],
+            [plain, "Hello"],
+          ].sort(),
+        );
+        const ended = rec.of<ChatGenerating>("chat:generating").filter((g) => !g.active);
+        expect(ended.map((g) => g.streamId).sort()).toEqual([over, plain].sort());
+      });
+      expect(rec.of("message:failed")).toEqual([]);
+      for (const s of [over, plain]) {
+        const view = await api.get<{ stream: { status: string } }>(`/streams/${s}`);
+        expect(view.body.stream.status).toBe("finished");
+      }
+      // The backend's retried finish: the stored reply, as a duplicate; nothing stored twice.
+      const created = rec.of<{ message: ChatMessage }>("message:created").map((e) => e.message);
+      const retried = await api.post<{ message: ChatMessage; duplicate: boolean }>(
+        `/streams/${over}/finish`,
+        { content: "Hello, world" },
+      );
+      expect(retried.status, JSON.stringify(retried.body)).toBe(200);
+      expect(retried.body).toMatchObject({ duplicate: true });
+      expect(retried.body.message.id).toBe(created.find((m) => m.clientId === over)?.id);
+      const bare = await api.post<{ message: ChatMessage; duplicate: boolean }>(
+        `/streams/${plain}/finish`,
+        {},
+      );
+      expect(bare.status, JSON.stringify(bare.body)).toBe(200);
+      expect(bare.body).toMatchObject({ duplicate: true, message: { content: "Hello" } });
+      // Another sweep (another node's, or this one's again) finds nothing left to do.
+      expect(await server.app.services.streams.sweep()).toBe(0);
+      expect((await rowsOf(chatId)).map((r) => [r.client_id, r.content]).sort()).toEqual(
+        [
+          [over, "Hello, world"],
+          [plain, "Hello"],
+        ].sort(),
+      );
+      expect(rec.of("message:created")).toHaveLength(2);
+    });
+
+    test("a finish whose node stored the reply but died before recording it: the sweep repeats message:created and marks it finished", async () => {
+      const uid = userId(`fin_stored_${backend}`);
+      const d = await server.connectAs(uid);
+      const chatId = await chatOpenOn(d, [d]);
+      const store = Reflect.get(server.app.services.streams, "store") as StreamStore;
+      const streamId = await startStream(uid, chatId);
+      await chunk(streamId, 0, "Stored");
+      const claimed = await store.transition(streamId, "active", "finishing", {
+        deadline: Date.now() - 1,
+        ttlMs: 60_000,
+        finishContent: null,
+      });
+      expect(claimed.ok).toBe(true);
+      // The dying node's write reached the database (its broadcast may not have gone out).
+      const posted = await api.post<{ message: ChatMessage }>(
+        `/users/${uid}/chats/${chatId}/messages`,
+        { clientId: streamId, role: "assistant", content: "Stored" },
+      );
+      expect(posted.status).toBe(201);
+      const rec = recordEvents(d);
+      await server.app.services.streams.sweep();
+      await eventually(() => {
+        const created = rec.of<{ message: ChatMessage }>("message:created").map((e) => e.message);
+        expect(created).toEqual([posted.body.message]);
+      });
+      expect(rec.of("message:failed")).toEqual([]);
+      const view = await api.get<{ stream: { status: string } }>(`/streams/${streamId}`);
+      expect(view.body.stream.status).toBe("finished");
+      expect((await rowsOf(chatId)).map((r) => r.client_id)).toEqual([streamId]);
     });
 
     test("coalescing: one delta per flush instead of one per chunk, with the same text", async () => {

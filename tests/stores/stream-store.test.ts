@@ -44,6 +44,7 @@ function record(chatId: string, streamId: string, startedAt: number): StreamReco
     deadline: startedAt + 1000,
     failureReason: null,
     failureMessage: null,
+    finishContent: null,
   };
 }
 
@@ -160,6 +161,55 @@ describe.each(stores)("$name stream store", ({ name, make }) => {
     expect(again.filter((r) => r.chatId === chat)).toEqual([]);
     expect((await store.openStreams(chat)).map((r) => r.streamId)).toEqual([fresh]);
     expect(await store.get(open)).toMatchObject({ status: "failed", failureReason: "ABANDONED" });
+  });
+
+  test("an overdue finishing stream is re-leased to one sweeper with the finish's content", async () => {
+    const store = await make();
+    const chat = id("chat");
+    const now = Date.now();
+    const [over, plain] = [id("override"), id("plain")];
+    await store.create(record(chat, over, now - 5000), TTL);
+    await store.create(record(chat, plain, now - 5000), TTL);
+    for (const s of [over, plain]) {
+      await store.append(s, 0, ["chunks"], { maxLength: 100, deadline: now - 100, ttlMs: TTL });
+    }
+    await store.transition(over, "active", "finishing", {
+      ttlMs: TTL,
+      deadline: now - 50,
+      finishContent: "the final text",
+    });
+    await store.transition(plain, "active", "finishing", {
+      ttlMs: TTL,
+      deadline: now - 50,
+      finishContent: null,
+    });
+
+    const swept = await store.expire(now, 100, TTL, failure, now + 10_000);
+    const mine = swept.filter((r) => r.chatId === chat);
+    expect(mine.map((r) => [r.streamId, r.status, r.content, r.finishContent]).sort()).toEqual(
+      [
+        [over, "finishing", "chunks", "the final text"],
+        [plain, "finishing", "chunks", null],
+      ].sort(),
+    );
+    expect(mine.every((r) => r.deadline === now + 10_000)).toBe(true);
+    // Still open (being finished), and handed to one sweeper only within the new lease.
+    expect((await store.openStreams(chat)).map((r) => r.streamId).sort()).toEqual(
+      [over, plain].sort(),
+    );
+    const again = await store.expire(now + 1, 100, TTL, failure, now + 20_000);
+    expect(again.filter((r) => r.chatId === chat)).toEqual([]);
+    // Going back to active clears the override; the chunks are untouched.
+    await store.transition(over, "finishing", "active", {
+      ttlMs: TTL,
+      deadline: now + 60_000,
+      finishContent: null,
+    });
+    expect(await store.get(over)).toMatchObject({
+      status: "active",
+      content: "chunks",
+      finishContent: null,
+    });
   });
 });
 

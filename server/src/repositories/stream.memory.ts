@@ -115,11 +115,12 @@ export class MemoryStreamStore implements StreamStore {
       }
       const r = entry.record;
       if (r.deadline > now) continue;
-      if (OPEN_STATUSES.has(r.status)) {
+      if (r.status === "active") {
         applyTransition(r, "failed", { ttlMs, failure });
         this.put(r, ttlMs);
-      } else if (r.status === "stopping") {
+      } else if (r.status === "finishing" || r.status === "stopping") {
         r.deadline = leaseUntil;
+        this.put(r, leaseUntil - now + ttlMs);
       } else {
         continue;
       }
@@ -159,6 +160,7 @@ export function applyTransition(
     r.content = options.content;
     r.length = options.content.length;
   }
+  if (options.finishContent !== undefined) r.finishContent = options.finishContent;
   if (options.failure) {
     r.failureReason = options.failure.reason;
     r.failureMessage = options.failure.message;

@@ -66,7 +66,7 @@ return {'ok', applied, nextIndex + applied, st[4], length + added}`;
 
 // KEYS: stream, deadlines.
 // ARGV: id, from, to, ttl, deadline|'', hasContent, content, contentLength, reason|'', message,
-//       chat-streams prefix
+//       chat-streams prefix, finishContent mode ('' leave, 'set', 'clear'), finishContent
 const TRANSITION = `${KEEP}
 local st = redis.call('HMGET', KEYS[1], 'status', 'chatId', 'startedAt')
 if not st[1] then return {'missing'} end
@@ -77,6 +77,11 @@ if ARGV[6] == '1' then
 end
 if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[1], 'failureReason', ARGV[9], 'failureMessage', ARGV[10])
+end
+if ARGV[12] == 'set' then
+  redis.call('HSET', KEYS[1], 'finishContent', ARGV[13])
+elseif ARGV[12] == 'clear' then
+  redis.call('HDEL', KEYS[1], 'finishContent')
 end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'deadline', ARGV[5])
@@ -104,17 +109,17 @@ local out = {}
 for _, id in ipairs(ids) do
   local key = ARGV[4] .. id
   local st = redis.call('HMGET', key, 'status', 'deadline', 'chatId')
-  local open = st[1] == 'active' or st[1] == 'finishing'
-  if (open or st[1] == 'stopping') and tonumber(st[2]) > now then
+  local leased = st[1] == 'finishing' or st[1] == 'stopping'
+  if (st[1] == 'active' or leased) and tonumber(st[2]) > now then
     redis.call('ZADD', KEYS[1], st[2], id)
-  elseif open then
+  elseif st[1] == 'active' then
     redis.call('ZREM', KEYS[1], id)
     redis.call('HSET', key, 'status', 'failed', 'failureReason', ARGV[5],
       'failureMessage', ARGV[6])
     redis.call('PEXPIRE', key, ARGV[3])
     redis.call('ZREM', ARGV[7] .. st[3], id)
     out[#out + 1] = redis.call('HGETALL', key)
-  elseif st[1] == 'stopping' then
+  elseif leased then
     redis.call('HSET', key, 'deadline', lease)
     redis.call('ZADD', KEYS[1], lease, id)
     redis.call('PEXPIRE', key, lease - now + tonumber(ARGV[3]))
@@ -354,6 +359,8 @@ export class RedisStreamStore implements StreamStore {
       options.failure?.reason ?? "",
       options.failure?.message ?? "",
       g.chatPrefix,
+      options.finishContent === undefined ? "" : options.finishContent === null ? "clear" : "set",
+      options.finishContent ?? "",
     );
     if (reply[0] === "ok") return { ok: true, record: fromFlat(reply[1] as Reply) };
     if (reply[0] === "status") return { ok: false, status: reply[1] as StreamStatus };
@@ -453,5 +460,6 @@ function fromHash(h: Record<string, string>): StreamRecord {
     deadline: Number(h.deadline ?? 0),
     failureReason: h.failureReason ?? null,
     failureMessage: h.failureMessage ?? null,
+    finishContent: h.finishContent ?? null,
   };
 }

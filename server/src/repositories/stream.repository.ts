@@ -29,8 +29,8 @@
  * `active` → `finishing` → `finished` (stored), `active` → `failed` (by the backend or
  * abandoned), `active` → `stopping` → `stopped` (a user's `message:stop`: the text so far is
  * being stored). `finishing` and `stopping` hold a lease (`deadline`): a node that dies inside
- * one leaves it to the sweeper, which fails a `finishing` stream and finishes storing a
- * `stopping` one.
+ * one leaves it to the sweeper, which finishes storing the reply (a `finishing` stream's
+ * `finishContent`, or else its chunks; a `stopping` one's text so far).
  */
 export type StreamStatus = "active" | "finishing" | "finished" | "failed" | "stopping" | "stopped";
 
@@ -61,6 +61,11 @@ export interface StreamRecord {
   deadline: number;
   failureReason: string | null;
   failureMessage: string | null;
+  /**
+   * The content a finish in progress (`finishing`) asked to store instead of the chunks, so
+   * that the sweeper stores exactly that if the finishing node dies; null otherwise.
+   */
+  finishContent: string | null;
 }
 
 export type AppendOutcome =
@@ -82,6 +87,8 @@ export interface TransitionOptions {
   /** Replaces the content (and its length). */
   content?: string | undefined;
   failure?: { reason: string; message: string } | undefined;
+  /** Sets (a string) or clears (null) `finishContent`; undefined leaves it. */
+  finishContent?: string | null | undefined;
 }
 
 export interface StreamStore {
@@ -107,10 +114,10 @@ export interface StreamStore {
     options: TransitionOptions,
   ): Promise<TransitionOutcome>;
   /**
-   * Takes up to `limit` streams whose deadline is at or before `now`: active or finishing ones
-   * are marked failed (with `failure`, kept `ttlMs`); stopping ones (their stored reply is not
-   * recorded yet) keep their status and get the new deadline `leaseUntil`, for the caller to
-   * finish storing them. Returns them (status after the change). Each stream is returned by one
+   * Takes up to `limit` streams whose deadline is at or before `now`: active ones are marked
+   * failed (with `failure`, kept `ttlMs`); finishing and stopping ones (their stored reply is
+   * not recorded yet: the node storing it died or could not) keep their status and get the new
+   * deadline `leaseUntil`, for the caller to finish storing them. Returns them (status after the change). Each stream is returned by one
    * call only, whichever node makes it.
    */
   expire(

@@ -129,6 +129,7 @@ export class StreamService {
       deadline: now + this.options.timeoutMs,
       failureReason: null,
       failureMessage: null,
+      finishContent: null,
     };
     const { created, record: stored } = await this.guard(
       this.store.create(record, this.options.timeoutMs + this.retentionMs),
@@ -215,12 +216,23 @@ export class StreamService {
   /**
    * Stores the reply once (MessageService.post, clientId = streamId), which broadcasts
    * `message:created`. `content`, when given, is stored instead of the chunks (the final text).
-   * A retried finish returns the stored message with `duplicate: true`.
+   * A retried finish returns the stored message with `duplicate: true`. The claim records
+   * `content` in the stream, so that if this node dies while storing, the sweeper of any node
+   * stores exactly that once the lease has passed (and a retry then gets it as a duplicate).
    */
   async finish(
     streamId: string,
     content: string | undefined,
   ): Promise<CommandResults["message:send"]> {
+    // An invalid override is refused before the claim, so the stream never records one.
+    if (content !== undefined) {
+      const valid = contentSchema.safeParse(content);
+      if (!valid.success) {
+        throw new AppError(ErrorCode.INVALID_PAYLOAD, "content is invalid", {
+          details: valid.error.issues.map((i) => ({ path: "content", message: i.message })),
+        });
+      }
+    }
     let record: StreamRecord;
     // A finish already storing the reply (a retry racing it, on this node or another) is waited
     // for, then answered like a retry after it: the stored reply (`duplicate: true`).
@@ -236,6 +248,7 @@ export class StreamService {
           this.store.transition(streamId, "active", "finishing", {
             deadline: Date.now() + this.options.timeoutMs + this.finishLeaseMs,
             ttlMs: this.options.timeoutMs + this.finishLeaseMs + this.retentionMs,
+            finishContent: content ?? null,
           }),
         );
         if (claimed.ok) {
@@ -258,6 +271,7 @@ export class StreamService {
     if (!valid.success) {
       await this.settle(streamId, "finishing", "active", {
         deadline: Date.now() + this.options.timeoutMs,
+        finishContent: null,
       });
       throw new AppError(
         ErrorCode.INVALID_PAYLOAD,
@@ -286,11 +300,15 @@ export class StreamService {
         // Transient (database unavailable) or a conflict: the backend may retry the finish.
         await this.settle(streamId, "finishing", "active", {
           deadline: Date.now() + this.options.timeoutMs,
+          finishContent: null,
         });
       }
       throw err;
     }
-    await this.settle(streamId, "finishing", "finished", { content: result.message.content });
+    await this.settle(streamId, "finishing", "finished", {
+      content: result.message.content,
+      finishContent: null,
+    });
     this.generatingEnded(record);
     return result;
   }
@@ -387,10 +405,10 @@ export class StreamService {
   }
 
   /**
-   * Marks the streams whose deadline has passed as failed (ABANDONED) and broadcasts
-   * `message:failed` for each; finishes storing stopped replies whose storing did not complete
-   * (a node that died, or Postgres down at the stop). Every node runs this; the store hands each
-   * stream to one node.
+   * Marks the active streams whose deadline has passed as failed (ABANDONED) and broadcasts
+   * `message:failed` for each; finishes storing the replies whose storing did not complete (a
+   * node that died inside a finish or a stop, or Postgres down at the stop). Every node runs
+   * this; the store hands each stream to one node.
    */
   async sweep(now = Date.now()): Promise<number> {
     const seconds = Math.round(this.options.timeoutMs / 100) / 10;
@@ -409,6 +427,10 @@ export class StreamService {
       );
       const stops: Promise<unknown>[] = [];
       for (const r of expired) {
+        if (r.status === "finishing") {
+          stops.push(this.storeFinishing(r, failure));
+          continue;
+        }
         if (r.status === "stopping") {
           // Devices may have missed the stop if its node died at once: told again (idempotent).
           // So is the backend, whose event may not have been recorded (at least once).
@@ -442,7 +464,7 @@ export class StreamService {
       this.sweeping = true;
       this.sweep()
         .then((n) => {
-          if (n > 0) this.logger.info({ streams: n }, "abandoned streams marked failed");
+          if (n > 0) this.logger.info({ streams: n }, "overdue streams failed or stored");
         })
         .catch((err: unknown) => this.logger.warn({ err: String(err) }, "stream sweep failed"))
         .finally(() => {
@@ -541,6 +563,69 @@ export class StreamService {
       await this.settle(record.streamId, "stopping", "stopped", {});
     }
     return message;
+  }
+
+  /**
+   * Stores the reply of a finish whose node died (or whose storing did not complete) once its
+   * lease has passed: the finish's content override, or else the chunks, once (clientId =
+   * streamId), then `finished`. Devices get `message:created`, again when the dead node had
+   * stored it already (it may have died before broadcasting). A stream with nothing to store is
+   * failed like an abandoned one; with the database unavailable it stays `finishing`, and the
+   * next sweep after the new lease tries again.
+   */
+  private async storeFinishing(
+    record: StreamRecord,
+    abandoned: { reason: StreamFailureReason; message: string },
+  ): Promise<void> {
+    this.deltas.flush(record.streamId);
+    const text = record.finishContent ?? record.content;
+    let failure: { reason: StreamFailureReason; message: string } = abandoned;
+    if (contentSchema.safeParse(text).success) {
+      try {
+        const result = await this.storeReply(record, text);
+        if (result.duplicate) this.notifier.messageCreated(record.userId, result.message);
+        await this.settle(record.streamId, "finishing", "finished", {
+          content: result.message.content,
+          finishContent: null,
+        });
+        this.generatingEnded(record);
+        return;
+      } catch (err) {
+        const code = err instanceof AppError ? err.code : undefined;
+        if (code !== ErrorCode.NOT_FOUND && code !== ErrorCode.CONFLICT) {
+          this.logger.warn(
+            { streamId: record.streamId, err: String(err) },
+            "could not store a finished reply; the sweeper will retry",
+          );
+          return;
+        }
+        failure = {
+          reason: StreamFailureReason.FAILED,
+          message:
+            code === ErrorCode.NOT_FOUND
+              ? "The chat no longer exists"
+              : "This streamId was already used for a different message in this chat",
+        };
+      }
+    }
+    let outcome: Awaited<ReturnType<StreamStore["transition"]>>;
+    try {
+      outcome = await this.store.transition(record.streamId, "finishing", "failed", {
+        ttlMs: this.retentionMs,
+        failure,
+      });
+    } catch (err) {
+      this.logger.warn({ streamId: record.streamId, err: String(err) }, "could not fail a stream");
+      return;
+    }
+    if (!outcome.ok) return;
+    this.notifier.messageFailed({
+      streamId: record.streamId,
+      chatId: record.chatId,
+      reason: failure.reason,
+      message: failure.message,
+    });
+    this.generatingEnded(record);
   }
 
   /** A transition after the decisive step; losing it to a concurrent change is only logged. */
