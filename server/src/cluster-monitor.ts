@@ -29,6 +29,9 @@ import type { RedisClient } from "./redis/client.js";
 
 /** Heartbeats a peer (or this node's own) may miss before it counts as lost. */
 export const LOST_AFTER_BEATS = 4;
+/** After a reconnect, a second resync this many beats later (see onHeartbeat). */
+const SETTLE_BEATS = 2;
+
 /** Triggers this close together are one resync. */
 const MERGE_MS = 50;
 /** A lost peer is forgotten after this long (a node that restarts has a new id). */
@@ -213,6 +216,15 @@ export class ClusterMonitor {
       if (this.broken) {
         this.broken = false;
         this.trigger(ResyncReason.CLUSTER_RECONNECTED);
+        // The echo proves the heartbeat channel, not that every room channel is subscribed
+        // again: ioredis restores those on its own, a few round trips later, and a broadcast
+        // published in between is lost without any failure to count. A second resync once
+        // that window is over covers it.
+        const settle = setTimeout(
+          () => this.trigger(ResyncReason.CLUSTER_RECONNECTED),
+          this.options.heartbeatMs * SETTLE_BEATS,
+        );
+        settle.unref();
       }
       return;
     }
