@@ -291,6 +291,11 @@ export function parseClusterNodes(entries: readonly string[]): RedisClusterConfi
 /** Typed configuration of one server node. */
 export interface Config {
   env: Env["NODE_ENV"];
+  /**
+   * The environment as read, for the development assistant (docs/assistant.md), which reads its
+   * own variables (OPENAI_BASE_URL, …) with its own config module, as it does when run alone.
+   */
+  source: Readonly<Record<string, string | undefined>>;
   port: number;
   host: string;
   /** Undefined: start the embedded Postgres (never in production). */
@@ -492,6 +497,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
   };
 
   return {
+    source,
     env: e.NODE_ENV,
     port: e.PORT,
     host: e.HOST ?? (production ? "0.0.0.0" : "127.0.0.1"),

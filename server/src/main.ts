@@ -84,7 +84,7 @@ async function main(): Promise<void> {
   try {
     if (config.env !== "production") {
       devAssistant = await startDevAssistant(
-        process.env,
+        config.source,
         config.serviceApiKey,
         logger.child({ app: "assistant" }),
       );
