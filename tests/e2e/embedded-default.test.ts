@@ -9,7 +9,7 @@
  * directory.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { cp, mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { type AddressInfo, createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -73,8 +73,9 @@ afterAll(async () => {
 /** Runs `npm start`'s command in the checkout until it listens; resolves its URL and process. */
 async function start(
   pgPort: number,
+  extraEnv: NodeJS.ProcessEnv = {},
 ): Promise<{ child: ChildProcess; url: string; output: () => string }> {
-  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME };
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, ...extraEnv };
   const child = spawn(process.execPath, ["--import", "tsx", "server/src/main.ts"], {
     cwd: checkout,
     env: { ...env, PORT: "0", EMBEDDED_PG_PORT: String(pgPort), LOG_LEVEL: "debug" },
@@ -100,6 +101,18 @@ async function start(
   for (const m of output.matchAll(/(\/var\/tmp\/chat-backend-[0-9a-f]+)/g))
     fallbacks.add(m[1] as string);
   return { child, url: `http://127.0.0.1:${port}`, output: () => output };
+}
+
+/** The environment of the embedded postmaster listening on `port` (found by its command line). */
+async function postmasterEnv(port: number): Promise<string[]> {
+  for (const pid of await readdir("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    const args = cmdline.split("\0");
+    if (!args[0]?.endsWith("postgres") || args[args.indexOf("-p") + 1] !== String(port)) continue;
+    return (await readFile(`/proc/${pid}/environ`, "utf8")).split("\0").filter(Boolean);
+  }
+  throw new Error(`no postmaster on port ${port}`);
 }
 
 async function stop(child: ChildProcess): Promise<number | null> {
@@ -148,8 +161,25 @@ describe("the embedded default", () => {
       expect(await stop(first.child)).toBe(0);
     }
 
-    const second = await start(pgPort);
+    // A secret the node is given must not reach the Postgres processes it starts.
+    const secret = "whsec_bm90LWZvci1wb3N0Z3Jlcw==";
+    const second = await start(pgPort, { CHAT_TEST_SENTINEL: secret });
     try {
+      const pgEnv = await postmasterEnv(pgPort);
+      expect(pgEnv).toContain("LC_MESSAGES=C");
+      expect(pgEnv.join("\n")).not.toContain(secret);
+      for (const entry of pgEnv) {
+        expect([
+          "PATH",
+          "TZ",
+          "TMPDIR",
+          "LANG",
+          "LC_ALL",
+          "LC_CTYPE",
+          "LC_COLLATE",
+          "LC_MESSAGES",
+        ]).toContain(entry.split("=")[0]);
+      }
       const s = await connect(second.url, "user_closed_dir");
       const opened = (await s.emitWithAck("chat:open", { chatId })) as Ack<
         CommandResults["chat:open"]

@@ -288,9 +288,15 @@ function stopServer(child: ChildProcess): Promise<void> {
   });
 }
 
-/** Postgres messages in English whatever the machine's locale; nothing else inherited matters. */
-function pgEnv(): NodeJS.ProcessEnv {
-  return { ...process.env, LC_MESSAGES: "C" };
+/** What initdb and postgres may inherit: never the server's secrets (Clerk, webhook and service keys). */
+const INHERITED = ["PATH", "TZ", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE"] as const;
+
+/** The child's environment: the few variables above, and Postgres messages in English. */
+export function pgEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const name of INHERITED) if (env[name] !== undefined) out[name] = env[name];
+  out.LC_MESSAGES = "C";
+  return out;
 }
 
 /** A UTF-8 locale the machine has, else C (initdb refuses a locale that is not installed). */
