@@ -106,7 +106,7 @@ export interface AppComponents {
    */
   clusterMonitor?: Pick<ClusterMonitor, "onResync"> | undefined;
   /** Development only: mints tokens for `POST /dev/token`. */
-  mintDevToken?: ((userId: string) => Promise<string>) | undefined;
+  mintDevToken?: ((userId: string, authorizedParty: string) => Promise<string>) | undefined;
   /** Development only: the demo page at `/` (see http/demo.ts). */
   demo?: HttpRoute | undefined;
   /** Secret of the service-role HTTP API (`/service/v1/…`); the API is disabled without it. */
@@ -171,6 +171,15 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   // Filled below, once the services exist; the HTTP handler reads it per request.
   const extraRoutes: HttpRoute[] = components.demo ? [components.demo] : [];
 
+  const originAllowed = originChecker(components.origins);
+  // The same origins for CORS (preflights and the answers of plain HTTP requests: the browser
+  // routes below, and Engine.IO's). No credentials: clients authenticate with a token, never
+  // with cookies.
+  const corsMiddleware = cors({
+    origin: (origin, callback) => callback(null, originAllowed(origin)),
+    credentials: false,
+  });
+
   // Must be attached before Socket.IO, which forwards the requests it does not own to it.
   httpServer.on(
     "request",
@@ -178,13 +187,14 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       sql: database.sql,
       logger,
       mintDevToken: components.mintDevToken,
+      browserCors: corsMiddleware,
+      originAllowed,
       isDraining: () => inflight.draining,
       metrics,
       routes: extraRoutes,
     }),
   );
 
-  const originAllowed = originChecker(components.origins);
   const admission = {
     rateLimits,
     originAllowed,
@@ -229,14 +239,9 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
   if (components.coalesceWrites ?? true) io.engine.on("connection", coalesceWrites);
   // A connection refused at the handshake that never sends its CONNECT is closed after 2 s.
   closeIdleRefused(io);
-  // The same origins for CORS (preflights and the error answers of plain HTTP requests). No
-  // credentials: clients authenticate with a token, never with cookies. Not on WebSocket
-  // upgrades: browsers apply no CORS to WebSockets (the Origin check above is what guards them),
-  // and running the middleware on every handshake cost about 10 µs of each for nothing.
-  const corsMiddleware = cors({
-    origin: (origin, callback) => callback(null, originAllowed(origin)),
-    credentials: false,
-  });
+  // CORS is not run on WebSocket upgrades: browsers apply no CORS to WebSockets (the Origin
+  // check above is what guards them), and running the middleware on every handshake cost about
+  // 10 µs of each for nothing.
   // allowRequest sees only requests that open a session. One that names an existing session
   // (`sid`) is how polling continues or upgrades; with WebSocket only no client sends one, so
   // it is refused rather than let past the checks above. Engine.IO has parsed the query into

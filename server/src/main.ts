@@ -50,13 +50,14 @@ async function main(): Promise<void> {
   const database = createDatabase(databaseUrl, { max: config.databasePoolSize });
 
   let verifier: ReturnType<typeof createClerkVerifier>;
-  let mintDevToken: ((userId: string) => Promise<string>) | undefined;
+  let mintDevToken: ((userId: string, authorizedParty: string) => Promise<string>) | undefined;
   if (config.auth.mode === "clerk") {
     verifier = createClerkVerifier(config.auth);
   } else {
     const keys = await loadOrCreateDevKeys(config.dataDir);
     verifier = createClerkVerifier({ jwtKey: keys.publicKeyPem });
-    mintDevToken = (userId) => mintSessionToken(keys.privateKeyPem, userId, { ttlSeconds: 3600 });
+    mintDevToken = (userId, authorizedParty) =>
+      mintSessionToken(keys.privateKeyPem, userId, { ttlSeconds: 3600, authorizedParty });
     logger.warn("development auth: tokens are signed with a local key (npm run token -- <userId>)");
   }
 

@@ -200,7 +200,9 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     streamTimeoutMs: options.streamTimeoutMs,
     streamFlushMs: options.streamFlushMs,
     appEvents: options.appEvents,
-    mintDevToken: options.devTokens ? (userId) => tokenFor(userId) : undefined,
+    mintDevToken: options.devTokens
+      ? (userId, authorizedParty) => tokenFor(userId, { authorizedParty })
+      : undefined,
     appWebhooks: options.appWebhooks
       ? { config: { ...testWebhookDefaults, ...options.appWebhooks }, databaseUrl }
       : undefined,

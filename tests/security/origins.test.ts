@@ -201,8 +201,54 @@ describe("development default: any loopback origin", () => {
   beforeAll(async () => {
     const dev = loadConfig({});
     expect(dev.origins).toEqual({ allowed: [], loopback: true });
-    server = await startTestServer({ origins: dev.origins });
+    server = await startTestServer({ origins: dev.origins, devTokens: true });
     servers.push(server);
+  });
+
+  test("a page on a local dev server (Vite) may call /dev/token and /healthz across origins; azp is its origin", async () => {
+    const VITE = "http://localhost:5173";
+    const preflight = await httpRequest(`${server.url}/dev/token`, {
+      method: "OPTIONS",
+      headers: {
+        Origin: VITE,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+      },
+    });
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers["access-control-allow-origin"]).toBe(VITE);
+    expect(preflight.headers["access-control-allow-credentials"]).toBeUndefined();
+
+    const azp = async (headers: Record<string, string>) => {
+      const res = await fetch(`${server.url}/dev/token`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: JSON.stringify({ userId: "user_vite" }),
+      });
+      expect(res.status).toBe(200);
+      const { token } = (await res.json()) as { token: string };
+      const claims = JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString()) as {
+        azp: string;
+        sub: string;
+      };
+      expect(claims.sub).toBe("user_vite");
+      return { azp: claims.azp, allowOrigin: res.headers.get("access-control-allow-origin") };
+    };
+    expect(await azp({ Origin: VITE })).toEqual({ azp: VITE, allowOrigin: VITE });
+    // No Origin (a script, a native app): the server's own origin, with the port it listens on.
+    expect((await azp({})).azp).toBe(new URL(server.url).origin);
+    // A foreign page gets no CORS header (the browser hides the answer) and not its origin as azp.
+    const foreign = await azp({ Origin: "https://evil.example" });
+    expect(foreign.allowOrigin).toBeNull();
+    expect(foreign.azp).toBe(new URL(server.url).origin);
+
+    const health = await httpRequest(`${server.url}/healthz`, { headers: { Origin: VITE } });
+    expect(health.status).toBe(200);
+    expect(health.headers["access-control-allow-origin"]).toBe(VITE);
+    // Routes that servers call get no CORS at all.
+    const metrics = await httpRequest(`${server.url}/metrics`, { headers: { Origin: VITE } });
+    expect(metrics.status).toBe(200);
+    expect(metrics.headers["access-control-allow-origin"]).toBeUndefined();
   });
 
   test("the dev server's own page and local front-ends connect; other sites do not", async () => {

@@ -12,8 +12,19 @@ export interface HttpDeps {
   metrics: Metrics;
   /** True while the node shuts down: readiness fails so that load balancers move away. */
   isDraining: () => boolean;
-  /** Development only: mints a dev token for a user id. Absent in production. */
-  mintDevToken?: ((userId: string) => Promise<string>) | undefined;
+  /**
+   * Development only: mints a dev token for a user id, with `authorizedParty` as its `azp` (the
+   * origin of the page that asked). Absent in production.
+   */
+  mintDevToken?: ((userId: string, authorizedParty: string) => Promise<string>) | undefined;
+  /**
+   * CORS for the routes a browser page may call (`/healthz`, `/readyz`, `/dev/token`): answers
+   * preflights and sets `Access-Control-Allow-Origin` for allowed origins. Not applied to
+   * `/metrics`, the service API or webhooks, which servers call.
+   */
+  browserCors?: ((req: IncomingMessage, res: ServerResponse, next: () => void) => void) | undefined;
+  /** Whether a browser origin is allowed (the `azp` of a dev token minted for its page). */
+  originAllowed?: ((origin: string | undefined) => boolean) | undefined;
   /**
    * More routes (the service API, webhooks), tried in order before the 404. Read at request
    * time, so the caller may fill the list after creating the handler.
@@ -24,6 +35,31 @@ export interface HttpDeps {
 const READY_TIMEOUT_MS = 2000;
 const MAX_BODY_BYTES = 4096;
 const DEV_USER_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** The paths `browserCors` covers. */
+const BROWSER_PATHS = new Set(["/healthz", "/readyz", "/dev/token"]);
+
+/** Runs the CORS middleware; resolves false when it answered the request itself (a preflight). */
+function applyCors(
+  cors: NonNullable<HttpDeps["browserCors"]>,
+  req: IncomingMessage,
+  res: ServerResponse,
+): Promise<boolean> {
+  return new Promise((resolve) => {
+    res.once("finish", () => resolve(false));
+    cors(req, res, () => resolve(true));
+  });
+}
+
+/**
+ * The `azp` of a development token: the asking page's origin when it is allowed, else the
+ * server's own origin as the request addressed it (`Host`), so it follows `PORT`.
+ */
+function devTokenParty(req: IncomingMessage, deps: HttpDeps): string {
+  const origin = req.headers.origin;
+  if (origin && deps.originAllowed?.(origin)) return origin;
+  const own = `http://${req.headers.host ?? ""}`;
+  return URL.canParse(own) ? new URL(own).origin : "http://localhost";
+}
 
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
@@ -83,6 +119,9 @@ export function createHttpHandler(deps: HttpDeps) {
       });
     }
     try {
+      if (deps.browserCors && BROWSER_PATHS.has(url.pathname)) {
+        if (!(await applyCors(deps.browserCors, req, res))) return;
+      }
       if (req.method === "GET" && url.pathname === "/healthz") {
         return sendJson(res, 200, { status: "ok" });
       }
@@ -108,7 +147,8 @@ export function createHttpHandler(deps: HttpDeps) {
             error: { code: "INVALID_PAYLOAD", message: "userId: 1-64 letters, digits, _ or -" },
           });
         }
-        return sendJson(res, 200, { token: await deps.mintDevToken(userId) });
+        const token = await deps.mintDevToken(userId, devTokenParty(req, deps));
+        return sendJson(res, 200, { token });
       }
       for (const route of deps.routes ?? []) {
         if (await route(req, res, url)) return;
