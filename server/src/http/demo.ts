@@ -1,6 +1,7 @@
 /**
- * Development only: the demo page (demo/index.html) and its script (demo/demo.ts with the
- * client SDK), bundled once with esbuild at start and served from memory.
+ * Development only: the demo page (demo/index.html) and its script (the React app of
+ * demo/main.tsx on @chat-backend/react, with React's development build so that StrictMode
+ * checks it), bundled once with esbuild at start and served from memory.
  */
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -25,20 +26,23 @@ export async function createDemoHandler(): Promise<DemoHandler> {
     readFile(new URL("index.html", demoDir)),
     readFile(new URL("demo.css", demoDir)),
     build({
-      entryPoints: [fileURLToPath(new URL("demo.ts", demoDir))],
+      entryPoints: [fileURLToPath(new URL("main.tsx", demoDir))],
       bundle: true,
       write: false,
       format: "esm",
       platform: "browser",
       target: "es2020",
       sourcemap: "inline",
+      jsx: "automatic",
+      // React's development build: StrictMode's double renders and warnings (a dev page).
+      define: { "process.env.NODE_ENV": '"development"' },
       // The workspace packages (@chat-backend/*) from their sources, not their built dist/.
       conditions: ["@chat-backend/source"],
       logLevel: "silent",
     }),
   ]);
   const script = bundle.outputFiles[0]?.contents;
-  if (!script) throw new Error("esbuild produced no output for demo/demo.ts");
+  if (!script) throw new Error("esbuild produced no output for demo/main.tsx");
 
   const files: Record<string, { body: Uint8Array; type: string }> = {
     "/": { body: html, type: "text/html; charset=utf-8" },
