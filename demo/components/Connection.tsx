@@ -38,6 +38,8 @@ export function ConnectionReason() {
       <span className="reason-message">{message}</span>
       {state === "offline" ? (
         <span className="reason-hint">Messages you send wait here and go out when it is back.</span>
+      ) : state === "signedOut" ? (
+        <span className="reason-hint">No token for this user: sign out and pick another id.</span>
       ) : null}
       <code className="reason-code">{code}</code>
     </p>
