@@ -278,6 +278,21 @@ describe("the demo app on a desktop and a phone of one user", () => {
   let chatId: string;
   let other: string;
 
+  it("serves the page under its Content-Security-Policy: no inline script, a linked map", async () => {
+    const page = await fetch(server.url);
+    const csp = page.headers.get("content-security-policy") ?? "";
+    expect(csp).toContain("default-src 'self'");
+    expect(csp).not.toMatch(/script-src|unsafe-eval/);
+    const html = await page.text();
+    expect(html.match(/<script\b[^>]*>/g)).toEqual(['<script type="module" src="/demo.js">']);
+    const script = await (await fetch(`${server.url}/demo.js`)).text();
+    expect(script).toMatch(/\/\/# sourceMappingURL=demo\.js\.map\s*$/);
+    const map = await fetch(`${server.url}/demo.js.map`);
+    expect(map.status).toBe(200);
+    const { sources } = (await map.json()) as { sources: string[] };
+    expect(sources.filter((s) => s.endsWith("demo/main.tsx"))).toHaveLength(1);
+  });
+
   it("signs in on both devices, and a reload stays signed in", async () => {
     await desktop.screenshot("signin");
     await Promise.all([desktop.signIn(USER), phone.signIn(USER)]);

@@ -5,6 +5,7 @@
  */
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** Serves the demo; resolves true when it answered the request, false to pass it on. */
@@ -32,7 +33,10 @@ export async function createDemoHandler(): Promise<DemoHandler> {
       format: "esm",
       platform: "browser",
       target: "es2020",
-      sourcemap: "inline",
+      // A linked map (/demo.js.map): fetched only by the browser's developer tools, so a page
+      // load takes the script alone (React's development build is large).
+      outfile: "demo.js",
+      sourcemap: "linked",
       jsx: "automatic",
       // React's development build: StrictMode's double renders and warnings (a dev page).
       define: { "process.env.NODE_ENV": '"development"' },
@@ -41,13 +45,18 @@ export async function createDemoHandler(): Promise<DemoHandler> {
       logLevel: "silent",
     }),
   ]);
-  const script = bundle.outputFiles[0]?.contents;
-  if (!script) throw new Error("esbuild produced no output for demo/main.tsx");
+  const output = (name: string) => {
+    const file = bundle.outputFiles.find((f) => path.basename(f.path) === name)?.contents;
+    if (!file) throw new Error(`esbuild produced no ${name} for demo/main.tsx`);
+    return file;
+  };
+  const [script, map] = [output("demo.js"), output("demo.js.map")];
 
   const files: Record<string, { body: Uint8Array; type: string }> = {
     "/": { body: html, type: "text/html; charset=utf-8" },
     "/index.html": { body: html, type: "text/html; charset=utf-8" },
     "/demo.js": { body: script, type: "text/javascript; charset=utf-8" },
+    "/demo.js.map": { body: map, type: "application/json; charset=utf-8" },
     "/demo.css": { body: css, type: "text/css; charset=utf-8" },
   };
 
