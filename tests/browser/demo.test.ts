@@ -6,8 +6,11 @@
  * phone's chat list shows a spinner on a chat it has not opened, a reload mid-reply resumes the
  * reply and stays signed in, a stop on the phone stops the reply everywhere (the backend's next
  * chunk is refused with STREAM_STOPPED and the partial reply is stored, marked stopped), rename
- * and delete propagate, and messages sent offline arrive once, in order. Screenshots of every
- * phase, desktop and phone, go to artifacts/.
+ * and delete propagate, messages sent offline arrive once, in order, a send the server refuses
+ * shows as failed with Retry and Discard (kept across a reload until discarded), and the
+ * connection state shows with its reason (the SDK's connectionStatus). The page is the React
+ * app of demo/main.tsx under StrictMode (React's development build): React may log no error.
+ * Screenshots of every phase, desktop and phone, go to artifacts/.
  */
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -35,6 +38,13 @@ interface MessageRow {
   status: string;
   seq: string | null;
   meta: string;
+  clientId: string;
+  actions: string[];
+}
+interface Status {
+  state: string;
+  code: string;
+  message: string;
 }
 
 class Device {
@@ -73,8 +83,54 @@ class Device {
         status: li.getAttribute("data-status") ?? "",
         seq: li.getAttribute("data-seq"),
         meta: li.querySelector(".meta")?.textContent ?? "",
+        clientId: li.getAttribute("data-client-id") ?? "",
+        actions: Array.from(li.querySelectorAll(".meta button"), (b) => b.textContent ?? ""),
       })),
     );
+  }
+
+  /** What the page shows of the connection: the pill, and the reason line under the top bar. */
+  async connection(): Promise<{
+    state: string | null;
+    code: string | null;
+    reason: string | null;
+  }> {
+    const reason = this.page.locator("#connection-reason");
+    return {
+      state: await this.page.getAttribute("#state", "data-state"),
+      code: await this.page.getAttribute("#state", "data-code"),
+      reason: (await reason.count()) > 0 ? await reason.textContent() : null,
+    };
+  }
+
+  /** The SDK's own connectionStatus of the page's client. */
+  status(): Promise<Status> {
+    return this.page.evaluate(() => {
+      const demo = (window as unknown as { chatDemo: { client: ChatClientLike } }).chatDemo;
+      return { ...demo.client.connectionStatus.getSnapshot() };
+    });
+  }
+
+  /** Clients ids of this device's outbox entries. */
+  outbox(): Promise<string[]> {
+    return this.page.evaluate(() => {
+      const demo = (window as unknown as { chatDemo: { client: ChatClientLike } }).chatDemo;
+      return demo.client.outbox.getSnapshot().map((e) => e.clientId);
+    });
+  }
+
+  /**
+   * Types text the way a paste would (React sees the input event) and sends it with Enter;
+   * for text `fill` cannot type, such as a NUL character.
+   */
+  async sendRaw(content: string): Promise<void> {
+    await this.page.evaluate((text) => {
+      const field = document.querySelector("#content") as HTMLTextAreaElement;
+      const setValue = Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, "value");
+      setValue?.set?.call(field, text);
+      field.dispatchEvent(new Event("input", { bubbles: true }));
+    }, content);
+    await this.page.press("#content", "Enter");
   }
 
   async signIn(userId: string): Promise<void> {
@@ -135,6 +191,12 @@ class Device {
   }
 }
 
+/** The part of the page's ChatClient (window.chatDemo.client) the test reads. */
+interface ChatClientLike {
+  connectionStatus: { getSnapshot(): Status };
+  outbox: { getSnapshot(): { clientId: string }[] };
+}
+
 let server: TestServer;
 let browser: Browser;
 let api: ReturnType<typeof serviceClient>;
@@ -142,6 +204,12 @@ let desktop: Device;
 let phone: Device;
 /** Uncaught errors in either page; every test checks there were none. */
 const pageErrors: string[] = [];
+/**
+ * Errors logged by the page's script (React's warnings: keys, effects, StrictMode, …); the
+ * browser's own network errors while offline are not the app's.
+ */
+const consoleErrors: string[] = [];
+const networkNoise = /WebSocket connection|Failed to load resource|net::ERR_/;
 
 async function device(name: string, phoneSized: boolean): Promise<Device> {
   const context = await browser.newContext(
@@ -156,6 +224,11 @@ async function device(name: string, phoneSized: boolean): Promise<Device> {
   );
   const page = await context.newPage();
   page.on("pageerror", (err) => pageErrors.push(`${name}: ${err.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() === "error" && !networkNoise.test(msg.text())) {
+      consoleErrors.push(`${name}: ${msg.text()}`);
+    }
+  });
   await page.goto(server.url);
   return new Device(name, context, page, phoneSized);
 }
@@ -191,6 +264,7 @@ beforeAll(async () => {
 
 afterEach(() => {
   expect(pageErrors).toEqual([]);
+  expect(consoleErrors).toEqual([]);
 });
 
 afterAll(async () => {
@@ -203,6 +277,21 @@ const sockets = async () => (await server.app.io.in(`user:${USER}`).fetchSockets
 describe("the demo app on a desktop and a phone of one user", () => {
   let chatId: string;
   let other: string;
+
+  it("serves the page under its Content-Security-Policy: no inline script, a linked map", async () => {
+    const page = await fetch(server.url);
+    const csp = page.headers.get("content-security-policy") ?? "";
+    expect(csp).toContain("default-src 'self'");
+    expect(csp).not.toMatch(/script-src|unsafe-eval/);
+    const html = await page.text();
+    expect(html.match(/<script\b[^>]*>/g)).toEqual(['<script type="module" src="/demo.js">']);
+    const script = await (await fetch(`${server.url}/demo.js`)).text();
+    expect(script).toMatch(/\/\/# sourceMappingURL=demo\.js\.map\s*$/);
+    const map = await fetch(`${server.url}/demo.js.map`);
+    expect(map.status).toBe(200);
+    const { sources } = (await map.json()) as { sources: string[] };
+    expect(sources.filter((s) => s.endsWith("demo/main.tsx"))).toHaveLength(1);
+  });
 
   it("signs in on both devices, and a reload stays signed in", async () => {
     await desktop.screenshot("signin");
@@ -250,6 +339,17 @@ describe("the demo app on a desktop and a phone of one user", () => {
       .toBe(true);
     expect(await phone.page.isVisible(`#sidebar li[data-chat-id="${chatId}"] .spinner`)).toBe(true);
     await Promise.all([desktop.screenshot("streaming"), phone.screenshot("spinner")]);
+    // The desktop's list, too, shows the spinner on the chat while another one is open.
+    await desktop.open(other);
+    expect(await desktop.page.isVisible("#stop")).toBe(false);
+    expect(await desktop.page.isVisible(`#sidebar li[data-chat-id="${chatId}"] .spinner`)).toBe(
+      true,
+    );
+    await desktop.screenshot("spinner");
+    await desktop.open(chatId);
+    await expect
+      .poll(async () => (await desktop.messages()).at(-1), poll)
+      .toMatchObject({ role: "assistant", status: "streaming", content: reply.text });
   });
 
   it("resumes the reply after a reload mid-reply, then keeps growing", async () => {
@@ -288,6 +388,7 @@ describe("the demo app on a desktop and a phone of one user", () => {
       select message->>'content' as content, (message->>'stopped')::boolean as stopped
         from chat_memory where session_id = ${chatId} and client_id = ${reply.streamId}`;
     expect(stored).toEqual([{ content: partial, stopped: true }]);
+    await phone.screenshot("stopped");
     await phone.showList();
     await expect
       .poll(async () => (await phone.sidebar()).find((r) => r.id === chatId)?.generating, poll)
@@ -320,6 +421,20 @@ describe("the demo app on a desktop and a phone of one user", () => {
     await desktop.context.setOffline(true);
     await expect.poll(() => desktop.state(), poll).toBe("offline");
     await expect.poll(sockets, poll).toBe(1);
+    // The state with its reason, as the SDK's connectionStatus has it: on the pill, and in
+    // words (with the code) under the top bar.
+    await expect
+      .poll(async () => {
+        const [sdk, shown] = await Promise.all([desktop.status(), desktop.connection()]);
+        const explained = shown.reason?.includes(sdk.message) && shown.reason.includes(sdk.code);
+        return { ...shown, reason: explained ? "the SDK's" : shown.reason, sdk: sdk.state };
+      }, poll)
+      .toEqual({
+        state: "offline",
+        code: expect.stringMatching(/^(NETWORK_UNAVAILABLE|TRANSPORT_ERROR)$/),
+        reason: "the SDK's",
+        sdk: "offline",
+      });
 
     await desktop.send("offline 1");
     await desktop.send("offline 2");
@@ -336,6 +451,9 @@ describe("the demo app on a desktop and a phone of one user", () => {
 
     await desktop.context.setOffline(false);
     await expect.poll(() => desktop.state(), poll).toBe("online");
+    await expect
+      .poll(() => desktop.connection(), poll)
+      .toEqual({ state: "online", code: "CONNECTED", reason: null });
     for (const d of [desktop, phone]) {
       await expect
         .poll(async () => (await d.messages()).map((m) => [m.content, m.status]), poll)
@@ -346,5 +464,90 @@ describe("the demo app on a desktop and a phone of one user", () => {
        where session_id = ${chatId} order by seq`;
     expect(stored.map((r) => r.content)).toEqual([...before, "offline 1", "offline 2"]);
     await Promise.all([desktop.screenshot("final"), phone.screenshot("final")]);
+  });
+  it("shows a send the server refuses as failed on its device, with retry and discard", async () => {
+    const before = (await desktop.messages()).map((m) => m.content);
+    // Postgres cannot store a NUL character: the server refuses the message (INVALID_PAYLOAD),
+    // and the outbox gives up on it instead of retrying.
+    const refused = `A paste with a NUL (${String.fromCharCode(0)}) in it`;
+    await Promise.all([desktop.sendRaw(refused), phone.sendRaw(refused)]);
+    for (const d of [desktop, phone]) {
+      await expect
+        .poll(async () => {
+          const rows = await d.messages();
+          const last = rows.at(-1);
+          return [rows.length, last?.content, last?.status, last?.meta, last?.actions];
+        }, poll)
+        .toEqual([
+          before.length + 1,
+          refused,
+          "failed",
+          "Not sent (INVALID_PAYLOAD)RetryDiscard",
+          ["Retry", "Discard"],
+        ]);
+    }
+    await Promise.all([desktop.screenshot("failed"), phone.screenshot("failed")]);
+
+    // Retry sends it again (the server sees it once more), and it fails again.
+    const failed = (await desktop.messages()).at(-1)!.clientId;
+    const sent: string[] = [];
+    const listener = (event: string, payload: { clientId?: string } | undefined) => {
+      if (event === "message:send" && payload?.clientId) sent.push(payload.clientId);
+    };
+    const serverSockets = [...server.app.io.of("/").sockets.values()];
+    for (const socket of serverSockets) socket.onAny(listener);
+    try {
+      await desktop.page.click(`#messages li[data-client-id="${failed}"] [data-action="retry"]`);
+      await expect.poll(() => sent, poll).toEqual([failed]);
+      await expect
+        .poll(async () => (await desktop.messages()).at(-1), poll)
+        .toMatchObject({ clientId: failed, status: "failed", actions: ["Retry", "Discard"] });
+    } finally {
+      for (const socket of serverSockets) socket.offAny(listener);
+    }
+
+    // Kept across a reload (the outbox is in IndexedDB) until discarded.
+    await phone.page.reload();
+    await phone.page.waitForSelector('#state[data-state="online"]', { timeout: poll.timeout });
+    await expect
+      .poll(async () => (await phone.messages()).at(-1), poll)
+      .toMatchObject({ content: refused, status: "failed", actions: ["Retry", "Discard"] });
+    for (const d of [desktop, phone]) {
+      const clientId = (await d.messages()).at(-1)!.clientId;
+      await d.page.click(`#messages li[data-client-id="${clientId}"] [data-action="discard"]`);
+      await expect
+        .poll(async () => (await d.messages()).map((m) => m.content), poll)
+        .toEqual(before);
+      await expect.poll(() => d.outbox(), poll).toEqual([]);
+    }
+    await phone.page.reload();
+    await phone.page.waitForSelector('#state[data-state="online"]', { timeout: poll.timeout });
+    await expect
+      .poll(async () => (await phone.messages()).map((m) => [m.content, m.status]), poll)
+      .toEqual(before.map((c) => [c, "sent"]));
+    const stored = await server.database.sql<{ count: number }[]>`
+      select count(*)::int as count from chat_memory
+       where session_id = ${chatId} and message->>'content' like 'A paste with a NUL%'`;
+    expect(stored[0]?.count).toBe(0);
+  });
+
+  it("says why it is signed out when there is no token for the user", async () => {
+    // Another phone, signing in with an id the development token endpoint refuses.
+    const refused = await device("phone", true);
+    try {
+      await refused.page.fill("#user-id", "not a valid id!");
+      await refused.page.click("#signin button");
+      await expect
+        .poll(async () => {
+          const [sdk, shown] = await Promise.all([refused.status(), refused.connection()]);
+          const explained = shown.reason?.includes(sdk.message) && shown.reason.includes(sdk.code);
+          return { ...shown, reason: explained ? "the SDK's" : shown.reason, sdk: sdk.state };
+        }, poll)
+        .toEqual({ state: "signedOut", code: "NO_TOKEN", reason: "the SDK's", sdk: "signedOut" });
+      expect(await refused.page.textContent("#state")).toBe("signed out");
+      await refused.screenshot("signed-out");
+    } finally {
+      await refused.context.close();
+    }
   });
 });

@@ -1,9 +1,11 @@
 /**
- * Development only: the demo page (demo/index.html) and its script (demo/demo.ts with the
- * client SDK), bundled once with esbuild at start and served from memory.
+ * Development only: the demo page (demo/index.html) and its script (the React app of
+ * demo/main.tsx on @chat-backend/react, with React's development build so that StrictMode
+ * checks it), bundled once with esbuild at start and served from memory.
  */
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** Serves the demo; resolves true when it answered the request, false to pass it on. */
@@ -25,25 +27,36 @@ export async function createDemoHandler(): Promise<DemoHandler> {
     readFile(new URL("index.html", demoDir)),
     readFile(new URL("demo.css", demoDir)),
     build({
-      entryPoints: [fileURLToPath(new URL("demo.ts", demoDir))],
+      entryPoints: [fileURLToPath(new URL("main.tsx", demoDir))],
       bundle: true,
       write: false,
       format: "esm",
       platform: "browser",
       target: "es2020",
-      sourcemap: "inline",
+      // A linked map (/demo.js.map): fetched only by the browser's developer tools, so a page
+      // load takes the script alone (React's development build is large).
+      outfile: "demo.js",
+      sourcemap: "linked",
+      jsx: "automatic",
+      // React's development build: StrictMode's double renders and warnings (a dev page).
+      define: { "process.env.NODE_ENV": '"development"' },
       // The workspace packages (@chat-backend/*) from their sources, not their built dist/.
       conditions: ["@chat-backend/source"],
       logLevel: "silent",
     }),
   ]);
-  const script = bundle.outputFiles[0]?.contents;
-  if (!script) throw new Error("esbuild produced no output for demo/demo.ts");
+  const output = (name: string) => {
+    const file = bundle.outputFiles.find((f) => path.basename(f.path) === name)?.contents;
+    if (!file) throw new Error(`esbuild produced no ${name} for demo/main.tsx`);
+    return file;
+  };
+  const [script, map] = [output("demo.js"), output("demo.js.map")];
 
   const files: Record<string, { body: Uint8Array; type: string }> = {
     "/": { body: html, type: "text/html; charset=utf-8" },
     "/index.html": { body: html, type: "text/html; charset=utf-8" },
     "/demo.js": { body: script, type: "text/javascript; charset=utf-8" },
+    "/demo.js.map": { body: map, type: "application/json; charset=utf-8" },
     "/demo.css": { body: css, type: "text/css; charset=utf-8" },
   };
 
