@@ -3,6 +3,12 @@
  * chat's row lock so that a command cannot finish in time. The protocol promises UNAVAILABLE
  * ("nothing was stored; retry with backoff") and that a retry with the same clientId stores
  * the message once.
+ *
+ * On the in-memory adapter only: what is tested is Postgres's timeout. A refused command
+ * neither broadcasts nor touches a shared store but the write limit it passes first (the same
+ * contract on every backend, tests/stores/rate-limits.test.ts), and the retry is a plain
+ * message:send (on both adapters in delivery.test.ts). Redis failing is
+ * tests/faults/redis-fault.test.ts.
  */
 import type postgres from "postgres";
 import { afterAll, beforeAll, expect, test } from "vitest";
