@@ -442,11 +442,7 @@ export class Chats {
         this.resyncAgain = false;
         for (let attempt = 1; ; attempt++) {
           // Disconnected: the reconnect's own catch-up does the same.
-          if (
-            this.connection.closed ||
-            !this.connection.connected ||
-            this.connection.state.getSnapshot() === "signedOut"
-          ) {
+          if (this.connection.closed || !this.connection.connected || this.connection.signedOut) {
             return;
           }
           if (await this.resyncOnce()) break;

@@ -200,7 +200,7 @@ class ChatClientImpl implements ChatClient {
     );
     this.queue = new Outbox(options.outboxStorage ?? memoryOutboxStorage(), {
       check: () => commands.check("message:send"),
-      canSend: () => this.link.connected && this.link.state.getSnapshot() !== "signedOut",
+      canSend: () => this.link.connected && !this.link.signedOut,
       send: (input) => commands.send("message:send", input),
       confirmed: (message) => this.chats.confirmed(message),
       changed: (chatId, entry) => {

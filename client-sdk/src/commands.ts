@@ -62,7 +62,7 @@ export class Commands {
     if (this.connection.closed) {
       throw new ChatClientError(ClientErrorCode.CLOSED, "The client was closed", { command });
     }
-    if (this.connection.state.getSnapshot() === "signedOut") {
+    if (this.connection.signedOut) {
       throw new ChatClientError(ClientErrorCode.SIGNED_OUT, "Signed out", { command });
     }
   }

@@ -184,6 +184,11 @@ export class Connection {
     return this.isClosed;
   }
 
+  /** Signed out: nothing is retried until `reconnect()`. */
+  get signedOut(): boolean {
+    return this.state.getSnapshot() === "signedOut";
+  }
+
   /** Connected and authenticated right now. */
   get connected(): boolean {
     return this.socket.connected;
@@ -230,12 +235,12 @@ export class Connection {
     this.networkUp = available;
     if (!available) {
       this.stopAttempts();
-      if (this.state.getSnapshot() !== "signedOut") {
+      if (!this.signedOut) {
         this.transition("offline", ConnectionCode.NETWORK_UNAVAILABLE, "The device has no network");
       }
       // Cut the connection now: an idle WebSocket can take a minute to notice on its own.
       this.socket.disconnect();
-    } else if (this.state.getSnapshot() !== "signedOut" && !this.socket.connected) {
+    } else if (!this.signedOut && !this.socket.connected) {
       this.failures = 0;
       void this.connectNow();
     }
@@ -267,7 +272,7 @@ export class Connection {
   }
 
   private signOut(code: string, message: string): void {
-    if (this.state.getSnapshot() === "signedOut" || this.isClosed) return;
+    if (this.signedOut || this.isClosed) return;
     this.clearRefresh();
     this.stopAttempts();
     this.transition("signedOut", code, message);
@@ -280,9 +285,8 @@ export class Connection {
 
   /** One attempt: a fresh token, then the handshake (dropping whatever an earlier one left). */
   private async connectNow(): Promise<void> {
-    this.timers.cancel(this.retryTimer);
-    this.retryTimer = undefined;
-    if (this.isClosed || this.socket.connected || this.state.getSnapshot() === "signedOut") return;
+    this.cancelRetry();
+    if (this.isClosed || this.socket.connected || this.signedOut) return;
     const attempt = ++this.attempt;
     let token: string | null;
     try {
@@ -308,7 +312,7 @@ export class Connection {
 
   /** Schedules the next attempt (replacing any scheduled one: one loop, one timer). */
   private retry(ms: number): void {
-    this.timers.cancel(this.retryTimer);
+    this.cancelRetry();
     this.retryTimer = this.timers.later(ms, () => {
       this.retryTimer = undefined;
       if (!this.networkUp) return; // the `online` hint starts the next attempt
@@ -319,6 +323,10 @@ export class Connection {
   /** Cancels the scheduled attempt and drops the one in progress (its token, if it arrives). */
   private stopAttempts(): void {
     this.attempt++;
+    this.cancelRetry();
+  }
+
+  private cancelRetry(): void {
     this.timers.cancel(this.retryTimer);
     this.retryTimer = undefined;
   }
@@ -337,7 +345,7 @@ export class Connection {
   }
 
   private onConnectError(err: Error): void {
-    if (this.isClosed || this.state.getSnapshot() === "signedOut") return;
+    if (this.isClosed || this.signedOut) return;
     const data = (err as Error & { data?: { code?: unknown; retryAfterMs?: unknown } }).data;
     const code = data?.code;
     if (typeof code !== "string") {
@@ -395,7 +403,7 @@ export class Connection {
     if (Date.now() - this.connectedAt > STABLE_CONNECTION_MS) this.failures = 0;
     const closing = this.closing;
     this.closing = null;
-    if (this.isClosed || this.state.getSnapshot() === "signedOut") return;
+    if (this.isClosed || this.signedOut) return;
     // Our own disconnects (offline, sign-out, close, a new attempt) set the state themselves.
     if (reason === "io client disconnect") return;
     if (reason === "io server disconnect") {
@@ -480,7 +488,7 @@ export class Connection {
   private async doRefresh(): Promise<boolean> {
     let refused = 0;
     for (let attempt = 0; ; attempt++) {
-      if (this.isClosed || !this.socket.connected || this.state.getSnapshot() === "signedOut") {
+      if (this.isClosed || !this.socket.connected || this.signedOut) {
         return false;
       }
       try {

@@ -227,7 +227,11 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
     this.upsert({ ...prev, generating });
   }
 
-  /** A stored message: the entry's preview, `lastSeq` and order follow it. */
+  /**
+   * This device's stored message (its ack): the entry's preview, `lastSeq` and order follow it
+   * before the server's `chat:updated`. (Messages from elsewhere reach the sidebar only through
+   * that `chat:updated`, so that each changes the entry once.)
+   */
   applyMessage(message: ChatMessage): void {
     const prev = this.chats.get(message.chatId);
     if (!prev || message.seq <= prev.lastSeq) return;
