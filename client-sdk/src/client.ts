@@ -1,7 +1,9 @@
 /**
  * The chat client: one Socket.IO connection per client, authenticated with a Clerk-style
  * `getToken()`, with typed commands, live stores, catch-up after every reconnect and an outbox
- * that delivers every sent message exactly once.
+ * that delivers every sent message exactly once. This file is the public API and a thin facade
+ * over `connection.ts` (socket, tokens, the reconnect loop, the state machine), `commands.ts`,
+ * `chats.ts` (live stores and catch-up) and `outbox.ts` (the queue and its storage).
  */
 
 import type {
@@ -193,7 +195,7 @@ class ChatClientImpl implements ChatClient {
       {
         created: (message) => this.emitter.emit("message:created", { message }),
         relay: (event, payload) =>
-          (this.emitter.emit as (e: string, p: unknown) => void)(event, payload),
+          this.emitter.emit(event, ...([payload] as Parameters<ChatClientEvents[typeof event]>)),
         report,
       },
       { syncPageSize: options.syncPageSize },
