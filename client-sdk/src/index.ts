@@ -40,6 +40,7 @@ export {
   type ChatClient,
   type ChatClientEvents,
   type ChatClientOptions,
+  ConnectionCode,
   type ConnectionState,
   type ConnectionStatus,
   createChatClient,

@@ -227,7 +227,11 @@ export class SidebarState extends Store<SidebarSnapshot> implements SidebarStore
     this.upsert({ ...prev, generating });
   }
 
-  /** A stored message: the entry's preview, `lastSeq` and order follow it. */
+  /**
+   * This device's stored message (its ack): the entry's preview, `lastSeq` and order follow it
+   * before the server's `chat:updated`. (Messages from elsewhere reach the sidebar only through
+   * that `chat:updated`, so that each changes the entry once.)
+   */
   applyMessage(message: ChatMessage): void {
     const prev = this.chats.get(message.chatId);
     if (!prev || message.seq <= prev.lastSeq) return;
@@ -486,24 +490,22 @@ export interface ChatStateHooks {
   loadOlder(state: ChatState, limit?: number): Promise<void>;
 }
 
-/** The state of one chat. Mutated by the client; read by the app through `ChatStore`. */
+/**
+ * The state of one chat. Changed only through its own methods (by the client's chat
+ * coordination); read by the app through `ChatStore`.
+ */
 export class ChatState extends Store<ChatSnapshot> implements ChatStore {
-  status: ChatStatus = "idle";
-  open = false;
-  error: ChatClientError | null = null;
-  hasMoreBefore = false;
+  private currentStatus: ChatStatus = "idle";
+  private isOpen = false;
+  private lastError: ChatClientError | null = null;
+  private moreBefore = false;
   /** Loaded messages, contiguous by seq. */
   private messages: ChatMessage[] = [];
   /** Received messages beyond a gap, waiting for the gap to be filled. */
   private readonly ahead = new Map<number, ChatMessage>();
   private readonly clientIds = new Set<string>();
   /** The last seq of the contiguous run (0 for an empty chat). */
-  lastSeq = 0;
-  /** In-flight catch-up (`message:sync`), and whether another pass was asked for meanwhile. */
-  syncing: Promise<void> | null = null;
-  syncAgain = false;
-  /** A re-snapshot for a streamed reply's missed text is scheduled or running. */
-  resnapshotting = false;
+  private contiguousSeq = 0;
 
   readonly chatId: string;
   private readonly hooks: ChatStateHooks;
@@ -673,6 +675,24 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
     return this.hooks.loadOlder(this, limit);
   }
 
+  get status(): ChatStatus {
+    return this.currentStatus;
+  }
+
+  /** Whether the chat is open (live) on this client. */
+  get open(): boolean {
+    return this.isOpen;
+  }
+
+  get hasMoreBefore(): boolean {
+    return this.moreBefore;
+  }
+
+  /** The last seq of the contiguous run of loaded messages (0 for an empty chat). */
+  get lastSeq(): number {
+    return this.contiguousSeq;
+  }
+
   get firstSeq(): number | undefined {
     return this.messages[0]?.seq;
   }
@@ -691,10 +711,10 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
     const last = sorted.at(-1)?.seq ?? 0;
     for (const m of this.messages) if (m.seq > last) this.ahead.set(m.seq, m);
     this.messages = sorted.map((m) => Object.freeze({ ...m }));
-    this.lastSeq = last;
-    this.hasMoreBefore = hasMore;
-    this.status = "ready";
-    this.error = null;
+    this.contiguousSeq = last;
+    this.moreBefore = hasMore;
+    this.currentStatus = "ready";
+    this.lastError = null;
     this.drain();
     this.rebuild();
   }
@@ -712,7 +732,7 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
       run.unshift(add[i] as ChatMessage);
     }
     this.messages = [...run, ...this.messages];
-    this.hasMoreBefore = run.length === add.length ? hasMore : true;
+    this.moreBefore = run.length === add.length ? hasMore : true;
     this.rebuild();
   }
 
@@ -742,38 +762,38 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
     ) {
       this.ahead.delete(next.seq);
       appended.push(next);
-      this.lastSeq = next.seq;
+      this.contiguousSeq = next.seq;
     }
     if (appended.length) this.messages = [...this.messages, ...appended];
     return appended;
   }
 
   beginLoad(): void {
-    this.open = true;
+    this.isOpen = true;
     if (this.status !== "ready") {
-      this.status = "loading";
-      this.error = null;
+      this.currentStatus = "loading";
+      this.lastError = null;
     }
     this.rebuild();
   }
 
   loadFailed(error: ChatClientError): void {
     if (this.status === "loading") {
-      this.status = "error";
-      this.error = error;
+      this.currentStatus = "error";
+      this.lastError = error;
       this.ahead.clear();
     }
     this.rebuild();
   }
 
   setOpen(open: boolean): void {
-    this.open = open;
+    this.isOpen = open;
     this.rebuild();
   }
 
   markDeleted(): void {
-    this.status = "deleted";
-    this.open = false;
+    this.currentStatus = "deleted";
+    this.isOpen = false;
     this.ahead.clear();
     this.streams.clear();
     this.aheadDeltas.clear();
@@ -812,7 +832,7 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
       prev.status === this.status &&
       prev.open === this.open &&
       prev.hasMoreBefore === this.hasMoreBefore &&
-      prev.error === this.error &&
+      prev.error === this.lastError &&
       prev.messages === messages &&
       prev.pending === pending &&
       prev.streams === streams
@@ -837,7 +857,7 @@ export class ChatState extends Store<ChatSnapshot> implements ChatStore {
         streams,
         items,
         hasMoreBefore: this.hasMoreBefore,
-        error: this.error,
+        error: this.lastError,
       }),
     );
   }

@@ -148,3 +148,56 @@ export class Emitter<E extends { [K in keyof E]: (...args: never[]) => void }> {
     this.listeners.clear();
   }
 }
+
+/** A store whose owner sets the value (`set` publishes only a different value). */
+export class ValueStore<T> extends Store<T> {
+  set(value: T): void {
+    this.publish(value);
+  }
+}
+
+/**
+ * The timers of one component: `later` and `sleep` (a sleep resolves early on `clear`), all
+ * cancelled by `clear()` so that nothing runs after a close.
+ */
+export class Timers {
+  private readonly timers = new Set<Timer>();
+  private readonly sleepers = new Set<() => void>();
+  private cleared = false;
+
+  later(ms: number, fn: () => void): Timer {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      fn();
+    }, ms);
+    this.timers.add(timer);
+    return timer;
+  }
+
+  cancel(timer: Timer | undefined): void {
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.timers.delete(timer);
+  }
+
+  sleep(ms: number): Promise<void> {
+    if (this.cleared) return Promise.resolve();
+    return new Promise((resolve) => {
+      const wake = () => {
+        this.sleepers.delete(wake);
+        this.cancel(timer);
+        resolve();
+      };
+      this.sleepers.add(wake);
+      const timer = this.later(ms, wake);
+    });
+  }
+
+  clear(): void {
+    this.cleared = true;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    for (const wake of [...this.sleepers]) wake();
+    this.sleepers.clear();
+  }
+}
