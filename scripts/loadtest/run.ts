@@ -1032,6 +1032,7 @@ function print(products: [string, RunResult][], bare?: RunResult, db?: { perSeco
     both("server CPU while connecting, % core", (r) => r.handshakeServerCpuPercent),
     both("generator CPU µs per first handshake", (r) => r.generatorCpuUsPerHandshake),
     both("generator CPU µs per reconnect", (r) => r.generatorCpuUsPerReconnect),
+    both("machine busy while connecting, %", (r) => r.handshakeMachineBusyPercent),
     both("idle RSS bytes/socket", (r) => r.idleBytesPerSocket.rss, String, num),
     both("idle heap bytes/socket", (r) => r.idleBytesPerSocket.heap, String, num),
     both(
