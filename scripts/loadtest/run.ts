@@ -942,6 +942,12 @@ async function handshakeRounds(
     ["reconnects/s", (x: ConnectResult) => x.reconnectsPerSecond],
     ["server CPU µs per first handshake", (x: ConnectResult) => x.handshakeCpuUs],
     ["server CPU µs per reconnect", (x: ConnectResult) => x.reconnectCpuUs],
+    // What the node's CPU per handshake allows on a core of its own (1,000,000 / µs): the
+    // node's capacity, whatever bounded the rate measured above (the generator, the machine).
+    [
+      "first handshakes/s on a node core",
+      (x: ConnectResult) => (x.handshakeCpuUs > 0 ? round(1e6 / x.handshakeCpuUs, 0) : undefined),
+    ],
     ["server CPU while connecting, % core", (x: ConnectResult) => x.handshakeServerCpuPercent],
     ["generator CPU µs per first handshake", (x: ConnectResult) => x.generatorCpuUsPerHandshake],
     ["generator CPU µs per reconnect", (x: ConnectResult) => x.generatorCpuUsPerReconnect],
