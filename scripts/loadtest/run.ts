@@ -3,7 +3,7 @@
  *   [--users N] [--devices N] [--chats N] [--rate msgs/s] [--duration s] [--saturate s]
  *   [--nodes N] [--workers N] [--idle N] [--runs N] [--warmup N] [--url http://127.0.0.1:3000]
  *   [--skip-baselines] [--json file] [--profile] [--private-key key.pem]
- *   [--variant name:KEY=value,KEY=value ...]`
+ *   [--variant name:KEY=value,KEY=value ...] [--handshake-client raw|socket.io]`
  *
  * Drives real socket.io-client connections from worker processes against server nodes it starts
  * itself (or one given with --url), on loopback only, and prints each product figure beside its
@@ -15,13 +15,14 @@ import { type ChildProcess, fork, spawn } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
+import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { measureDatabaseCeiling } from "./db-baseline.js";
 import { nowMs, ratio, round, summarize } from "./stats.js";
-import type { WorkerCommand, WorkerInit } from "./worker.js";
+import type { HandshakeClient, WorkerCommand, WorkerInit } from "./worker.js";
 
 const presets = {
   smoke: {
@@ -153,6 +154,12 @@ const { values: args } = parseArgs({
      * Example: `--variant classic:REDIS_ADAPTER=classic --variant sharded:REDIS_ADAPTER=sharded`.
      */
     variant: { type: "string", multiple: true },
+    /**
+     * The client of the idle sockets that the connection phases open: `raw` (a bare WebSocket
+     * speaking Engine.IO/Socket.IO, cheap for the load generator) or `socket.io`
+     * (socket.io-client). Default raw for the handshakes preset, socket.io for the others.
+     */
+    "handshake-client": { type: "string" },
   },
 });
 
@@ -183,6 +190,12 @@ const p = {
 /** The handshakes preset: connection phases only, repeated. */
 const connectOnly = args.preset === "handshakes";
 const runs = connectOnly ? num(args.runs, 3, 20) : 1;
+const handshakeClient = (args["handshake-client"] ??
+  (connectOnly ? "raw" : "socket.io")) as HandshakeClient;
+if (handshakeClient !== "raw" && handshakeClient !== "socket.io") {
+  console.error(`bad --handshake-client ${handshakeClient} (raw or socket.io)`);
+  process.exit(2);
+}
 const warmupRounds = connectOnly ? num(args.warmup, 0, 5) : 0;
 const adminUrl =
   args["database-url"] ??
@@ -214,6 +227,13 @@ const variants: { name: string; env: Record<string, string> }[] = (args.variant 
 if (variants.length > 0 && (args.url || connectOnly)) {
   console.error("--variant needs nodes this harness starts, and a preset with messages");
   process.exit(2);
+}
+if (variants.length === 0 && args.preset === "cluster" && !args.url) {
+  // The cluster preset compares the two Redis adapters side by side (issue #15, item 6).
+  variants.push(
+    { name: "classic", env: { REDIS_ADAPTER: "classic" } },
+    { name: "sharded", env: { REDIS_ADAPTER: "sharded" } },
+  );
 }
 if (variants.length === 0) variants.push({ name: "product", env: {} });
 const AUTHORIZED_PARTY = "http://localhost:3000";
@@ -460,6 +480,19 @@ class Workers {
 interface RunResult {
   sockets: number;
   handshakesPerSecond: number;
+  /** The client of the idle sockets (--handshake-client). */
+  handshakeClient: HandshakeClient;
+  /**
+   * The servers' CPU while the first handshakes ran, % of one core per node: near 100, the
+   * node is what bounds handshakes/s; well below, something else does (the load generator, the
+   * machine).
+   */
+  handshakeServerCpuPercent: number;
+  /** The whole machine's CPU busy while the first handshakes ran, % of all cores. */
+  handshakeMachineBusyPercent: number;
+  /** The load generator's own CPU (all worker processes) per first handshake and reconnect, µs. */
+  generatorCpuUsPerHandshake: number;
+  generatorCpuUsPerReconnect: number | undefined;
   /** Idle sockets closed and opened again: users the server already knows. */
   reconnectsPerSecond: number | undefined;
   /** Server CPU per first handshake and per reconnect (close + handshake), microseconds. */
@@ -507,7 +540,16 @@ interface RunResult {
 /** What the handshakes preset measures of one round. */
 type ConnectResult = Pick<
   RunResult,
-  "sockets" | "handshakesPerSecond" | "reconnectsPerSecond" | "handshakeCpuUs" | "reconnectCpuUs"
+  | "sockets"
+  | "handshakesPerSecond"
+  | "reconnectsPerSecond"
+  | "handshakeCpuUs"
+  | "reconnectCpuUs"
+  | "handshakeClient"
+  | "handshakeServerCpuPercent"
+  | "handshakeMachineBusyPercent"
+  | "generatorCpuUsPerHandshake"
+  | "generatorCpuUsPerReconnect"
 > & { errors: Record<string, number> };
 
 async function drive(
@@ -541,6 +583,7 @@ async function drive(
       authorizedParty: AUTHORIZED_PARTY,
       bare,
       connectConcurrency: 50,
+      handshakeClient,
     }))
     .filter((w) => w.userIds.length + w.idleUserIds.length > 0);
   const workers = new Workers(inits);
@@ -549,19 +592,34 @@ async function drive(
   try {
     await workers.start();
     const before = await sample(urls);
+    const machineBeforeConnect = await machineCpu();
+    const connectStarted = nowMs();
     const connected = await workers.all({ type: "connect" }, "connected", timeout);
+    const connectWallMs = nowMs() - connectStarted;
+    const justConnected = await sample(urls);
+    const handshakeMachineBusyPercent = machineBusy(machineBeforeConnect, await machineCpu());
     const sockets = connected.reduce((n, r) => n + Number(r.sockets), 0);
     const connectMs = Math.max(...connected.map((r) => Number(r.ms)));
-    log(`  ${sockets} sockets connected in ${round(connectMs)} ms`);
+    const handshakeServerCpuPercent = round(
+      ((justConnected.cpu - before.cpu) / (connectWallMs / 1000)) * (100 / urls.length),
+      0,
+    );
+    const sumOf = (rs: Reply[], key: string) => rs.reduce((n, r) => n + Number(r[key] ?? 0), 0);
+    const generatorCpuUsPerHandshake = round(sumOf(connected, "cpuUs") / Math.max(1, sockets), 0);
+    log(
+      `  ${sockets} sockets connected in ${round(connectMs)} ms (${handshakeClient} client; server ${handshakeServerCpuPercent}% of a core, machine ${handshakeMachineBusyPercent}% busy)`,
+    );
     await new Promise((r) => setTimeout(r, 1000)); // let allocations settle before sampling
     const idle = await sample(urls);
     // Server CPU per handshake: what bounds the rate once a node's core is busy.
     const handshakeCpuUs = round(((idle.cpu - before.cpu) / Math.max(1, sockets)) * 1e6, 0);
     let reconnectsPerSecond: number | undefined;
     let reconnectCpuUs: number | undefined;
+    let generatorCpuUsPerReconnect: number | undefined;
     if (p.idle > 0) {
       const again = await workers.all({ type: "reconnect" }, "reconnected", timeout);
       const n = again.reduce((k, r) => k + Number(r.sockets), 0);
+      generatorCpuUsPerReconnect = round(sumOf(again, "cpuUs") / Math.max(1, n), 0);
       reconnectsPerSecond = round((n / Math.max(...again.map((r) => Number(r.ms)))) * 1000);
       // Includes closing the old socket: a reconnect is both, for the server.
       reconnectCpuUs = round((((await sample(urls)).cpu - idle.cpu) / Math.max(1, n)) * 1e6, 0);
@@ -580,6 +638,11 @@ async function drive(
         reconnectsPerSecond,
         handshakeCpuUs,
         reconnectCpuUs,
+        handshakeClient,
+        handshakeServerCpuPercent,
+        handshakeMachineBusyPercent,
+        generatorCpuUsPerHandshake,
+        generatorCpuUsPerReconnect,
         errors,
       };
       return result as RunResult;
@@ -654,6 +717,11 @@ async function drive(
       reconnectsPerSecond,
       handshakeCpuUs,
       reconnectCpuUs,
+      handshakeClient,
+      handshakeServerCpuPercent,
+      handshakeMachineBusyPercent,
+      generatorCpuUsPerHandshake,
+      generatorCpuUsPerReconnect,
       idleBytesPerSocket: {
         rss: round((idle.rss - before.rss) / Math.max(1, sockets), 0),
         heap: round((idle.heap - before.heap) / Math.max(1, sockets), 0),
@@ -874,6 +942,16 @@ async function handshakeRounds(
     ["reconnects/s", (x: ConnectResult) => x.reconnectsPerSecond],
     ["server CPU µs per first handshake", (x: ConnectResult) => x.handshakeCpuUs],
     ["server CPU µs per reconnect", (x: ConnectResult) => x.reconnectCpuUs],
+    // What the node's CPU per handshake allows on a core of its own (1,000,000 / µs): the
+    // node's capacity, whatever bounded the rate measured above (the generator, the machine).
+    [
+      "first handshakes/s on a node core",
+      (x: ConnectResult) => (x.handshakeCpuUs > 0 ? round(1e6 / x.handshakeCpuUs, 0) : undefined),
+    ],
+    ["server CPU while connecting, % core", (x: ConnectResult) => x.handshakeServerCpuPercent],
+    ["generator CPU µs per first handshake", (x: ConnectResult) => x.generatorCpuUsPerHandshake],
+    ["generator CPU µs per reconnect", (x: ConnectResult) => x.generatorCpuUsPerReconnect],
+    ["machine busy while connecting, %", (x: ConnectResult) => x.handshakeMachineBusyPercent],
   ] as const;
   const w = [36, 24, 24, 30];
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(w[i] ?? 10)).join(" ");
@@ -899,6 +977,11 @@ async function handshakeRounds(
   }
   console.log(
     `machine CPU busy per round, %: ${rounds.map((x) => x.machineBusyPercent).join(" / ")}`,
+  );
+  console.log(
+    `handshake client: ${handshakeClient}; load average: ${loadavg()
+      .map((l) => round(l))
+      .join(" ")}`,
   );
   const errors = rounds.flatMap((x) => [x.product.errors, x.bare.errors]);
   console.log(`errors: ${JSON.stringify(errors.filter((e) => Object.keys(e).length > 0))}`);
@@ -952,6 +1035,10 @@ function print(products: [string, RunResult][], bare?: RunResult, db?: { perSeco
     both("reconnects/s (known users)", (r) => r.reconnectsPerSecond, String, num),
     both("server CPU µs per first handshake", (r) => r.handshakeCpuUs, String, num),
     both("server CPU µs per reconnect", (r) => r.reconnectCpuUs, String, num),
+    both("server CPU while connecting, % core", (r) => r.handshakeServerCpuPercent),
+    both("generator CPU µs per first handshake", (r) => r.generatorCpuUsPerHandshake),
+    both("generator CPU µs per reconnect", (r) => r.generatorCpuUsPerReconnect),
+    both("machine busy while connecting, %", (r) => r.handshakeMachineBusyPercent),
     both("idle RSS bytes/socket", (r) => r.idleBytesPerSocket.rss, String, num),
     both("idle heap bytes/socket", (r) => r.idleBytesPerSocket.heap, String, num),
     both(

@@ -7,7 +7,17 @@
  */
 import { io, type Socket } from "socket.io-client";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
+import { openRaw, RawConnectError } from "./raw-client.js";
 import { nowMs } from "./stats.js";
+
+/**
+ * How idle sockets (the ones the connection phases open, close and open again) connect:
+ * `socket.io` with a socket.io-client instance each, as an app does; `raw` with raw-client.ts
+ * (a TCP socket speaking WebSocket, Engine.IO v4 and Socket.IO v5 itself), which costs the load
+ * generator a fraction of the CPU, so that the server, not the generator, bounds the
+ * handshakes per second.
+ */
+export type HandshakeClient = "raw" | "socket.io";
 
 export interface WorkerInit {
   /** Server URLs; device d of a user connects to urls[(user + d) % urls.length]. */
@@ -23,6 +33,8 @@ export interface WorkerInit {
   bare: boolean;
   /** Handshakes in flight at once per worker. */
   connectConcurrency: number;
+  /** The client of the idle sockets (devices that send always use socket.io-client). */
+  handshakeClient: HandshakeClient;
 }
 
 export type WorkerCommand =
@@ -43,7 +55,11 @@ interface Device {
 let init: WorkerInit;
 let tokens = new Map<string, string>();
 const devices: Device[] = [];
-const idleSockets: Socket[] = [];
+/** An open idle connection, whichever client holds it. */
+interface IdleConn {
+  close(): void;
+}
+const idleSockets: IdleConn[] = [];
 const chatsByUser: string[][] = [];
 const ackLatencies: number[] = [];
 const deliveryLatencies: number[] = [];
@@ -99,15 +115,35 @@ async function open(url: string, token: string): Promise<Socket> {
   return socket;
 }
 
+/** Opens one idle connection with the configured client; undefined when it failed. */
+async function openIdle(url: string, token: string): Promise<IdleConn | undefined> {
+  if (init.handshakeClient === "raw") {
+    try {
+      return await openRaw(url, { token });
+    } catch (e) {
+      countError(`connect:${e instanceof RawConnectError ? e.code : String(e)}`);
+      return undefined;
+    }
+  }
+  const socket = await open(url, token);
+  return socket.connected ? { close: () => socket.disconnect() } : undefined;
+}
+
+/** This process's CPU time so far (user + system), µs: the load generator's own cost. */
+function cpuUs(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
 async function connectAll(): Promise<void> {
   const jobs: (() => Promise<void>)[] = [];
   init.idleUserIds.forEach((userId, i) => {
     jobs.push(async () => {
-      const socket = await open(
+      const conn = await openIdle(
         init.urls[i % init.urls.length] as string,
         tokens.get(userId) as string,
       );
-      if (socket.connected) idleSockets.push(socket);
+      if (conn) idleSockets.push(conn);
     });
   });
   init.userIds.forEach((userId, user) => {
@@ -133,6 +169,7 @@ async function connectAll(): Promise<void> {
     }
   });
   const started = nowMs();
+  const cpuBefore = cpuUs();
   let next = 0;
   await Promise.all(
     Array.from({ length: init.connectConcurrency }, async () => {
@@ -146,6 +183,7 @@ async function connectAll(): Promise<void> {
     type: "connected",
     sockets: devices.length + idleSockets.length,
     ms: nowMs() - started,
+    cpuUs: cpuUs() - cpuBefore,
     errors,
   });
 }
@@ -155,7 +193,8 @@ async function connectAll(): Promise<void> {
  * server already knows (no provisioning), as after a deploy or a network blip.
  */
 async function reconnectIdle(): Promise<void> {
-  for (const socket of idleSockets.splice(0)) socket.disconnect();
+  const cpuBefore = cpuUs();
+  for (const conn of idleSockets.splice(0)) conn.close();
   const ids = init.idleUserIds;
   const started = nowMs();
   let next = 0;
@@ -163,15 +202,21 @@ async function reconnectIdle(): Promise<void> {
     Array.from({ length: init.connectConcurrency }, async () => {
       while (next < ids.length) {
         const i = next++;
-        const socket = await open(
+        const conn = await openIdle(
           init.urls[i % init.urls.length] as string,
           tokens.get(ids[i] as string) as string,
         );
-        if (socket.connected) idleSockets.push(socket);
+        if (conn) idleSockets.push(conn);
       }
     }),
   );
-  post({ type: "reconnected", sockets: idleSockets.length, ms: nowMs() - started, errors });
+  post({
+    type: "reconnected",
+    sockets: idleSockets.length,
+    ms: nowMs() - started,
+    cpuUs: cpuUs() - cpuBefore,
+    errors,
+  });
 }
 
 function onDelivered(deviceIndex: number, chatId: string, id: string, content: string) {
@@ -365,7 +410,7 @@ process.on("message", (cmd: WorkerCommand) => {
         return report();
       case "close":
         for (const d of devices) d.socket.disconnect();
-        for (const socket of idleSockets) socket.disconnect();
+        for (const conn of idleSockets) conn.close();
         post({ type: "closed" });
         return;
     }

@@ -6,10 +6,16 @@
  */
 import { createSign, generateKeyPairSync, webcrypto } from "node:crypto";
 import { verifyToken } from "@clerk/backend";
+import { decodeJwt } from "@clerk/backend/jwt";
+import fc from "fast-check";
 import { afterEach, describe, expect, test, vi } from "vitest";
 import { ConnectErrorCode } from "../../protocol/constants.js";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
-import { CLOCK_SKEW_MS, createLocalKeyVerify } from "../../server/src/auth/local-key.js";
+import {
+  CLOCK_SKEW_MS,
+  createLocalKeyVerify,
+  decodeToken,
+} from "../../server/src/auth/local-key.js";
 import {
   createClerkVerifier,
   TokenError,
@@ -25,6 +31,24 @@ const other = generateKeyPairSync("rsa", {
 
 const b64 = (s: string | Buffer) => Buffer.from(s).toString("base64url");
 const hashOf = { RS256: "sha256", RS384: "sha384", RS512: "sha512" } as Record<string, string>;
+
+/** A token of exactly these header and payload bytes, signed with the test key. */
+function rawTokenBytes(header: Buffer, payload: Buffer): string {
+  const input = `${header.toString("base64url")}.${payload.toString("base64url")}`;
+  const signature = createSign("sha256").update(input).sign(testKeys.privateKeyPem);
+  return `${input}.${signature.toString("base64url")}`;
+}
+
+/**
+ * The same base64url text with spare bits set in its last character (a part whose length is not
+ * a multiple of 4 has 2 or 4 bits past its last byte): the same bytes to a lenient decoder.
+ */
+function spareBits(part: string): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  if (part.length % 4 === 0 || part.length % 4 === 1) return `${part.slice(0, -2)}A`; // 4n+2 then
+  const last = alphabet.indexOf(part.at(-1) as string);
+  return `${part.slice(0, -1)}${alphabet[last | 1]}`;
+}
 
 /** A token with exactly this header and payload JSON, signed with `key` (default the test key). */
 function rawToken(
@@ -123,6 +147,30 @@ function cases(nowMs: number): [string, string][] {
     ["payload null", rawToken(JSON.stringify({ alg: "RS256" }), "null")],
     ["header null", rawToken("null", JSON.stringify(ok))],
     ["garbage", "not a token"],
+    // Decoding: what the library's base64url reader (loose) admits and refuses.
+    ["padded parts", `${h}==.${p}=.${s}===`],
+    ["padding inside a part", `${h.slice(0, 4)}=${h.slice(4)}.${p}.${s}`],
+    ["standard base64 characters", `${h}.${p}.${s.replace(/-/g, "+").replace(/_/g, "/")}`],
+    ["a lone last character in the signature", `${h}.${p}.${s}A`],
+    ["a lone last character in the header", `${h.length % 4 === 0 ? h : "eyJh"}A.${p}.${s}`],
+    ["signature's last character with spare bits set", `${h}.${p}.${spareBits(s)}`],
+    ["payload's last character with spare bits set", `${h}.${spareBits(p)}.${s}`],
+    ["whitespace in the payload", `${h}.${p.slice(0, 8)} ${p.slice(8)}.${s}`],
+    ["an empty header", `.${p}.${s}`],
+    [
+      "a BOM before the header's JSON",
+      rawToken(`\uFEFF${JSON.stringify({ alg: "RS256" })}`, JSON.stringify(ok)),
+    ],
+    [
+      "invalid UTF-8 in the payload's JSON",
+      rawTokenBytes(
+        Buffer.from(JSON.stringify({ alg: "RS256" })),
+        Buffer.concat([
+          Buffer.from(`{"sub":"u\xff`, "latin1"),
+          Buffer.from(`","azp":"${AUTHORIZED_PARTY}","exp":${now + 60}}`),
+        ]),
+      ),
+    ],
   ];
   return list;
 }
@@ -198,6 +246,64 @@ describe("the PEM-key verifier agrees with @clerk/backend's verifyToken", () => 
     expect(codes.get("expired 1 s past the skew")).toBe(ConnectErrorCode.TOKEN_EXPIRED);
     expect(codes.get("wrong azp")).toBe(ConnectErrorCode.TOKEN_WRONG_PARTY);
     expect(codes.get("payload tampered")).toBe(ConnectErrorCode.TOKEN_INVALID);
+  });
+});
+
+describe("decoding agrees with @clerk/backend's decodeJwt", () => {
+  /** decodeJwt's or decodeToken's result, or the reason and message it refused with. */
+  const decodeOutcome = (decode: (t: string) => unknown, t: string) => {
+    try {
+      const d = decode(t) as { signature: Uint8Array };
+      return { ...d, signature: [...d.signature] };
+    } catch (e) {
+      const err = e as { reason?: string; message: string };
+      return { refused: err.reason ?? "(no reason)", message: err.message };
+    }
+  };
+
+  test("on every case above", () => {
+    for (const [name, t] of cases(Date.now())) {
+      expect({ name, ...decodeOutcome(decodeToken, t) }).toEqual({
+        name,
+        ...decodeOutcome(decodeJwt, t),
+      });
+    }
+  });
+
+  test("on random strings over the base64url alphabet, padding, dots and strays", () => {
+    // Parts built from the characters that decide a decoder's verdict: the alphabet, `=`
+    // anywhere, `+` `/` and a space (standard base64 and whitespace), and a lone dot count.
+    const char = fc.constantFrom(
+      ..."ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/ .".split(""),
+    );
+    const part = fc.oneof(
+      fc.string({ unit: char, maxLength: 12 }),
+      // Valid base64url of JSON (or not), then perhaps one character changed.
+      fc
+        .tuple(fc.oneof(fc.json(), fc.string()), fc.nat(), char, fc.boolean())
+        .map(([json, at, c, change]) => {
+          const b = Buffer.from(json).toString("base64url");
+          return change && b.length > 0
+            ? `${b.slice(0, at % b.length)}${c}${b.slice((at % b.length) + 1)}`
+            : b;
+        }),
+    );
+    fc.assert(
+      fc.property(fc.array(part, { minLength: 1, maxLength: 4 }), (parts) => {
+        const t = parts.join(".");
+        expect(decodeOutcome(decodeToken, t)).toEqual(decodeOutcome(decodeJwt, t));
+      }),
+      { numRuns: 3000 },
+    );
+    // A header and payload that decode, so that the verdict is the signature part's alone.
+    const jsonPart = fc.json().map((j) => Buffer.from(j).toString("base64url"));
+    fc.assert(
+      fc.property(jsonPart, jsonPart, part, (header, payload, signature) => {
+        const t = `${header}.${payload}.${signature}`;
+        expect(decodeOutcome(decodeToken, t)).toEqual(decodeOutcome(decodeJwt, t));
+      }),
+      { numRuns: 3000 },
+    );
   });
 });
 
