@@ -12,7 +12,10 @@
  * - throughput: every socket sends as fast as it is acked (four in flight) for `--saturate`
  *   seconds: the rate the server stores messages at, beside the rate the outbox delivers them at
  *   (over the same window, and until the backlog is drained); and, in the same run, the storing
- *   rate with enqueueing off (app_event_settings.enabled = false for that window);
+ *   rate with enqueueing off (app_event_settings.enabled = false for that window). For both, the
+ *   CPU time (/proc/<pid>/stat, user + system) per message of the node, of the receiver, of the
+ *   bench database's Postgres backends and of this process (the sockets), and each one's share
+ *   of a core: on minus off is what delivering an event costs, whatever the machine's load;
  * - receiver outage: the receiver answers 503 for `--outage` seconds while messages are sent at
  *   `--rate`; then the time from its return until every event arrived;
  * - Postgres outage: the node reaches Postgres through a TCP proxy. With a backlog pending (the
