@@ -12,7 +12,10 @@
  * - throughput: every socket sends as fast as it is acked (four in flight) for `--saturate`
  *   seconds: the rate the server stores messages at, beside the rate the outbox delivers them at
  *   (over the same window, and until the backlog is drained); and, in the same run, the storing
- *   rate with enqueueing off (app_event_settings.enabled = false for that window);
+ *   rate with enqueueing off (app_event_settings.enabled = false for that window). For both, the
+ *   CPU time (/proc/<pid>/stat, user + system) per message of the node, of the receiver, of the
+ *   bench database's Postgres backends and of this process (the sockets), and each one's share
+ *   of a core: on minus off is what delivering an event costs, whatever the machine's load;
  * - receiver outage: the receiver answers 503 for `--outage` seconds while messages are sent at
  *   `--rate`; then the time from its return until every event arrived;
  * - Postgres outage: the node reaches Postgres through a TCP proxy. With a backlog pending (the
@@ -27,6 +30,7 @@
  */
 import { type ChildProcess, fork, spawn } from "node:child_process";
 import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { type AddressInfo, createServer as createNetServer } from "node:net";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
@@ -129,6 +133,7 @@ async function startReceiver(secret: string) {
     setFailing: (failing: boolean) => child.send({ failing }),
     bad: () => bad,
     requests: () => requests,
+    pid: child.pid,
     close: async () => {
       if (child.connected) child.disconnect();
     },
@@ -171,6 +176,67 @@ async function drained(arrivals: Map<string, number>, ids: string[], limitMs: nu
   }
 }
 
+/** CPU seconds (user + system) a process used so far, from /proc (Linux), or NaN. */
+function procCpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
+}
+const CLOCK_TICKS = 100;
+
+/** Who is measured: the node, the receiver, the node's Postgres backends, this process (the sockets). */
+interface CpuProbe {
+  node: number | undefined;
+  receiver: number | undefined;
+  /** The bench database's backends' pids (pg_stat_activity), read at each sample. */
+  backends: () => Promise<number[]>;
+}
+type CpuSample = { node: number; receiver: number; postgres: number; clients: number };
+type CpuMark = { node: number; receiver: number; clients: number; backends: Map<number, number> };
+
+async function cpuMark(probe: CpuProbe): Promise<CpuMark> {
+  const pids = await probe.backends();
+  const self = process.cpuUsage();
+  return {
+    node: procCpuSeconds(probe.node),
+    receiver: procCpuSeconds(probe.receiver),
+    clients: (self.user + self.system) / 1e6,
+    backends: new Map(pids.map((pid) => [pid, procCpuSeconds(pid)])),
+  };
+}
+
+/** CPU seconds used since `start`; Postgres: the backends alive at both marks (pooled, long-lived). */
+async function cpuSince(probe: CpuProbe, start: CpuMark): Promise<CpuSample> {
+  const end = await cpuMark(probe);
+  let postgres = 0;
+  for (const [pid, at] of end.backends) {
+    const from = start.backends.get(pid);
+    if (from !== undefined && Number.isFinite(at - from)) postgres += at - from;
+  }
+  return {
+    node: end.node - start.node,
+    receiver: end.receiver - start.receiver,
+    postgres,
+    clients: end.clients - start.clients,
+  };
+}
+
+/** CPU per message (ms) and each process's share of one core over the phase. */
+function cpuLine(cpu: CpuSample, wallS: number, messages: number): string {
+  return (["node", "postgres", "receiver", "clients"] as const)
+    .map(
+      (k) =>
+        `${k} ${round((cpu[k] * 1000) / messages, 3)} ms/msg (${round((cpu[k] / wallS) * 100, 0)}% of a core)`,
+    )
+    .join(", ");
+}
+
 async function latencyPhase(clients: Client[], arrivals: Map<string, number>, run: number) {
   const total = rate * seconds;
   const acks = new Map<string, number>();
@@ -206,9 +272,11 @@ async function saturatePhase(
   clients: Client[],
   arrivals: Map<string, number>,
   run: number,
+  probe: CpuProbe,
   outbox = true,
 ) {
   const ids: string[] = [];
+  const mark = await cpuMark(probe);
   const started = nowMs();
   const stopAt = started + saturate * 1000;
   let acked = 0;
@@ -228,20 +296,29 @@ async function saturatePhase(
   );
   const windowEnd = nowMs();
   if (!outbox) {
+    const cpu = await cpuSince(probe, mark);
     const windowS = (windowEnd - started) / 1000;
     return {
       stored: round(acked / windowS, 0),
+      acked,
       deliveredInWindow: 0,
       deliveredOverall: 0,
       drainAfterMs: 0,
       missing: 0,
+      cpu,
+      wallS: windowS,
     };
   }
   const inWindow = ids.filter((id) => (arrivals.get(id) ?? Infinity) <= windowEnd).length;
   const missing = await drained(arrivals, ids, DRAIN_LIMIT_MS);
+  // From the window's start until the backlog is drained: storing and delivering every event.
+  const cpu = await cpuSince(probe, mark);
   const last = Math.max(...ids.map((id) => arrivals.get(id) ?? 0));
   const windowS = (windowEnd - started) / 1000;
   return {
+    acked,
+    cpu,
+    wallS: (nowMs() - started) / 1000,
     stored: round(acked / windowS, 0),
     deliveredInWindow: round(inWindow / windowS, 0),
     deliveredOverall: round((ids.length - missing) / ((last - started) / 1000), 0),
@@ -402,6 +479,16 @@ async function main() {
     children.push(child);
     const base = `http://127.0.0.1:${port}`;
     await waitReady(base);
+    const probe: CpuProbe = {
+      node: child.pid,
+      receiver: receiver.pid,
+      backends: async () =>
+        (
+          await benchDb<{ pid: number }[]>`
+            select pid from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()`
+        ).map((r) => r.pid),
+    };
 
     const clients: Client[] = [];
     for (let i = 0; i < users; i++) {
@@ -448,15 +535,17 @@ async function main() {
         `run ${run} latency @${l.offered} msg/s: ack→webhook p50 ${l.p50} ms, p99 ${l.p99} ms, max ${l.max} ms, missing ${l.missing}`,
       );
       lat.push(l);
-      const s = await saturatePhase(clients, receiver.arrivals, run);
+      const s = await saturatePhase(clients, receiver.arrivals, run, probe);
       log(
         `run ${run} saturate: stored ${s.stored}/s, delivered ${s.deliveredInWindow}/s in the window, ${s.deliveredOverall}/s until drained (+${s.drainAfterMs} ms), missing ${s.missing}`,
       );
       sat.push(s);
+      log(`run ${run} saturate CPU: ${cpuLine(s.cpu, s.wallS, s.acked)}`);
       await benchDb`update app_event_settings set enabled = false`;
-      const o = await saturatePhase(clients, receiver.arrivals, run, false);
+      const o = await saturatePhase(clients, receiver.arrivals, run, probe, false);
       await benchDb`update app_event_settings set enabled = true`;
       log(`run ${run} saturate, enqueueing off: stored ${o.stored}/s`);
+      log(`run ${run} saturate off CPU: ${cpuLine(o.cpu, o.wallS, o.acked)}`);
       off.push(o);
       if (args["skip-outages"]) continue;
       const r = await receiverOutagePhase(clients, receiver, run);
@@ -487,6 +576,16 @@ async function main() {
     log(`| delivery rate, same window | ${inWindow} events/s | ${round(inWindow / stored, 2)}× |`);
     log(`| delivery rate, until drained | ${overall} events/s | ${round(overall / stored, 2)}× |`);
     log(`| backlog drained after the window | ${median(sat.map((s) => s.drainAfterMs))} ms |`);
+    // CPU per message, saturated: with the outbox (storing and delivering each message, until
+    // drained) and without (storing only); the difference is what delivering an event costs.
+    for (const k of ["node", "postgres", "receiver", "clients"] as const) {
+      const on = median(sat.map((s) => (s.cpu[k] * 1000) / s.acked));
+      const offMs = median(off.map((s) => (s.cpu[k] * 1000) / s.acked));
+      const share = median(sat.map((s) => (s.cpu[k] / s.wallS) * 100));
+      log(
+        `| CPU ms per message, ${k}: outbox on (store + deliver) | ${round(on, 3)} | off (store) ${round(offMs, 3)} | delivery ≈ ${round(on - offMs, 3)} ms/event | ${round(share, 0)}% of a core while on |`,
+      );
+    }
     if (ro.length > 0) {
       log(
         `| receiver down ${outageS} s at ${rate} msg/s: caught up after its return | ${median(ro.map((r) => r.catchUpMs))} ms (runs: ${ro.map((r) => r.catchUpMs).join(" / ")}) | backlog ${median(ro.map((r) => r.backlog))} |`,

@@ -23,9 +23,9 @@ export interface DatabaseOptions {
   /** Session settings of every connection (e.g. `synchronous_commit`). */
   settings?: Record<string, string>;
   /**
-   * Longest wait in seconds between reconnect attempts. postgres.js's default grows with
-   * consecutive failures, shared by the pool, up to 20 s: after an outage of a few seconds the
-   * pool may wait that long before trying again. Default: the driver's.
+   * Longest wait in seconds between reconnect attempts (default 1). postgres.js's own backoff
+   * grows with the failed connection attempts of the whole pool, up to 20 s: after an outage of
+   * a few seconds a pool could wait that long before trying again (tests/db/reconnect-backoff).
    */
   maxReconnectDelaySeconds?: number;
 }
@@ -43,9 +43,7 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
     // them: no query sends or returns an array parameter (insertMany sends one jsonb value).
     fetch_types: false,
     connection: { application_name: APPLICATION_NAME, ...options.settings },
-    ...(options.maxReconnectDelaySeconds === undefined
-      ? {}
-      : { backoff: reconnectBackoff(options.maxReconnectDelaySeconds) }),
+    backoff: reconnectBackoff(options.maxReconnectDelaySeconds ?? 1),
   });
   const db = drizzle(sql, { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };

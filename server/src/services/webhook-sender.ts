@@ -1,10 +1,11 @@
 /**
- * One webhook POST to the app's backend, signed with the Standard Webhooks scheme (the
- * `standardwebhooks` package; the scheme Clerk's webhooks use). Only a 2xx counts as delivered:
+ * One webhook POST to the app's backend, signed with the Standard Webhooks scheme (the scheme
+ * Clerk's webhooks use; byte for byte what the `standardwebhooks` package signs). Only a 2xx counts as delivered:
  * a redirect is not followed (3xx is a failure: the operator configured the URL, a redirect means
  * it is wrong), the whole request is bounded by a timeout, and at most a little of the answer is
  * read (for the failure's description), so a slow, huge or garbage answer costs nothing more.
  */
+import { createHmac } from "node:crypto";
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { Webhook } from "standardwebhooks";
@@ -33,20 +34,64 @@ export interface WebhookSenderOptions {
 }
 
 /**
+ * The `webhook-signature` of Standard Webhooks: `v1,` + base64 HMAC-SHA256 of
+ * `id.timestamp.body` under the secret's key (`whsec_` + base64). The same bytes as
+ * `standardwebhooks`' `Webhook.sign` (tests/outbox/webhook-sender.test.ts compares them), with
+ * Node's native HMAC instead of the package's JavaScript SHA-256 (`fast-sha256`, 3–6 % of the
+ * node's CPU in a saturated profile, docs/benchmarks.md); the package still checks the secret.
+ */
+export class WebhookSigner {
+  private readonly key: Buffer;
+
+  constructor(secret: string) {
+    // Throws on an empty or malformed secret, as the package does.
+    new Webhook(secret);
+    this.key = Buffer.from(secret.startsWith("whsec_") ? secret.slice(6) : secret, "base64");
+  }
+
+  sign(id: string, timestampSeconds: number, payload: string): string {
+    const mac = createHmac("sha256", this.key).update(`${id}.${timestampSeconds}.${payload}`);
+    return `v1,${mac.digest("base64")}`;
+  }
+}
+
+/**
  * Node's own HTTP client with a keep-alive agent, not `fetch`: the delivery makes one request
  * per event, and fetch's WHATWG streams cost several times the CPU of a plain request on this
- * path (docs/benchmarks.md). Connections to the receiver are kept open and reused.
+ * path (docs/benchmarks.md). undici's Pool (what fetch is built on, without the streams)
+ * measured no cheaper here: 139 vs 139 µs of CPU per delivered event, delivery alone
+ * (scripts/bench/webhook-drain.ts). Connections to the receiver are kept open and reused, and
+ * the target is parsed once, not from the URL on every request.
  */
 export class WebhookSender {
-  private readonly webhook: Webhook;
-  private readonly url: URL;
+  private readonly signer: WebhookSigner;
+  /** The request's target, parsed once (not from the URL on every request). */
+  private readonly target: {
+    protocol: string;
+    hostname: string;
+    port: number | undefined;
+    path: string;
+    auth: string | undefined;
+  };
   private readonly agent: HttpAgent;
   private readonly request: typeof httpRequest;
 
   constructor(private readonly options: WebhookSenderOptions) {
-    this.webhook = new Webhook(options.secret);
-    this.url = new URL(options.url);
-    const https = this.url.protocol === "https:";
+    this.signer = new WebhookSigner(options.secret);
+    const url = new URL(options.url);
+    const https = url.protocol === "https:";
+    this.target = {
+      protocol: url.protocol,
+      // An IPv6 literal without its brackets, as node:http wants it.
+      hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+      port: url.port ? Number(url.port) : undefined,
+      path: `${url.pathname}${url.search}`,
+      // Credentials in the URL go as Basic auth, as when node:http is given the URL itself.
+      auth:
+        url.username || url.password
+          ? `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`
+          : undefined,
+    };
     const agentOptions = {
       keepAlive: true,
       maxSockets: options.maxSockets ?? 16,
@@ -73,7 +118,7 @@ export class WebhookSender {
     signal: AbortSignal | undefined,
     mayRetryReused: boolean,
   ): Promise<SendResult> {
-    const now = new Date();
+    const seconds = Math.floor(Date.now() / 1000);
     const { timeoutMs } = this.options;
     return new Promise<SendResult>((resolve) => {
       let settled = false;
@@ -84,7 +129,8 @@ export class WebhookSender {
         signal?.removeEventListener("abort", onAbort);
         resolve(result);
       };
-      const req = this.request(this.url, {
+      const req = this.request({
+        ...this.target,
         method: "POST",
         agent: this.agent,
         headers: {
@@ -92,8 +138,8 @@ export class WebhookSender {
           "content-length": Buffer.byteLength(payload),
           "user-agent": "chat-backend-webhooks",
           "webhook-id": id,
-          "webhook-timestamp": String(Math.floor(now.getTime() / 1000)),
-          "webhook-signature": this.webhook.sign(id, now, payload),
+          "webhook-timestamp": String(seconds),
+          "webhook-signature": this.signer.sign(id, seconds, payload),
         },
       });
       // The whole attempt, connect to answer, is bounded.
