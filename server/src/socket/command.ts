@@ -11,7 +11,11 @@ import {
 import { isUnavailable } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import { type CommandPayload, commandSchemas } from "../protocol-schemas.js";
+import {
+  type CommandPayload,
+  commandSchemas,
+  compiledCommandSchemas,
+} from "../protocol-schemas.js";
 import { AppError, withTimeout } from "../services/errors.js";
 import type { CommandBucket } from "../services/rate-limits.js";
 import type { Inflight } from "./inflight.js";
@@ -174,7 +178,7 @@ async function run<C extends CommandName>(
       );
     }
     if (name !== "auth:refresh") ctx.guard?.(socket, name);
-    const payload = commandSchemas[name].parse(raw) as CommandPayload<C>;
+    const payload = compiledCommandSchemas[name].parse(raw) as CommandPayload<C>;
     const work = ctx.inflight.track(handler(socket, payload, controller.signal));
     started = true;
     void work.then(release, release);
