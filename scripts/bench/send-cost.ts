@@ -1,6 +1,7 @@
 /**
  * `npm run bench:send -- [--users 250] [--devices 4] [--chats 2] [--idle 0] [--rate 1000]
- *   [--messages 6000] [--warmup 3000] [--runs 3] [--profile dir] [--skip-bare]`
+ *   [--messages 6000] [--warmup 3000] [--runs 3] [--profile dir] [--skip-bare]
+ *   [--ref-tree dir] [--synchronous-commit on|off]`
  *
  * The server's CPU per message on the send path (docs/benchmarks.md, "CPU per message on the
  * send path"), the product against the bare Socket.IO server (scripts/loadtest/bare-server.ts)
@@ -20,7 +21,13 @@
  * distorted by a busy machine than wall time: waiting for a core costs none. Also printed: the
  * product's own send→ack (its `chat_command_duration_seconds` histogram), its messages per
  * group commit, write system calls per message (/proc/<pid>/io) and the client-observed p99.
- * Medians of the runs' figures and of their ratios at the end.
+ * Medians of the runs' figures and of their ratios at the end. `--ref-tree dir` adds the product
+ * of another checkout (e.g. `git worktree add /tmp/base main`, with node_modules) to every run:
+ * before and after a change, in the same invocation.
+ *
+ * `--synchronous-commit off` sets it on the bench's database only: commits then do not wait
+ * for the WAL's flush, so how long they take (and so how many messages a group commit takes)
+ * depends much less on how busy the machine's disk and cores are.
  *
  * Loopback only: a fresh database on the local Postgres (TEST_DATABASE_URL or --database-url),
  * dropped at the end. `--profile dir` records a V8 CPU profile of each server over the counted
@@ -53,6 +60,7 @@ const { values: args } = parseArgs({
     profile: { type: "string" },
     "skip-bare": { type: "boolean", default: false },
     "ref-tree": { type: "string" },
+    "synchronous-commit": { type: "string", default: "on" },
     "database-url": { type: "string" },
   },
 });
@@ -339,7 +347,7 @@ async function measure(
     console.error(
       `run ${run} ${target}: ${f(figures.cpuUsPerMsg, 0)} µs CPU/msg, ${figures.acked} acked${
         Object.keys(figures.errors).length ? ` errors ${JSON.stringify(figures.errors)}` : ""
-      }, complete ${figures.complete}, ${f(figures.syscwPerMsg, 2)} syscw/msg, client p50/p99 ${f(
+      }, delivered ${report.delivered}/${report.expected}, ${f(figures.syscwPerMsg, 2)} syscw/msg, client p50/p99 ${f(
         figures.clientP50,
       )}/${f(figures.clientP99)} ms${
         target !== "bare"
@@ -380,6 +388,10 @@ async function main() {
   const url = new URL(adminUrl);
   url.pathname = `/${dbName}`;
   await admin.unsafe(`create database "${dbName}"`);
+  if (args["synchronous-commit"] === "off") {
+    // This database only (a setting of the bench's own database, not of the server).
+    await admin.unsafe(`alter database "${dbName}" set synchronous_commit = off`);
+  }
   const keys = generateKeyPairSync("rsa", {
     modulusLength: 2048,
     publicKeyEncoding: { type: "spki", format: "pem" },
@@ -389,7 +401,7 @@ async function main() {
   try {
     await runMigrations(url.toString());
     console.error(
-      `${USERS} users × ${DEVICES} devices, ${CHATS} chats each, ${IDLE} idle; ${WARMUP} warm-up + ${MESSAGES} messages at ${RATE}/s; ${RUNS} runs; load ${os
+      `${USERS} users × ${DEVICES} devices, ${CHATS} chats each, ${IDLE} idle; synchronous_commit ${args["synchronous-commit"]}; ${WARMUP} warm-up + ${MESSAGES} messages at ${RATE}/s; ${RUNS} runs; load ${os
         .loadavg()
         .map((l) => l.toFixed(1))
         .join(" ")}`,
