@@ -84,3 +84,58 @@ test("a message to two devices: one write to each, every packet delivered in ord
   expect(writesA.count).toBe(1);
   expect(writesB.count).toBe(1);
 });
+
+/** Records the bytes of each write of the server's TCP socket under a client's connection. */
+function recordWrites(client: ClientSocket): string[] {
+  const socket = server.app.io.of("/").sockets.get(client.id ?? "");
+  const raw = (socket?.conn.transport as unknown as { socket?: { _socket?: NetSocket } })?.socket
+    ?._socket as (NetSocket & Record<string, unknown>) | undefined;
+  if (!raw) throw new Error("no TCP socket under the connection");
+  const writes: string[] = [];
+  const text = (chunk: unknown) =>
+    Buffer.isBuffer(chunk) ? chunk.toString("latin1") : String(chunk);
+  type Write = (this: unknown, ...args: unknown[]) => unknown;
+  const write = raw._write as Write;
+  const writev = raw._writev as Write;
+  raw._write = function (this: unknown, chunk: unknown, ...rest: unknown[]) {
+    writes.push(text(chunk));
+    return write.apply(this, [chunk, ...rest]);
+  };
+  raw._writev = function (this: unknown, chunks: { chunk: unknown }[], ...rest: unknown[]) {
+    writes.push(chunks.map((c) => text(c.chunk)).join(""));
+    return writev.apply(this, [chunks, ...rest]);
+  };
+  return writes;
+}
+
+test("stats:updated goes out with the user's next message: in the same write", async () => {
+  const id = userId("coalesce-stats");
+  const a = await server.connectAs(id);
+  const b = await server.connectAs(id);
+  const { chat } = await ok(a, "chat:create", { title: "Stats" });
+  await ok(a, "chat:open", { chatId: chat.id });
+  await ok(b, "chat:open", { chatId: chat.id });
+  const recB = recordEvents(b);
+  await eventually(() => expect(recB.of("stats:updated").length).toBeGreaterThan(0), 5000);
+  recB.events.length = 0;
+
+  const writesB = recordWrites(b);
+  // A message every 50 ms for up to 4 s: the stats read a second after the first one are held
+  // for the next (within 0.5 s) and written with it.
+  let sent = 0;
+  const deadline = Date.now() + 4000;
+  while (recB.of("stats:updated").length === 0 && Date.now() < deadline) {
+    await ok(a, "message:send", { chatId: chat.id, clientId: `s-${sent}`, content: `m ${sent}` });
+    sent++;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await eventually(() => expect(recB.of("stats:updated").length).toBeGreaterThan(0), 3000);
+  const withStats = writesB.filter((w) => w.includes('"stats:updated"'));
+  expect(withStats.length).toBeGreaterThan(0);
+  for (const w of withStats) expect(w).toContain('"message:created"');
+  // And the stats are the user's counters as user:stats reports them once the sends settle.
+  const { stats } = await ok(a, "user:stats", {});
+  await eventually(() =>
+    expect(recB.of<{ stats: unknown }>("stats:updated").at(-1)).toEqual({ stats }),
+  );
+});

@@ -92,13 +92,12 @@ export class UserRepository {
    * Users without a row are missing from the result.
    */
   async statsMany(clerkIds: string[]): Promise<Map<string, UserStatsRow>> {
-    const ids = sql.join(
-      clerkIds.map((id) => sql`${id}`),
-      sql`, `,
-    );
+    // The ids as one jsonb parameter: one statement whatever their number, prepared once per
+    // connection (a parameter per id made each count of users a statement of its own, parsed
+    // and described again), and no array type (db/client.ts).
     const rows = await this.db.execute<UserStatsRow & { clerk_id: string }>(sql`
       select c.clerk_id, s.*
-        from unnest(array[${ids}]::text[]) as c(clerk_id),
+        from jsonb_array_elements_text(${JSON.stringify(clerkIds)}::jsonb) as c(clerk_id),
              lateral public.get_user_stats(c.clerk_id) s`);
     return new Map(rows.map(({ clerk_id, ...stats }) => [clerk_id, stats]));
   }

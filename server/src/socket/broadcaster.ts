@@ -23,6 +23,13 @@ import { type ChatServer, rooms } from "./types.js";
  * the user's devices as many packets as the messages themselves.
  */
 const STATS_DEBOUNCE_MS = 1000;
+/**
+ * How long loaded stats may wait for their user's next event: a user's stats go out in the same
+ * turn of the event loop as that user's next `message:created` or `chat:*` from this node, when
+ * there is one within this time (then the socket writes them together: one system call per
+ * device, coalesce-writes.ts), else on their own when it has passed.
+ */
+const STATS_ALIGN_MS = 500;
 /** Users whose stats events are written per turn of the event loop, so sends are not held up. */
 const STATS_EMIT_CHUNK = 100;
 /** Most users read by one stats query. */
@@ -41,6 +48,9 @@ const RESYNC_MAX_SPREAD_MS = 10_000;
 export class SocketBroadcaster implements Notifier {
   private readonly pendingStats = new Set<string>();
   private statsTimer: NodeJS.Timeout | undefined;
+  /** Stats loaded and not yet sent, by user: they wait for the user's next event (STATS_ALIGN_MS). */
+  private readonly readyStats = new Map<string, UserStats>();
+  private readyTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly io: ChatServer,
@@ -125,8 +135,13 @@ export class SocketBroadcaster implements Notifier {
     this.io.in(room).disconnectSockets(true);
   }
 
-  /** Coalesces the changes of every user over STATS_DEBOUNCE_MS into one read and one event each. */
+  /**
+   * Coalesces the changes of every user over STATS_DEBOUNCE_MS into one read and one event each.
+   * Called in the turn that broadcasts the change: the user's stats loaded earlier and still
+   * waiting (readyStats) go out now, with the change's events.
+   */
   statsChanged(userId: string): void {
+    this.sendReadyStats(userId);
     this.pendingStats.add(userId);
     this.statsTimer ??= setTimeout(() => this.flushStats(), STATS_DEBOUNCE_MS).unref();
   }
@@ -138,11 +153,29 @@ export class SocketBroadcaster implements Notifier {
     for (let i = 0; i < users.length; i += MAX_STATS_PER_QUERY) {
       const chunk = users.slice(i, i + MAX_STATS_PER_QUERY);
       this.loadStats(chunk).then(
-        (stats) => this.emitStats([...stats]),
+        (stats) => this.holdStats(stats),
         (err) =>
           this.logger.warn({ err, users: chunk.length }, "could not load stats for broadcast"),
       );
     }
+  }
+
+  /** Keeps loaded stats until their user's next event, at most STATS_ALIGN_MS (see there). */
+  private holdStats(stats: Map<string, UserStats>): void {
+    for (const [userId, s] of stats) this.readyStats.set(userId, s);
+    this.readyTimer ??= setTimeout(() => {
+      this.readyTimer = undefined;
+      const entries = [...this.readyStats];
+      this.readyStats.clear();
+      this.emitStats(entries);
+    }, STATS_ALIGN_MS).unref();
+  }
+
+  private sendReadyStats(userId: string): void {
+    const stats = this.readyStats.get(userId);
+    if (stats === undefined) return;
+    this.readyStats.delete(userId);
+    this.io.to(rooms.user(userId)).emit("stats:updated", { stats });
   }
 
   /** Writes the events a chunk per turn of the event loop: a thousand users at once would stall it. */
@@ -158,5 +191,8 @@ export class SocketBroadcaster implements Notifier {
     clearTimeout(this.statsTimer);
     this.statsTimer = undefined;
     this.pendingStats.clear();
+    clearTimeout(this.readyTimer);
+    this.readyTimer = undefined;
+    this.readyStats.clear();
   }
 }
