@@ -68,6 +68,12 @@ const metrics: DeliveryMetrics = {
   webhookEventsFailed: gauge("webhookEventsFailed"),
 };
 
+// A worker dying from a bug still hands over what it counted (then it dies as it would).
+process.on("uncaughtException", (err) => {
+  flushMetrics();
+  throw err;
+});
+
 const logger = createLogger(data.logLevel);
 const database = outboxDatabase(data.databaseUrl, data.webhook);
 const delivery = new AppEventDelivery({
