@@ -10,7 +10,7 @@ import { DisconnectReason, ErrorCode, Limits } from "../../protocol/constants.js
 import type { TokenVerifier } from "./auth/token-verifier.js";
 import type { ClusterMonitor } from "./cluster-monitor.js";
 import type { AppWebhookConfig } from "./config.js";
-import { createDatabase, type DatabaseHandle } from "./db/client.js";
+import type { DatabaseHandle } from "./db/client.js";
 import { createClerkWebhookRoute } from "./http/clerk-webhook.js";
 import { createHttpHandler, type HttpRoute } from "./http/routes.js";
 import { createServiceApi } from "./http/service-api.js";
@@ -26,6 +26,7 @@ import { RedisStreamStore } from "./repositories/stream.redis.js";
 import type { StreamStore } from "./repositories/stream.repository.js";
 import { UserRepository } from "./repositories/user.repository.js";
 import { AppEventDelivery } from "./services/app-event-delivery.js";
+import { AppEventDeliveryThread, outboxDatabase } from "./services/app-event-delivery-thread.js";
 import { type AppEvents, noAppEvents, OutboxAppEvents } from "./services/app-events.js";
 import { ChatService } from "./services/chat.service.js";
 import { ClerkWebhookService } from "./services/clerk-webhook.service.js";
@@ -127,7 +128,14 @@ export interface AppComponents {
    * them (on connections of its own to `databaseUrl`). Without it no events are enqueued: the
    * node turns enqueueing off at start (docs/service-api.md, "Webhooks to your backend").
    */
-  appWebhooks?: { config: AppWebhookConfig; databaseUrl: string } | undefined;
+  appWebhooks?:
+    | {
+        config: AppWebhookConfig;
+        databaseUrl: string;
+        /** On a worker thread of its own (APP_WEBHOOK_THREAD); default true. */
+        thread?: boolean | undefined;
+      }
+    | undefined;
   /** Where the services raise events for the app's backend; default the outbox or, without appWebhooks, nothing. */
   appEvents?: AppEvents | undefined;
 }
@@ -149,6 +157,8 @@ export interface Application {
    * off); rejects if it failed. main.ts waits for it before listening.
    */
   ready: Promise<void>;
+  /** The outbox's delivery thread, when it runs on one (APP_WEBHOOK_THREAD; tests inspect it). */
+  deliveryThread: AppEventDeliveryThread | undefined;
   /**
    * Graceful stop: stops accepting connections, refuses new commands (UNAVAILABLE), lets
    * commands in progress finish and ack (up to `drainMs`), tells every socket
@@ -299,32 +309,30 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     (components.appWebhooks
       ? new OutboxAppEvents(appEventRepo, () => wakeDelivery?.())
       : noAppEvents);
-  let delivery: { worker: AppEventDelivery; database: DatabaseHandle } | undefined;
+  let delivery: { stop(): Promise<void>; database?: DatabaseHandle } | undefined;
+  let deliveryThread: AppEventDeliveryThread | undefined;
   let ready: Promise<void>;
   if (components.appWebhooks) {
-    const { config, databaseUrl } = components.appWebhooks;
-    // The delivery's own writes (claims, leases, deleting delivered events, recording failures)
-    // commit asynchronously: they do not wait for the WAL flush. Safe for at-least-once: a write
-    // lost in a database crash only means an event delivered again (same webhook-id) or a lease
-    // that lapses. The events themselves are written by the message's own, synchronous,
-    // transaction. Connections: a few for the chats delivered at once (reading their next events), the
-    // claims, the outcomes and the lease renewals.
-    const outboxDb = createDatabase(databaseUrl, {
-      max: Math.min(config.concurrency, 8) + 3,
-      settings: { synchronous_commit: "off" },
-      // Caught up within a second or so of Postgres' return, not after the driver's up-to-20 s
-      // reconnect backoff (measured: 18–30 s catch-ups before this cap, docs/benchmarks.md).
-      maxReconnectDelaySeconds: 1,
-    });
-    const worker = new AppEventDelivery({
-      repository: new AppEventRepository(outboxDb.sql),
-      webhook: config,
-      logger,
-      metrics,
-    });
-    delivery = { worker, database: outboxDb };
-    wakeDelivery = () => worker.wake();
-    ready = worker.start();
+    const { config, databaseUrl, thread = true } = components.appWebhooks;
+    if (thread) {
+      // Its own event loop (another core), pool and logger; metrics come back to this node's.
+      const worker = new AppEventDeliveryThread({ databaseUrl, webhook: config, logger, metrics });
+      deliveryThread = worker;
+      delivery = { stop: () => worker.stop() };
+      wakeDelivery = () => worker.wake();
+      ready = worker.start();
+    } else {
+      const outboxDb = outboxDatabase(databaseUrl, config);
+      const worker = new AppEventDelivery({
+        repository: new AppEventRepository(outboxDb.sql),
+        webhook: config,
+        logger,
+        metrics,
+      });
+      delivery = { stop: () => worker.stop(), database: outboxDb };
+      wakeDelivery = () => worker.wake();
+      ready = worker.start();
+    }
   } else {
     ready = appEventRepo
       .setEnabled(false)
@@ -421,6 +429,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     metrics,
     services: { chats, messages, users, serviceRole, streams, appEvents },
     ready,
+    deliveryThread,
     async close({ drainMs = 5000 } = {}) {
       if (inflight.draining) return;
       // From here on: new handshakes are refused, /readyz says 503 so load balancers move
@@ -430,7 +439,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       // Streams this node was sweeping are swept by the other nodes (Redis) from now on.
       streams.close();
       // Deliveries in progress finish (bounded by their timeout) while commands drain.
-      const deliveryStopped = delivery?.worker.stop();
+      const deliveryStopped = delivery?.stop();
       if (!(await inflight.drain(drainMs))) {
         logger.warn({ inflight: inflight.size }, "shutdown: commands still running after drain");
       }
@@ -452,7 +461,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
       await users.close();
       await io.close();
       await deliveryStopped;
-      await delivery?.database.close();
+      await delivery?.database?.close();
     },
   };
 }

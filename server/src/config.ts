@@ -116,6 +116,15 @@ const envSchema = z.object({
    */
   APP_WEBHOOK_NODE_TIMEOUT_MS: z.coerce.number().int().min(500).max(600_000).default(15_000),
   /**
+   * Run the delivery on a worker thread of its own (its own event loop, so another core):
+   * storing messages and delivering their events no longer compete for one (docs/benchmarks.md).
+   * Default true; false delivers on the node's main event loop.
+   */
+  APP_WEBHOOK_THREAD: z
+    .enum(["true", "false", "1", "0"])
+    .default("true")
+    .transform((v) => v === "true" || v === "1"),
+  /**
    * Milliseconds the chunks of a streamed reply are gathered into one `message:delta` per node.
    * A model emitting 150 tokens/s would otherwise cost every device that has the chat open 150
    * packets a second; 40 ms (25 a second) still looks fluid. 0 sends every chunk at once.
@@ -335,6 +344,8 @@ export interface Config {
   streamTimeoutMs: number;
   /** Undefined: no webhooks to the app's backend, and no events are enqueued. */
   appWebhooks: AppWebhookConfig | undefined;
+  /** APP_WEBHOOK_THREAD: the delivery runs on a worker thread of its own. */
+  appWebhookThread: boolean;
   /** The APP_WEBHOOK_* delivery settings, also when no URL is set (development's assistant). */
   appWebhookTuning: Omit<AppWebhookConfig, "url" | "secret">;
   /** Coalescing window of streamed replies' deltas (0: none). */
@@ -544,6 +555,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Config {
     webhookSigningSecret: e.CLERK_WEBHOOK_SIGNING_SECRET?.trim(),
     serviceApiKey: e.SERVICE_API_KEY,
     streamTimeoutMs: e.SERVICE_STREAM_TIMEOUT_MS,
+    appWebhookThread: e.APP_WEBHOOK_THREAD,
     appWebhookTuning: {
       timeoutMs: e.APP_WEBHOOK_TIMEOUT_MS,
       retryForSeconds: e.APP_WEBHOOK_RETRY_FOR_SECONDS,

@@ -127,7 +127,9 @@ async function main(): Promise<void> {
     serviceApiKey: devAssistant?.serviceApiKey ?? config.serviceApiKey,
     webhookSigningSecret: config.webhookSigningSecret,
     streamTimeoutMs: config.streamTimeoutMs,
-    appWebhooks: webhooks ? { config: webhooks, databaseUrl } : undefined,
+    appWebhooks: webhooks
+      ? { config: webhooks, databaseUrl, thread: config.appWebhookThread }
+      : undefined,
     streamFlushMs: config.streamFlushMs,
   });
   // The webhook delivery runs (and enqueueing is on) before the first message can arrive.

@@ -98,6 +98,8 @@ export interface TestServerOptions {
   devTokens?: boolean;
   /** Webhooks to the app's backend (the outbox's delivery runs in this node); defaults below. */
   appWebhooks?: Pick<AppWebhookConfig, "url" | "secret"> & Partial<AppWebhookConfig>;
+  /** The delivery on a worker thread of its own (APP_WEBHOOK_THREAD); default true, as in production. */
+  appWebhookThread?: boolean;
 }
 
 /** Short waits for tests: retries within 100 ms, capped at 1 s; dead nodes noticed in 3 s. */
@@ -204,7 +206,11 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       ? (userId, authorizedParty) => tokenFor(userId, { authorizedParty })
       : undefined,
     appWebhooks: options.appWebhooks
-      ? { config: { ...testWebhookDefaults, ...options.appWebhooks }, databaseUrl }
+      ? {
+          config: { ...testWebhookDefaults, ...options.appWebhooks },
+          databaseUrl,
+          thread: options.appWebhookThread ?? true,
+        }
       : undefined,
   });
   await app.ready;

@@ -27,6 +27,13 @@ describe("APP_WEBHOOK_* configuration", () => {
     });
   });
 
+  test("the delivery runs on its own thread unless APP_WEBHOOK_THREAD is false", () => {
+    expect(loadConfig({}).appWebhookThread).toBe(true);
+    expect(loadConfig({ APP_WEBHOOK_THREAD: "true" }).appWebhookThread).toBe(true);
+    expect(loadConfig({ APP_WEBHOOK_THREAD: "false" }).appWebhookThread).toBe(false);
+    expect(loadConfig({ APP_WEBHOOK_THREAD: "0" }).appWebhookThread).toBe(false);
+  });
+
   test.each([
     [{ APP_WEBHOOK_URL: "https://b.example.com" }, "APP_WEBHOOK_SECRET"],
     [{ APP_WEBHOOK_URL: "ftp://b.example.com", APP_WEBHOOK_SECRET: secret }, "APP_WEBHOOK_URL"],
@@ -43,6 +50,7 @@ describe("APP_WEBHOOK_* configuration", () => {
       "APP_WEBHOOK_NODE_TIMEOUT_MS",
     ],
     [{ APP_WEBHOOK_TIMEOUT_MS: "0" }, "APP_WEBHOOK_TIMEOUT_MS"],
+    [{ APP_WEBHOOK_THREAD: "yes" }, "APP_WEBHOOK_THREAD"],
   ])("refuses %o, naming %s", (env, name) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(name);

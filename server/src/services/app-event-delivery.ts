@@ -20,7 +20,6 @@
 import { randomUUID } from "node:crypto";
 import type { AppWebhookConfig } from "../config.js";
 import type { Logger } from "../logger.js";
-import type { Metrics } from "../metrics.js";
 import type {
   AppEventRepository,
   FinishBatch,
@@ -44,7 +43,20 @@ export interface AppEventDeliveryOptions {
   repository: AppEventRepository;
   webhook: AppWebhookConfig;
   logger: Logger;
-  metrics: Metrics;
+  metrics: DeliveryMetrics;
+}
+
+/**
+ * The metrics the delivery updates: the node's own (server/src/metrics.ts), or on a worker
+ * thread a proxy that forwards the updates to them (app-event-delivery-thread.ts).
+ */
+export interface DeliveryMetrics {
+  webhookDelivered: { inc(labels: { type: string }): void };
+  webhookAttemptsFailed: { inc(labels: { type: string }): void };
+  webhookGaveUp: { inc(labels: { type: string }): void };
+  webhookLatency: { observe(seconds: number): void };
+  webhookEventsPending: { set(value: number): void };
+  webhookEventsFailed: { set(value: number): void };
 }
 
 /** The backoff before attempt `failures + 1`: first · 2^(failures−1), capped, ±10 % jitter. */
