@@ -28,7 +28,7 @@ const { values: args } = parseArgs({
   options: {
     chats: { type: "string", default: "200" },
     per: { type: "string", default: "25" },
-    concurrency: { type: "string", default: "32" },
+    concurrency: { type: "string", default: "64" },
     runs: { type: "string", default: "5" },
   },
 });

@@ -1,6 +1,6 @@
 /**
  * `npm run bench:webhooks -- [--runs 3] [--users 200] [--rate 1000] [--seconds 10]
- *   [--saturate 8] [--concurrency 10] [--outage 5] [--skip-overhead] [--skip-outages]
+ *   [--saturate 8] [--concurrency 64] [--outage 5] [--skip-overhead] [--skip-outages]
  *   [--profile dir]`
  *
  * The outbox's webhooks, measured (docs/benchmarks.md, "Webhooks to the app's backend"):
@@ -47,7 +47,7 @@ const { values: args } = parseArgs({
     rate: { type: "string", default: "1000" },
     seconds: { type: "string", default: "10" },
     saturate: { type: "string", default: "8" },
-    concurrency: { type: "string", default: "32" },
+    concurrency: { type: "string", default: "64" },
     outage: { type: "string", default: "5" },
     "skip-overhead": { type: "boolean", default: false },
     "skip-outages": { type: "boolean", default: false },
@@ -276,6 +276,8 @@ async function saturatePhase(
   outbox = true,
 ) {
   const ids: string[] = [];
+  /** When each send was acked (the event is stored then). */
+  const ackedAt = new Map<string, number>();
   const mark = await cpuMark(probe);
   const started = nowMs();
   const stopAt = started + saturate * 1000;
@@ -289,6 +291,7 @@ async function saturatePhase(
           ids.push(clientId);
           const chatId = c.chats[n % c.chats.length] as string;
           await send(c, chatId, clientId);
+          ackedAt.set(clientId, nowMs());
           acked++;
         }
       }),
@@ -301,6 +304,7 @@ async function saturatePhase(
     return {
       stored: round(acked / windowS, 0),
       acked,
+      steady: { stored: 0, delivered: 0, backlogMid: 0, backlogEnd: 0 },
       deliveredInWindow: 0,
       deliveredOverall: 0,
       drainAfterMs: 0,
@@ -315,8 +319,39 @@ async function saturatePhase(
   const cpu = await cpuSince(probe, mark);
   const last = Math.max(...ids.map((id) => arrivals.get(id) ?? 0));
   const windowS = (windowEnd - started) / 1000;
+  // Steady state: the window's second half. Events stored and delivered in it, and the backlog
+  // (stored, not yet delivered) at its start and end. Delivery that keeps up holds the backlog
+  // level (a fixed pipeline delay); one that falls behind grows it by (stored - delivered)/s.
+  const mid = started + (windowEnd - started) / 2;
+  const count = (times: Iterable<number | undefined>, from: number, to: number) => {
+    let k = 0;
+    for (const t of times) if (t !== undefined && t > from && t <= to) k++;
+    return k;
+  };
+  const backlogAt = (t: number) =>
+    count(ackedAt.values(), -Infinity, t) -
+    count(
+      ids.map((id) => arrivals.get(id)),
+      -Infinity,
+      t,
+    );
+  const halfS = (windowEnd - mid) / 1000;
+  const steady = {
+    stored: round(count(ackedAt.values(), mid, windowEnd) / halfS, 0),
+    delivered: round(
+      count(
+        ids.map((id) => arrivals.get(id)),
+        mid,
+        windowEnd,
+      ) / halfS,
+      0,
+    ),
+    backlogMid: backlogAt(mid),
+    backlogEnd: backlogAt(windowEnd),
+  };
   return {
     acked,
+    steady,
     cpu,
     wallS: (nowMs() - started) / 1000,
     stored: round(acked / windowS, 0),
@@ -537,7 +572,7 @@ async function main() {
       lat.push(l);
       const s = await saturatePhase(clients, receiver.arrivals, run, probe);
       log(
-        `run ${run} saturate: stored ${s.stored}/s, delivered ${s.deliveredInWindow}/s in the window, ${s.deliveredOverall}/s until drained (+${s.drainAfterMs} ms), missing ${s.missing}`,
+        `run ${run} saturate: stored ${s.stored}/s, delivered ${s.deliveredInWindow}/s in the window, ${s.deliveredOverall}/s until drained (+${s.drainAfterMs} ms), missing ${s.missing}; second half: stored ${s.steady.stored}/s, delivered ${s.steady.delivered}/s, backlog ${s.steady.backlogMid} -> ${s.steady.backlogEnd}`,
       );
       sat.push(s);
       log(`run ${run} saturate CPU: ${cpuLine(s.cpu, s.wallS, s.acked)}`);
@@ -576,6 +611,10 @@ async function main() {
     log(`| delivery rate, same window | ${inWindow} events/s | ${round(inWindow / stored, 2)}× |`);
     log(`| delivery rate, until drained | ${overall} events/s | ${round(overall / stored, 2)}× |`);
     log(`| backlog drained after the window | ${median(sat.map((s) => s.drainAfterMs))} ms |`);
+    const steadyRatio = median(sat.map((s) => s.steady.delivered / s.steady.stored));
+    log(
+      `| steady state (the window's second half): delivered ÷ stored | ${round(steadyRatio, 3)}× | backlog at its start → end: ${sat.map((s) => `${s.steady.backlogMid} → ${s.steady.backlogEnd}`).join(", ")} |`,
+    );
     // CPU per message, saturated: with the outbox (storing and delivering each message, until
     // drained) and without (storing only); the difference is what delivering an event costs.
     for (const k of ["node", "postgres", "receiver", "clients"] as const) {

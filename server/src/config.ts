@@ -108,7 +108,7 @@ const envSchema = z.object({
    * a time). Delivery is bound by round trips to the receiver, so this is what lets it keep up
    * with the storing rate (docs/benchmarks.md). Default 32.
    */
-  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(32),
+  APP_WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(64),
   /**
    * Milliseconds a node's lease on a chat lasts without a renewal (app_event_leases; renewed
    * every fifth of it): a node killed or cut off from Postgres has its chats taken over by the

@@ -22,7 +22,7 @@ describe("APP_WEBHOOK_* configuration", () => {
       retryForSeconds: 86_400,
       retryFirstDelayMs: 1000,
       retryMaxDelayMs: 60_000,
-      concurrency: 32,
+      concurrency: 64,
       nodeTimeoutMs: 15_000,
     });
   });
