@@ -400,6 +400,8 @@ export interface MigrateConfig {
   databaseUrl: string | undefined;
   dataDir: string;
   embeddedPgPort: number;
+  /** The environment this was read from (the embedded Postgres passes a few variables on). */
+  source: Readonly<Record<string, string | undefined>>;
 }
 
 const migrateEnvSchema = envSchema.pick({
@@ -430,6 +432,7 @@ export function loadMigrateConfig(source: NodeJS.ProcessEnv = process.env): Migr
     databaseUrl: e.DATABASE_URL,
     dataDir: e.DATA_DIR,
     embeddedPgPort: e.EMBEDDED_PG_PORT,
+    source,
   };
 }
 

@@ -31,6 +31,8 @@ export interface EmbeddedDatabase {
 interface EmbeddedOptions {
   dataDir: string;
   embeddedPgPort: number;
+  /** The environment the configuration was read from; initdb and postgres get a few of its variables. */
+  source: Readonly<Record<string, string | undefined>>;
 }
 
 const DATABASE = "chat";
@@ -50,6 +52,7 @@ export async function startEmbeddedPostgres(
   log: (line: string) => void = () => {},
 ): Promise<EmbeddedDatabase> {
   const runAs = process.getuid?.() === 0 ? postgresUser() : undefined;
+  const env = pgEnv(options.source);
   const native = await nativeDir();
   const home = path.resolve(options.dataDir);
   await mkdir(home, { recursive: true });
@@ -77,9 +80,9 @@ export async function startEmbeddedPostgres(
   }
 
   if (!existsSync(path.join(databaseDir, "PG_VERSION"))) {
-    await initdb(binaries, databaseDir, runAs, log);
+    await initdb(binaries, databaseDir, runAs, env, log);
   }
-  const server = await startServer(binaries, databaseDir, options.embeddedPgPort, runAs, log);
+  const server = await startServer(binaries, databaseDir, options.embeddedPgPort, runAs, env, log);
 
   const base = `postgres://${USER}:${PASSWORD}@127.0.0.1:${options.embeddedPgPort}`;
   const admin = postgres(`${base}/postgres`, { max: 1, onnotice: () => {} });
@@ -167,6 +170,7 @@ async function initdb(
   binaries: string,
   databaseDir: string,
   runAs: RunAs | undefined,
+  env: NodeJS.ProcessEnv,
   log: (line: string) => void,
 ): Promise<void> {
   await mkdir(databaseDir, { recursive: true, mode: 0o700 });
@@ -188,6 +192,7 @@ async function initdb(
         `--locale=${bestLocale()}`,
       ],
       runAs,
+      env,
       log,
     );
   } finally {
@@ -199,13 +204,14 @@ function run(
   file: string,
   args: string[],
   runAs: RunAs | undefined,
+  env: NodeJS.ProcessEnv,
   log: (line: string) => void,
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, {
       ...runAs,
       cwd: os.tmpdir(),
-      env: pgEnv(),
+      env,
       stdio: ["ignore", "pipe", "pipe"],
     });
     let errors = "";
@@ -228,6 +234,7 @@ function startServer(
   databaseDir: string,
   port: number,
   runAs: RunAs | undefined,
+  env: NodeJS.ProcessEnv,
   log: (line: string) => void,
 ): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
@@ -245,7 +252,7 @@ function startServer(
         "unix_socket_directories=",
       ],
       // A working directory the server's user can enter (the checkout may not be one).
-      { ...runAs, cwd: os.tmpdir(), env: pgEnv(), stdio: ["ignore", "ignore", "pipe"] },
+      { ...runAs, cwd: os.tmpdir(), env, stdio: ["ignore", "ignore", "pipe"] },
     );
     // If this process ends without stopping it (a crash), the server must not outlive it and
     // hold the port and the data directory's lock.
@@ -292,7 +299,7 @@ function stopServer(child: ChildProcess): Promise<void> {
 const INHERITED = ["PATH", "TZ", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE"] as const;
 
 /** The child's environment: the few variables above, and Postgres messages in English. */
-export function pgEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+function pgEnv(env: Readonly<Record<string, string | undefined>>): NodeJS.ProcessEnv {
   const out: NodeJS.ProcessEnv = {};
   for (const name of INHERITED) if (env[name] !== undefined) out[name] = env[name];
   out.LC_MESSAGES = "C";
