@@ -50,17 +50,15 @@ export function MessageList({
   );
 }
 
-const Message = memo(function Message({
-  item,
-  online,
-  retry,
-  discard,
-}: {
+/** One item of the chat, with what its status line needs. */
+interface ItemProps {
   item: ChatItem;
   online: boolean;
   retry: (clientId: string) => void;
   discard: (clientId: string) => Promise<void>;
-}) {
+}
+
+const Message = memo(function Message({ item, online, retry, discard }: ItemProps) {
   return (
     <li
       data-client-id={item.clientId}
@@ -78,17 +76,7 @@ const Message = memo(function Message({
   );
 });
 
-function Status({
-  item,
-  online,
-  retry,
-  discard,
-}: {
-  item: ChatItem;
-  online: boolean;
-  retry: (clientId: string) => void;
-  discard: (clientId: string) => Promise<void>;
-}) {
+function Status({ item, online, retry, discard }: ItemProps) {
   const time = messageTime(item.createdAt);
   switch (item.status) {
     case "pending":
