@@ -25,6 +25,7 @@ import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { io, type Socket } from "socket.io-client";
 import { freePort, RedisProcess } from "../../tests/helpers/redis-process.js";
+import { median } from "../loadtest/stats.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -193,10 +194,6 @@ async function run(kind: string, redisUrl: string, redis: Redis): Promise<RunRes
   };
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? Number.NaN;
-};
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
 async function main() {

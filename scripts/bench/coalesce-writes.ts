@@ -19,6 +19,7 @@ import { parseArgs } from "node:util";
 import { Server } from "socket.io";
 import { io as connect } from "socket.io-client";
 import { coalesceWrites } from "../../server/src/socket/coalesce-writes.js";
+import { median } from "../loadtest/stats.js";
 
 const { values } = parseArgs({
   options: {
@@ -113,11 +114,6 @@ if (values.child) {
       writesPerRound: Math.round(((syscw() - writes) / rounds) * 10) / 10,
     });
   }
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b);
-    const m = Math.floor(s.length / 2);
-    return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-  };
   console.log(
     `${sockets} sockets, ${rounds} rounds per trial, ${all.length / 4} users of 4 devices`,
   );

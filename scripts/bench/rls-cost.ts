@@ -21,7 +21,7 @@ import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
-import { nowMs, round } from "../loadtest/stats.js";
+import { median, nowMs, round } from "../loadtest/stats.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -137,10 +137,6 @@ async function main() {
       }
       console.log(`  round ${r}: ${line.join("  ")}`);
     }
-    const median = (xs: number[]) => {
-      const s = [...xs].sort((a, b) => a - b);
-      return s[Math.floor(s.length / 2)] as number;
-    };
     console.log("\noperation  plain/s (median)  rls/s (median)  rls / plain");
     const summary: Record<string, unknown> = { concurrency, seconds, rounds };
     for (const op of ["write", "read"] as const) {

@@ -45,6 +45,7 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { runMigrations } from "../../server/src/db/migrate.js";
+import { histogramQuantile, median } from "../loadtest/stats.js";
 import type { BatchReport, ClientsInit } from "./send-clients.js";
 
 const { values: args } = parseArgs({
@@ -169,28 +170,6 @@ async function scrape(url: string): Promise<{ buckets: Map<number, number>; inse
       inserts = Number(line.split(" ")[1]);
   }
   return { buckets, inserts };
-}
-
-/** Prometheus' histogram_quantile between two samples, in ms (NaN without observations). */
-function quantile(before: Map<number, number>, after: Map<number, number>, q: number): number {
-  const bounds = [...after.keys()].sort((a, b) => a - b);
-  const counts = bounds.map((b) => (after.get(b) ?? 0) - (before.get(b) ?? 0));
-  const total = counts.at(-1) ?? 0;
-  if (!(total > 0)) return Number.NaN;
-  const rank = q * total;
-  let lower = 0;
-  let below = 0;
-  for (let i = 0; i < bounds.length; i++) {
-    const upper = bounds[i] as number;
-    const c = counts[i] as number;
-    if (c >= rank) {
-      if (!Number.isFinite(upper)) return lower * 1000;
-      return (lower + ((upper - lower) * (rank - below)) / Math.max(1, c - below)) * 1000;
-    }
-    lower = upper;
-    below = c;
-  }
-  return Number.NaN;
 }
 
 /** The product of this tree, the product of `--ref-tree` (another checkout), the bare server. */
@@ -339,8 +318,8 @@ async function measure(
       syscwPerMsg: (io1 - io0) / Math.max(1, report.acked),
       clientP50: at(0.5),
       clientP99: at(0.99),
-      serverP50: m0 && m1 ? quantile(m0.buckets, m1.buckets, 0.5) : Number.NaN,
-      serverP99: m0 && m1 ? quantile(m0.buckets, m1.buckets, 0.99) : Number.NaN,
+      serverP50: m0 && m1 ? histogramQuantile(m0.buckets, m1.buckets, 0.5) : Number.NaN,
+      serverP99: m0 && m1 ? histogramQuantile(m0.buckets, m1.buckets, 0.99) : Number.NaN,
       perCommit: m0 && m1 ? report.acked / Math.max(1, m1.inserts - m0.inserts) : Number.NaN,
       cpuPct: ((cpu1 - cpu0) / 1000 / wallMs) * 100,
     };
@@ -375,12 +354,6 @@ async function measure(
 }
 
 const f = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : "n/a");
-const median = (xs: number[]) => {
-  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
-  if (s.length === 0) return Number.NaN;
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 
 async function main() {
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });

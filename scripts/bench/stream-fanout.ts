@@ -33,7 +33,7 @@ import type {
   ServerToClientEvents,
 } from "../../protocol/index.js";
 import { runMigrations } from "../../server/src/db/migrate.js";
-import { nowMs, round } from "../loadtest/stats.js";
+import { median, nowMs, round } from "../loadtest/stats.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -229,12 +229,6 @@ async function run(databaseUrl: string, flushMs: number): Promise<Result> {
     if (child.exitCode === null) child.kill("SIGKILL");
   }
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 
 async function main() {
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });

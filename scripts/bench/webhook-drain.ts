@@ -22,7 +22,7 @@ import { createLogger } from "../../server/src/logger.js";
 import { Metrics } from "../../server/src/metrics.js";
 import { AppEventRepository } from "../../server/src/repositories/app-event.repository.js";
 import { AppEventDelivery } from "../../server/src/services/app-event-delivery.js";
-import { percentile, round } from "../loadtest/stats.js";
+import { median, round } from "../loadtest/stats.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -44,11 +44,6 @@ function cpuSeconds(pid: number): number {
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
-const median = (xs: number[]) =>
-  percentile(
-    [...xs].sort((a, b) => a - b),
-    50,
-  );
 
 async function main() {
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });

@@ -38,7 +38,7 @@ import { io as connect, type Socket } from "socket.io-client";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { PgProxy } from "../../tests/outbox/support.js";
-import { nowMs, percentile, round } from "../loadtest/stats.js";
+import { median, nowMs, percentile, round } from "../loadtest/stats.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -78,11 +78,6 @@ if (!/^postgres(ql)?:\/\/[^@]*@?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\//
 
 const log = (...a: unknown[]) => console.log(...a);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const median = (xs: number[]) =>
-  percentile(
-    [...xs].sort((a, b) => a - b),
-    50,
-  );
 const children: ChildProcess[] = [];
 const dropLater: string[] = [];
 

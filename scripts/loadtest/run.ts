@@ -21,7 +21,7 @@ import { Redis } from "ioredis";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { measureDatabaseCeiling } from "./db-baseline.js";
-import { nowMs, ratio, round, summarize } from "./stats.js";
+import { histogramQuantile, median, nowMs, ratio, round, summarize } from "./stats.js";
 import type { HandshakeClient, WorkerCommand, WorkerInit } from "./worker.js";
 
 const presets = {
@@ -314,36 +314,6 @@ async function processIo(pid: number | undefined): Promise<{ syscw: number; wcha
   } catch {
     return { syscw: Number.NaN, wchar: Number.NaN };
   }
-}
-
-/**
- * A quantile of the observations between two samples of a Prometheus histogram (cumulative
- * bucket counts by upper bound), interpolated linearly inside its bucket as Prometheus'
- * histogram_quantile does; in ms. NaN without observations.
- */
-export function histogramQuantile(
-  before: Map<number, number>,
-  after: Map<number, number>,
-  q: number,
-): number {
-  const bounds = [...after.keys()].sort((a, b) => a - b);
-  const counts = bounds.map((b) => (after.get(b) ?? 0) - (before.get(b) ?? 0));
-  const total = counts.at(-1) ?? 0;
-  if (!(total > 0)) return Number.NaN;
-  const rank = q * total;
-  let lower = 0;
-  let below = 0;
-  for (let i = 0; i < bounds.length; i++) {
-    const upper = bounds[i] as number;
-    const c = counts[i] as number;
-    if (c >= rank) {
-      if (!Number.isFinite(upper)) return round(lower * 1000); // in the +Inf bucket
-      return round((lower + ((upper - lower) * (rank - below)) / Math.max(1, c - below)) * 1000);
-    }
-    lower = upper;
-    below = c;
-  }
-  return Number.NaN;
 }
 
 /** Busy and total CPU time of the whole machine so far (Linux /proc/stat), or undefined. */
@@ -932,11 +902,6 @@ async function handshakeRounds(
   results.rounds = rounds;
   const div = (a: number | undefined, b: number | undefined) =>
     a !== undefined && b !== undefined && b > 0 ? a / b : Number.NaN;
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b);
-    const m = Math.floor(s.length / 2);
-    return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-  };
   const figures = [
     ["first handshakes/s", (x: ConnectResult) => x.handshakesPerSecond],
     ["reconnects/s", (x: ConnectResult) => x.reconnectsPerSecond],
