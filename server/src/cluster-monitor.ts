@@ -32,6 +32,9 @@ export const LOST_AFTER_BEATS = 4;
 /** After a reconnect, a second resync this many beats later (see onHeartbeat). */
 const SETTLE_BEATS = 2;
 
+/** A tick this many beats after the previous one means this process was paused (see tick). */
+const PAUSED_AFTER_BEATS = 2;
+
 /** Triggers this close together are one resync. */
 const MERGE_MS = 50;
 /** A lost peer is forgotten after this long (a node that restarts has a new id). */
@@ -96,6 +99,7 @@ export class ClusterMonitor {
   /** The link broke or stalled since the last own heartbeat came back. */
   private broken = false;
   private lastOwnEcho = 0;
+  private lastTick = Date.now();
   private timer: NodeJS.Timeout | undefined;
   private mergeTimer: NodeJS.Timeout | undefined;
   private readonly pending = new Set<ResyncReason>();
@@ -127,6 +131,7 @@ export class ClusterMonitor {
       // Back: prove the link at once rather than at the next beat.
       client.on("ready", () => this.beat());
     }
+    this.lastTick = Date.now();
     this.timer = setInterval(() => this.tick(), this.options.heartbeatMs);
     this.timer.unref();
     this.beat();
@@ -183,6 +188,17 @@ export class ClusterMonitor {
 
   private tick(): void {
     const now = Date.now();
+    const sinceTick = now - this.lastTick;
+    this.lastTick = now;
+    // This timer ran late: the process itself was paused (a long garbage collection, a starved
+    // or throttled CPU). The heartbeats that reached it meanwhile are still unread, so silence
+    // measured now says nothing about the link or the peers; the next beat judges, once they
+    // are read. (Redis buffers them for a paused subscriber; losing them closes the connection.)
+    if (sinceTick > this.options.heartbeatMs * PAUSED_AFTER_BEATS) {
+      this.options.logger.warn({ pausedMs: sinceTick }, "cluster heartbeat: this node was paused");
+      this.beat();
+      return;
+    }
     if (this.linked && !this.broken && now - this.lastOwnEcho > this.lostAfterMs) {
       this.options.logger.warn("cluster heartbeat: own heartbeats do not come back");
       this.broken = true;
