@@ -45,8 +45,47 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
     connection: { application_name: APPLICATION_NAME, ...options.settings },
     backoff: reconnectBackoff(options.maxReconnectDelaySeconds ?? 1),
   });
-  const db = drizzle(sql, { schema });
+  const db = drizzle(preparing(sql), { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };
+}
+
+/**
+ * The pool as Drizzle should use it: every query with parameters as a prepared statement.
+ * Drizzle runs its queries through `unsafe()` with `prepare: false` unless each is given a name
+ * (`.prepare("…")`), and postgres.js then sends an unprepared query with parameters in two
+ * round trips (Parse and Describe, wait for the parameter types, then Bind and Execute), parsed
+ * again on every run. Prepared, a query costs that once per connection and one round trip
+ * after (as the tagged-template queries do); `tests/db/prepared.test.ts` checks it. Statements
+ * are keyed by their text, so every query here has a fixed shape (lists go as one jsonb value).
+ */
+function preparing(sql: postgres.Sql): postgres.Sql {
+  const prepared = (target: postgres.Sql) =>
+    new Proxy(target, {
+      get(t, key, receiver) {
+        if (key === "unsafe") {
+          return (query: string, args?: unknown, options?: postgres.UnsafeQueryOptions) =>
+            Array.isArray(args) && args.length > 0
+              ? t.unsafe(query, args as postgres.ParameterOrJSON<never>[], {
+                  ...options,
+                  prepare: true,
+                })
+              : t.unsafe(query, args as never, options);
+        }
+        if (key === "begin") {
+          // A transaction's own scoped pool, prepared the same way.
+          return (...begin: unknown[]) => {
+            const fn = begin.pop() as (tx: postgres.TransactionSql) => unknown;
+            return (t.begin as (...a: unknown[]) => unknown)(
+              ...begin,
+              (tx: postgres.TransactionSql) =>
+                fn(prepared(tx as unknown as postgres.Sql) as unknown as postgres.TransactionSql),
+            );
+          };
+        }
+        return Reflect.get(t, key, receiver);
+      },
+    });
+  return prepared(sql);
 }
 
 /** postgres.js's own backoff (jittered, 3^retries / 100 s), capped at `maxSeconds`. */

@@ -1,4 +1,4 @@
-import { eq, inArray, sql } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import type { Database } from "../db/client.js";
 import { users } from "../db/schema.js";
 
@@ -79,12 +79,12 @@ export class UserRepository {
    * a row (a user deleted meanwhile is missing from the result).
    */
   async touchSeen(clerkIds: string[]): Promise<Set<string>> {
-    const rows = await this.db
-      .update(users)
-      .set({ lastSeenAt: sql`now()` })
-      .where(inArray(users.clerkId, clerkIds))
-      .returning({ clerkId: users.clerkId });
-    return new Set(rows.map((r) => r.clerkId));
+    // The ids as one jsonb value: one statement shape whatever their number (db/client.ts).
+    const rows = await this.db.execute<{ clerk_id: string }>(sql`
+      update public.users set last_seen_at = now()
+       where clerk_id in (select jsonb_array_elements_text(${JSON.stringify(clerkIds)}::jsonb))
+      returning clerk_id`);
+    return new Set(rows.map((r) => r.clerk_id));
   }
 
   /**
