@@ -6,7 +6,7 @@
  * device (sidebar and open chat) equals the database by itself: no reconnect, the same socket,
  * its connection state never leaving `online`.
  */
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { type ChatClient, createChatClient } from "../../client-sdk/src/index.js";
 import { isoFromMicros } from "../../server/src/db/time.js";
@@ -16,6 +16,12 @@ import { TcpProxy } from "../helpers/tcp-proxy.js";
 import { until, untilState } from "../sdk/helpers.js";
 
 const CONVERGE_MS = 20_000;
+/**
+ * Runs of a statement before its answer is lost: postgres.js hands queries to its idle
+ * connections in turn, and a statement's first run on a connection waits for Postgres to
+ * describe it, which would be held back too. More than the pool's 10 connections.
+ */
+const WARM_UPS = 12;
 
 const redis = new RedisProcess(await freePort());
 let proxy: TcpProxy;
@@ -157,6 +163,60 @@ async function changeOnA(
   await a.sendMessage({ chatId: fresh.id, content: `in the new chat ${label}` });
 }
 
+/**
+ * Runs `body` with a third node, C, that reaches Postgres through a proxy able to swallow the
+ * database's answers, and a user's device on node B that must converge by itself.
+ */
+async function withLostAnswers(
+  label: string,
+  body: (s: {
+    nodeC: TestServer;
+    pgProxy: TcpProxy;
+    userId: string;
+    b: ChatClient;
+    states: string[];
+  }) => Promise<void>,
+): Promise<void> {
+  const userId = `user_conv_${label}_${randomBytes(4).toString("hex")}`;
+  const dbUrl = new URL(nodeA.databaseUrl);
+  const pgProxy = new TcpProxy(Number(dbUrl.port || 5432), dbUrl.hostname);
+  await pgProxy.start();
+  dbUrl.port = String(pgProxy.port);
+  const nodeC = await startTestServer({
+    redisUrl: redis.url,
+    redisKeyPrefix: prefix,
+    databaseUrl: dbUrl.toString(),
+    clusterHeartbeatMs: 200,
+  });
+  try {
+    const b = client(nodeB, userId);
+    await untilState(b, "online");
+    const states: string[] = [];
+    b.on("state", (state) => states.push(state));
+    await body({ nodeC, pgProxy, userId, b, states });
+  } finally {
+    await nodeC.close();
+    await pgProxy.close();
+  }
+}
+
+/**
+ * Lets `command` commit in the database while node C never hears back: its answer is held
+ * until `committed` finds a row, then the connection breaks with the answer in it.
+ */
+async function loseTheAnswer(
+  pgProxy: TcpProxy,
+  command: () => Promise<{ ok: boolean }>,
+  committed: () => PromiseLike<readonly unknown[]>,
+): Promise<void> {
+  pgProxy.holdReplies();
+  const answer = command();
+  await eventually(async () => expect(await committed()).toHaveLength(1), 10_000);
+  pgProxy.cut();
+  expect((await answer).ok).toBe(false);
+  pgProxy.restore();
+}
+
 describe("a device that stays connected converges", () => {
   test("a node that shuts down gracefully says goodbye: the others do not resync for it", async () => {
     const userId = `user_conv_bye_${randomBytes(3).toString("hex")}`;
@@ -185,52 +245,34 @@ describe("a device that stays connected converges", () => {
   });
 
   test("a send whose commit succeeded but whose answer was lost: the other devices still see it", async () => {
-    const userId = `user_conv_lost_${randomBytes(3).toString("hex")}`;
-    // Node C reaches Postgres through a proxy that can swallow the database's answers.
-    const dbUrl = new URL(nodeA.databaseUrl);
-    const pgProxy = new TcpProxy(Number(dbUrl.port || 5432), dbUrl.hostname);
-    await pgProxy.start();
-    dbUrl.port = String(pgProxy.port);
-    const nodeC = await startTestServer({
-      redisUrl: redis.url,
-      redisKeyPrefix: prefix,
-      databaseUrl: dbUrl.toString(),
-      clusterHeartbeatMs: 200,
-    });
-    try {
-      const b = client(nodeB, userId);
-      await untilState(b, "online");
+    await withLostAnswers("lost", async ({ nodeC, pgProxy, userId, b, states }) => {
       const { chat } = await b.createChat({ title: "Lost answer" });
       await b.openChat({ chatId: chat.id });
       const sender = await nodeC.connectAs(userId);
-      const states: string[] = [];
-      b.on("state", (state) => states.push(state));
-
-      // The insert is prepared on node C's connection first (a first run waits for Postgres to
-      // describe it, which would be held back too).
-      for (let i = 0; i < 3; i++) {
+      for (let i = 0; i < WARM_UPS; i++) {
         const warm = await sender
           .timeout(10_000)
           .emitWithAck("message:send", { chatId: chat.id, clientId: `warm-${i}`, content: "warm" });
         expect(warm.ok).toBe(true);
       }
-      await until(b.chat(chat.id), (snap) => snap.messages.length === 3, 5000, "the warm-up");
-      pgProxy.holdReplies();
+      await until(
+        b.chat(chat.id),
+        (snap) => snap.messages.length === WARM_UPS,
+        5000,
+        "the warm-up",
+      );
       const clientId = `lost-${randomBytes(4).toString("hex")}`;
-      const ack = sender
-        .timeout(10_000)
-        .emitWithAck("message:send", { chatId: chat.id, clientId, content: "committed" });
-      // Committed in the database, while node C has not heard back…
-      await eventually(async () => {
-        const rows = await nodeB.database.sql`
-          select 1 from chat_memory where session_id = ${chat.id} and client_id = ${clientId}`;
-        expect(rows).toHaveLength(1);
-      }, 10_000);
-      // …and never will: the connection breaks with the answer in it.
-      pgProxy.cut();
-      const answer = await ack;
-      expect(answer.ok).toBe(false);
-      pgProxy.restore();
+      await loseTheAnswer(
+        pgProxy,
+        () =>
+          sender.timeout(10_000).emitWithAck("message:send", {
+            chatId: chat.id,
+            clientId,
+            content: "committed",
+          }),
+        () => nodeB.database.sql`
+          select 1 from chat_memory where session_id = ${chat.id} and client_id = ${clientId}`,
+      );
 
       // B's device learns of the message although node C never broadcast it.
       await until(
@@ -242,11 +284,55 @@ describe("a device that stays connected converges", () => {
       await expectConverged(b, userId, chat.id);
       expect(states).toEqual([]);
       sender.disconnect();
-    } finally {
-      await nodeC.close();
-      await pgProxy.close();
-    }
+    });
   });
+
+  test.each(["chat:create", "chat:delete"] as const)(
+    "a %s committed with its answer lost: the other devices still see it",
+    async (command) => {
+      await withLostAnswers("lostchat", async ({ nodeC, pgProxy, userId, b, states }) => {
+        const sender = await nodeC.connectAs(userId);
+        const create = (id: string) =>
+          sender
+            .timeout(10_000)
+            .emitWithAck("chat:create", { id, title: `Chat ${id.slice(0, 8)}` });
+        const remove = (chatId: string) =>
+          sender.timeout(10_000).emitWithAck("chat:delete", { chatId });
+        // At once, so that every connection of node C's pool prepares both (each statement's
+        // first run on a connection waits for Postgres to describe it).
+        const warm = Array.from({ length: WARM_UPS }, () => randomUUID());
+        for (const answer of await Promise.all(warm.map(create))) expect(answer.ok).toBe(true);
+        for (const answer of await Promise.all(warm.map(remove))) expect(answer.ok).toBe(true);
+        const id = randomUUID();
+        const row = () => nodeB.database.sql`select 1 from chat_sessions where id = ${id}`;
+        if (command === "chat:create") {
+          await loseTheAnswer(pgProxy, () => create(id), row);
+        } else {
+          expect((await create(id)).ok).toBe(true);
+          await until(b.sidebar, (snap) => snap.chats.some((c) => c.id === id), 5000, "the chat");
+          await loseTheAnswer(
+            pgProxy,
+            () => remove(id),
+            async () => {
+              const rows = await row();
+              return rows.length === 0 ? [{}] : [];
+            },
+          );
+        }
+        // B's device shows the change although node C never broadcast it.
+        const present = command === "chat:create";
+        await until(
+          b.sidebar,
+          (snap) => snap.chats.some((c) => c.id === id) === present,
+          CONVERGE_MS,
+          `B's sidebar after the ${command}`,
+        );
+        await expectConverged(b, userId, id);
+        expect(states).toEqual([]);
+        sender.disconnect();
+      });
+    },
+  );
 
   test("after Redis is killed and comes back (changes during the outage and right after)", async () => {
     const s = await setUp("redis");

@@ -6,6 +6,7 @@ import {
   Limits,
   type StreamSnapshot,
 } from "../../../protocol/index.js";
+import { mayHaveCommitted } from "../db/errors.js";
 import type { Logger } from "../logger.js";
 import type { CommandPayload } from "../protocol-schemas.js";
 import type { ChatRepository, SidebarCursor } from "../repositories/chat.repository.js";
@@ -59,7 +60,7 @@ export class ChatService {
 
   async create(actor: Actor, input: CommandPayload<"chat:create">): Promise<ChatSummary> {
     await this.rateLimits.consumeWrite(actor, "chatCreate");
-    const inserted = await this.chats.insert(actor.dbUserId, input);
+    const inserted = await this.unsure(actor, () => this.chats.insert(actor.dbUserId, input));
     // Deleted (webhook) while this socket was still connected: as if it came after the close.
     if (inserted === "userMissing") throw notFound("User");
     if (inserted === "exists") {
@@ -78,7 +79,9 @@ export class ChatService {
 
   async rename(actor: Actor, input: CommandPayload<"chat:rename">): Promise<ChatSummary> {
     await this.rateLimits.consumeWrite(actor, "chatEdit");
-    const row = await this.chats.rename(actor.dbUserId, input.chatId, input.title);
+    const row = await this.unsure(actor, () =>
+      this.chats.rename(actor.dbUserId, input.chatId, input.title),
+    );
     if (!row) throw notFound();
     const chat = toChatSummary(row);
     this.notifier.chatUpdated(actor.userId, chat);
@@ -87,9 +90,25 @@ export class ChatService {
 
   async delete(actor: Actor, input: CommandPayload<"chat:delete">): Promise<{ chatId: string }> {
     await this.rateLimits.consumeWrite(actor, "chatEdit");
-    if (!(await this.chats.delete(actor.dbUserId, input.chatId))) throw notFound();
+    const deleted = await this.unsure(actor, () => this.chats.delete(actor.dbUserId, input.chatId));
+    if (!deleted) throw notFound();
     this.notifier.chatDeleted(actor.userId, input.chatId);
     return { chatId: input.chatId };
+  }
+
+  /**
+   * Runs a write. When it fails in a way that may have committed (the connection broke with
+   * the answer in it), the retry finds the change made (a create answers the existing chat, a
+   * delete NOT_FOUND) and broadcasts nothing, so the user's devices are told to resynchronise
+   * instead, as after a send (MessageService.write).
+   */
+  private async unsure<T>(actor: Actor, write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (err) {
+      if (mayHaveCommitted(err)) this.notifier.resyncUser(actor.userId);
+      throw err;
+    }
   }
 
   /**
