@@ -28,6 +28,11 @@ export interface DatabaseOptions {
    * a few seconds a pool could wait that long before trying again (tests/db/reconnect-backoff).
    */
   maxReconnectDelaySeconds?: number;
+  /**
+   * Drizzle's queries as prepared statements (default true; see `preparing` below). False only
+   * to measure what that saves (`npm run bench:queries`).
+   */
+  prepareDrizzle?: boolean;
 }
 
 export function createDatabase(url: string, options: DatabaseOptions = {}): DatabaseHandle {
@@ -45,7 +50,7 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
     connection: { application_name: APPLICATION_NAME, ...options.settings },
     backoff: reconnectBackoff(options.maxReconnectDelaySeconds ?? 1),
   });
-  const db = drizzle(preparing(sql), { schema });
+  const db = drizzle(options.prepareDrizzle === false ? sql : preparing(sql), { schema });
   return { db, sql, close: () => sql.end({ timeout: 5 }) };
 }
 
