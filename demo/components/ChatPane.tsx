@@ -80,6 +80,11 @@ export function ChatPane({
           Delete
         </button>
       </div>
+      {items.length === 0 && chat?.status === "ready" ? (
+        <p id="chat-empty" className="chat-empty">
+          Ask anything. The reply streams in here, and on your other devices at the same time.
+        </p>
+      ) : null}
       <MessageList chatId={chatId} items={items} online={online} />
       <Composer ref={composer} onSend={send} onStop={stop} />
     </section>

@@ -1,4 +1,4 @@
-import { useChatClient } from "@chat-backend/react";
+import { useChatClient, useConnection } from "@chat-backend/react";
 import { useCallback, useEffect, useState } from "react";
 import { linkChat, linkedChat, report } from "../lib.js";
 import { ChatPane } from "./ChatPane.js";
@@ -21,6 +21,8 @@ export function Shell({ userId, onSignOut }: { userId: string; onSignOut: () => 
     fresh: false,
   }));
   const [drawerOpen, setDrawerOpen] = useState(false);
+  // Nothing can be created without a session; the banner under the top bar says why.
+  const signedOut = useConnection() === "signedOut";
 
   useEffect(() => linkChat(open.chatId), [open.chatId]);
 
@@ -76,7 +78,13 @@ export function Shell({ userId, onSignOut }: { userId: string; onSignOut: () => 
 
       <div className="layout">
         <aside id="drawer" className="drawer">
-          <button id="new-chat" className="new-chat" type="button" onClick={newChat}>
+          <button
+            id="new-chat"
+            className="new-chat"
+            type="button"
+            onClick={newChat}
+            disabled={signedOut}
+          >
             <span aria-hidden="true">+</span> New chat
           </button>
           <Sidebar current={open.chatId} onOpen={show} />
@@ -102,10 +110,21 @@ export function Shell({ userId, onSignOut }: { userId: string; onSignOut: () => 
           ) : (
             <div id="empty" className="empty">
               <h2>What can I help with?</h2>
-              <p>Start a new chat, or pick one from the list.</p>
-              <button id="empty-new" type="button" onClick={newChat}>
-                New chat
-              </button>
+              {signedOut ? (
+                <>
+                  <p>Sign in to see your chats and start new ones.</p>
+                  <button id="empty-signin" type="button" onClick={onSignOut}>
+                    Sign in again
+                  </button>
+                </>
+              ) : (
+                <>
+                  <p>Start a new chat, or pick one from the list.</p>
+                  <button id="empty-new" type="button" onClick={newChat}>
+                    New chat
+                  </button>
+                </>
+              )}
             </div>
           )}
         </main>

@@ -307,7 +307,11 @@ describe("the demo app on a desktop and a phone of one user", () => {
   it("shows a new chat and a message on both devices, with times, titled by the message", async () => {
     other = await desktop.newChat();
     chatId = await desktop.newChat();
+    // A chat with nothing in it says what to do, until its first message.
+    await desktop.page.waitForSelector("#chat-empty", { timeout: poll.timeout });
+    await desktop.screenshot("new-chat");
     await desktop.send("What should I pack for Lisbon?");
+    await desktop.page.waitForSelector("#chat-empty", { state: "detached", timeout: poll.timeout });
     for (const d of [desktop, phone]) {
       await expect
         .poll(async () => (await d.sidebar()).map((r) => r.title), poll)
@@ -325,6 +329,8 @@ describe("the demo app on a desktop and a phone of one user", () => {
 
   it("streams a reply on the desktop as it grows, with a spinner in the phone's list", async () => {
     await phone.open(other);
+    await phone.page.waitForSelector("#chat-empty", { timeout: poll.timeout });
+    await phone.screenshot("new-chat");
     reply = await Reply.start(chatId);
     for (const word of ["Pack ", "light ", "layers, "]) {
       expect((await reply.chunk(word)).status).toBe(200);
@@ -545,7 +551,13 @@ describe("the demo app on a desktop and a phone of one user", () => {
         }, poll)
         .toEqual({ state: "signedOut", code: "NO_TOKEN", reason: "the SDK's", sdk: "signedOut" });
       expect(await refused.page.textContent("#state")).toBe("signed out");
+      expect(await refused.page.textContent("#connection-reason")).toContain("You are signed out");
+      // Nothing to create without a session; the start screen offers to sign in again.
+      expect(await refused.page.isDisabled("#new-chat")).toBe(true);
+      expect(await refused.page.isVisible("#empty-new")).toBe(false);
       await refused.screenshot("signed-out");
+      await refused.page.click("#empty-signin");
+      await refused.page.waitForSelector("#signin-screen", { timeout: poll.timeout });
     } finally {
       await refused.context.close();
     }
