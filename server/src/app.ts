@@ -292,7 +292,7 @@ export function createApplication(httpServer: HttpServer, components: AppCompone
     streamStore,
     logger,
   );
-  const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits, logger);
+  const messages = new MessageService(messageRepo, chats, broadcaster, rateLimits);
   const expiry = new TokenExpiry(components.tokenGraceSeconds * 1000);
 
   const serviceRole = new ServiceRoleService(

@@ -107,7 +107,7 @@ describe("races between nodes", () => {
       renaming = a.renameChat({ chatId: chat.id, title: "New title" });
       await untilWaiting('update "chat_sessions"%');
       sending = b.sendMessage({ chatId: chat.id, content: "sent while renaming" });
-      await untilWaiting("%insert into public.chat_memory%");
+      await untilWaiting("%public.store_messages(%");
     });
     await Promise.all([renaming, sending]);
 
@@ -153,7 +153,7 @@ describe("races between nodes", () => {
     await sql.begin(async (tx) => {
       await tx`select 1 from chat_sessions where id = ${first.id} for update`;
       sends.push(send(0, first.id, "held"));
-      await untilWaiting("%insert into public.chat_memory%");
+      await untilWaiting("%public.store_messages(%");
       sends = [...sends, send(1, lo, "together"), send(2, hi, "together")];
       await eventually(() => expect(service.queue.length).toBe(2), 10_000);
     });

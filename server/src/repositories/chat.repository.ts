@@ -117,33 +117,6 @@ export class ChatRepository {
     };
   }
 
-  /**
-   * Chats as committed now, each only if it is its group's user's: the sidebar entries of a
-   * batch of stored messages, read after the commit (a chat deleted since is missing). One query
-   * for the whole batch; the pairs travel as one jsonb parameter (no array types, db/client.ts).
-   */
-  async findMany(pairs: { userId: string; chatId: string }[]): Promise<ChatRow[]> {
-    if (pairs.length === 0) return [];
-    const json = JSON.stringify(pairs.map((p) => ({ u: p.userId, s: p.chatId })));
-    const rows = await this.sql<Omit<SidebarRow, "page_rows">[]>`
-      select c.id, c.user_id, c.title, c.created_at, c.updated_at, c.last_message, c.last_seq,
-             c.version, (extract(epoch from c.updated_at) * 1000000)::bigint::text as updated_us
-        from public.chat_sessions c
-       where (c.id, c.user_id) in (select (e->>'s')::uuid, (e->>'u')::uuid
-                                     from jsonb_array_elements(${json}::jsonb) as t(e))`;
-    return rows.map((r) => ({
-      id: r.id,
-      userId: r.user_id,
-      title: r.title,
-      createdAt: new Date(r.created_at),
-      updatedAt: new Date(r.updated_at),
-      lastMessage: r.last_message,
-      lastSeq: Number(r.last_seq),
-      version: Number(r.version),
-      updatedUs: r.updated_us,
-    }));
-  }
-
   async find(userId: string, chatId: string): Promise<ChatRow | undefined> {
     const [row] = await this.db
       .select(chatColumns)

@@ -3,8 +3,8 @@ import { Limits } from "../../../protocol/constants.js";
 import { compact, unlessAborted } from "../db/abortable.js";
 import { errorCode } from "../db/errors.js";
 import type { ChatMessageRow, MessageJson } from "../db/schema.js";
-import { isoFromMicros } from "../db/time.js";
 import type { Metrics } from "../metrics.js";
+import type { ChatRow } from "./chat.repository.js";
 
 /** One message of a batch, as stored, plus whether it already existed (a retried send). */
 export interface StoredMessage {
@@ -16,10 +16,8 @@ export interface StoredMessage {
 export interface StoredBatch {
   /** By clientId. */
   messages: Map<string, StoredMessage>;
-  /** The chat's title and creation time, for the sidebar entry. */
-  chat: { title: string; createdAt: Date };
-  /** The chat's updated_at after the batch, exact to the microsecond (ISO 8601). */
-  updatedAt: string | undefined;
+  /** The chat's row as the batch's commit leaves it (its sidebar entry). */
+  chat: ChatRow;
 }
 
 /** The messages of one chat for insertMany. */
@@ -37,7 +35,6 @@ function toStoredBatch(rows: BatchRow[] | undefined): StoredBatch | undefined {
   const first = rows?.[0];
   if (!rows || !first) return undefined;
   const messages = new Map<string, StoredMessage>();
-  let lastInsertedUs: string | undefined;
   for (const r of rows) {
     messages.set(r.client_id, {
       row: {
@@ -50,27 +47,40 @@ function toStoredBatch(rows: BatchRow[] | undefined): StoredBatch | undefined {
       },
       duplicate: r.duplicate,
     });
-    if (!r.duplicate) lastInsertedUs = r.created_us;
   }
   return {
     messages,
-    chat: { title: first.title, createdAt: new Date(first.chat_created_at) },
-    updatedAt: lastInsertedUs === undefined ? undefined : isoFromMicros(lastInsertedUs),
+    chat: {
+      id: first.session_id,
+      userId: first.user_id,
+      title: first.title,
+      createdAt: new Date(first.chat_created_at),
+      updatedAt: new Date(first.updated_at),
+      lastMessage: first.last_message,
+      lastSeq: Number(first.last_seq),
+      version: Number(first.version),
+      updatedUs: first.updated_us,
+    },
   };
 }
 
+/** A row of `store_messages` (migration 0012): a message, and its chat's row after the batch. */
 type BatchRow = {
   id: string;
-  user_id: string;
   session_id: string;
   seq: string;
   client_id: string;
   message: MessageJson;
   created_at: Date;
-  created_us: string;
   duplicate: boolean;
+  user_id: string;
   title: string;
   chat_created_at: Date;
+  updated_at: Date;
+  updated_us: string;
+  last_message: MessageJson | null;
+  last_seq: string;
+  version: string;
 };
 
 const UNIQUE_VIOLATION = "23505";
@@ -106,12 +116,15 @@ export class MessageRepository {
   }
 
   /**
-   * Stores the messages of many chats, each owned by its group's `userId`, in one statement:
-   * one round trip, one transaction, one commit (group commit across chats). Within a chat,
-   * rows are inserted in the group's order, so the BEFORE INSERT trigger gives them consecutive
-   * seqs in that order; the triggers update last_message/updated_at and message_count in the
-   * same transaction. A clientId already stored in its chat is not inserted again: its row
-   * comes back with `duplicate: true`. Each group passes distinct clientIds and its own chat.
+   * Stores the messages of many chats, each owned by its group's `userId`, in one call of
+   * `store_messages` (migration 0012): one round trip, one transaction, one commit (group
+   * commit across chats). Within a chat, rows are inserted in the group's order, so the BEFORE
+   * INSERT trigger gives them consecutive seqs in that order; the triggers update
+   * last_message/updated_at/version and message_count in the same transaction. A clientId
+   * already stored in its chat is not inserted again: its row comes back with `duplicate: true`.
+   * Each group passes distinct clientIds and its own chat. With the messages comes each chat's
+   * row as the commit leaves it (after the triggers, with any rename that committed first):
+   * the sidebar entry the batch broadcasts.
    *
    * Rows go in sorted by (owner, chat), so that every batch, on every node, takes the row locks
    * of its chats and users in one global order: concurrent batches wait for each other but
@@ -134,36 +147,7 @@ export class MessageRepository {
       }
     }
     const json = JSON.stringify(input);
-    const run = () => this.sql<BatchRow[]>`
-      with input as (
-        select (e->>'u')::uuid as user_id, (e->>'s')::uuid as session_id, e->>'c' as client_id,
-               e->'m' as message, ord
-          from jsonb_array_elements(${json}::jsonb) with ordinality as t(e, ord)
-      ), chat as (
-        -- Only the chats each group's user owns: every join below matches chat and user both.
-        select c.id, c.user_id, c.title, c.created_at from public.chat_sessions c
-         where (c.id, c.user_id) in (select distinct session_id, user_id from input)
-      ), mine as (
-        select i.* from input i
-          join chat on chat.id = i.session_id and chat.user_id = i.user_id
-      ), existing as (
-        select m.* from public.chat_memory m
-          join mine i on i.session_id = m.session_id and i.client_id = m.client_id
-      ), inserted as (
-        insert into public.chat_memory (session_id, client_id, message)
-        select i.session_id, i.client_id, i.message from mine i
-         where not exists (select 1 from existing e
-                            where e.session_id = i.session_id and e.client_id = i.client_id)
-         order by i.ord
-        returning *
-      )
-      select r.id, r.session_id, r.seq, r.client_id, r.message, r.created_at,
-             (extract(epoch from r.created_at) * 1000000)::bigint::text as created_us,
-             r.duplicate, c.user_id, c.title, c.created_at as chat_created_at
-        from (select *, false as duplicate from inserted
-              union all
-              select *, true from existing) r
-        join chat c on c.id = r.session_id`;
+    const run = () => this.sql<BatchRow[]>`select * from public.store_messages(${json}::jsonb)`;
     let rows: BatchRow[];
     try {
       rows = compact(await this.retryDeadlocks(run));

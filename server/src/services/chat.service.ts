@@ -183,17 +183,6 @@ export class ChatService {
     return out;
   }
 
-  /**
-   * The sidebar entries of chats as committed now (each only if it is its user's), by chat id:
-   * what a stored message broadcasts. Read after the commit, not from the insert's snapshot: a
-   * rename that committed while the insert waited for the chat's lock is in them, and a chat
-   * deleted since is missing (nothing to broadcast for it).
-   */
-  async committed(pairs: { userId: string; chatId: string }[]): Promise<Map<string, ChatSummary>> {
-    const rows = await this.chats.findMany(pairs);
-    return new Map(rows.map((r) => [r.id, toChatSummary(r)]));
-  }
-
   /** The chat, if it is the actor's; NOT_FOUND otherwise (another user's chat is not revealed). */
   async requireOwned(actor: Actor, chatId: string): Promise<ChatSummary> {
     const row = await this.chats.find(actor.dbUserId, chatId);

@@ -1,6 +1,5 @@
 import {
   type ChatMessage,
-  type ChatSummary,
   type CommandResults,
   ErrorCode,
   Limits,
@@ -8,13 +7,12 @@ import {
 } from "../../../protocol/index.js";
 import { mayHaveCommitted } from "../db/errors.js";
 import type { MessageJson } from "../db/schema.js";
-import type { Logger } from "../logger.js";
 import type { CommandPayload } from "../protocol-schemas.js";
 import type { MessageRepository, StoredBatch } from "../repositories/message.repository.js";
 import type { Actor } from "./actor.js";
 import type { ChatService } from "./chat.service.js";
 import { AppError, notFound } from "./errors.js";
-import { toChatMessage, toMessageBody } from "./mappers.js";
+import { toChatMessage, toChatSummary, toMessageBody } from "./mappers.js";
 import type { Notifier } from "./notifier.js";
 import type { RateLimits } from "./rate-limits.js";
 
@@ -63,7 +61,6 @@ export class MessageService {
     private readonly chats: ChatService,
     private readonly notifier: Notifier,
     private readonly rateLimits: RateLimits,
-    private readonly logger?: Logger,
   ) {}
 
   /**
@@ -139,16 +136,9 @@ export class MessageService {
           };
         }),
       );
-      const entries = await this.committedEntries(
-        chats.flatMap((sends, i) => {
-          const first = sends[0] as Pending;
-          const inserted = [...(stored[i]?.messages.values() ?? [])].some((m) => !m.duplicate);
-          return inserted ? [{ userId: first.actor.dbUserId, chatId: first.input.chatId }] : [];
-        }),
-      );
       chats.forEach((sends, i) => {
         const first = sends[0] as Pending;
-        this.settle(first.actor, first.input.chatId, sends, stored[i], entries);
+        this.settle(first.actor, sends, stored[i]);
       });
     } catch (err) {
       for (const p of batch) p.reject(err);
@@ -163,34 +153,7 @@ export class MessageService {
     }
   }
 
-  /**
-   * The sidebar entries of the chats the batch stored messages in, read back after the commit
-   * (ChatService.committed), with one retry. Undefined when that failed: the messages are
-   * stored and acked all the same, and their users' devices are told to resynchronise.
-   */
-  private async committedEntries(
-    pairs: { userId: string; chatId: string }[],
-  ): Promise<Map<string, ChatSummary> | undefined> {
-    if (pairs.length === 0) return new Map();
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.chats.committed(pairs);
-      } catch (err) {
-        if (attempt >= 2) {
-          this.logger?.warn({ err, chats: pairs.length }, "could not read back sidebar entries");
-          return undefined;
-        }
-      }
-    }
-  }
-
-  private settle(
-    actor: Actor,
-    chatId: string,
-    batch: Pending[],
-    stored: StoredBatch | undefined,
-    entries: Map<string, ChatSummary> | undefined,
-  ): void {
+  private settle(actor: Actor, batch: Pending[], stored: StoredBatch | undefined): void {
     if (!stored) {
       for (const p of batch) p.reject(notFound());
       return;
@@ -222,12 +185,8 @@ export class MessageService {
     if (created.length === 0) return;
     created.sort((a, b) => a.message.seq - b.message.seq);
     for (const c of created) this.notifier.messageCreated(actor.userId, c.message);
-    // The entry as committed (with its version), or nothing when the chat was deleted since.
-    if (!entries) this.notifier.resyncUser(actor.userId);
-    else {
-      const entry = entries.get(chatId);
-      if (entry) this.notifier.chatUpdated(actor.userId, entry);
-    }
+    // The entry as the batch's commit left it (with its version).
+    this.notifier.chatUpdated(actor.userId, toChatSummary(stored.chat));
     this.notifier.statsChanged(actor.userId);
   }
 
