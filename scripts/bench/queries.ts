@@ -25,6 +25,7 @@ import { runMigrations } from "../../server/src/db/migrate.js";
 import { ChatRepository } from "../../server/src/repositories/chat.repository.js";
 import { UserRepository } from "../../server/src/repositories/user.repository.js";
 import { median, round } from "../loadtest/stats.js";
+import { loopbackDatabaseUrl } from "./loopback.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -35,14 +36,7 @@ const { values: args } = parseArgs({
 });
 const rounds = Math.min(15, Math.max(1, Number(args.rounds)));
 const ops = Math.min(20_000, Math.max(10, Number(args.ops)));
-const adminUrl =
-  args["database-url"] ??
-  process.env.TEST_DATABASE_URL ??
-  "postgres://postgres@127.0.0.1:5432/postgres";
-if (!/^postgres(ql)?:\/\/[^@]*@?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\//.test(adminUrl)) {
-  console.error("the database must be on loopback (127.0.0.0/8, localhost or [::1])");
-  process.exit(2);
-}
+const adminUrl = loopbackDatabaseUrl(args["database-url"]);
 
 type Mode = "prepared" | "unprepared";
 const OPERATIONS = ["find", "rename", "create+delete", "stats"] as const;

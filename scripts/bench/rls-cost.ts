@@ -22,6 +22,7 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { median, nowMs, round } from "../loadtest/stats.js";
+import { loopbackDatabaseUrl } from "./loopback.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -34,14 +35,7 @@ const { values: args } = parseArgs({
 const concurrency = Math.min(500, Math.max(1, Number(args.concurrency)));
 const seconds = Math.min(60, Math.max(1, Number(args.seconds)));
 const rounds = Math.min(15, Math.max(1, Number(args.rounds)));
-const adminUrl =
-  args["database-url"] ??
-  process.env.TEST_DATABASE_URL ??
-  "postgres://postgres@127.0.0.1:5432/postgres";
-if (!/^postgres(ql)?:\/\/[^@]*@?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\//.test(adminUrl)) {
-  console.error("the database must be on loopback (127.0.0.0/8, localhost or [::1])");
-  process.exit(2);
-}
+const adminUrl = loopbackDatabaseUrl(args["database-url"]);
 const POOL_SIZE = 20;
 const PAGE = 50;
 

@@ -46,6 +46,7 @@ import postgres from "postgres";
 import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { histogramQuantile, median } from "../loadtest/stats.js";
+import { loopbackDatabaseUrl } from "./loopback.js";
 import type { BatchReport, ClientsInit } from "./send-clients.js";
 
 const { values: args } = parseArgs({
@@ -76,14 +77,7 @@ const MESSAGES = clamp(args.messages, 100, 200_000);
 const WARMUP = clamp(args.warmup, 0, 200_000);
 const RUNS = clamp(args.runs, 1, 9);
 const AUTHORIZED_PARTY = "http://localhost:3000";
-const adminUrl =
-  args["database-url"] ??
-  process.env.TEST_DATABASE_URL ??
-  "postgres://postgres@127.0.0.1:5432/postgres";
-if (!/^postgres(ql)?:\/\/[^@]*@?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\//.test(adminUrl)) {
-  console.error("the database must be on loopback (127.0.0.0/8, localhost or [::1])");
-  process.exit(2);
-}
+const adminUrl = loopbackDatabaseUrl(args["database-url"]);
 
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
 const children = new Set<ChildProcess>();

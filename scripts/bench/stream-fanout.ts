@@ -34,6 +34,7 @@ import type {
 } from "../../protocol/index.js";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { median, nowMs, round } from "../loadtest/stats.js";
+import { loopbackDatabaseUrl } from "./loopback.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -49,14 +50,7 @@ const RATE = Math.min(2000, Math.max(1, Number(args.rate)));
 const DEVICES = Math.min(50, Math.max(2, Number(args.devices)));
 const ROUNDS = Math.min(9, Math.max(1, Number(args.rounds)));
 const MODES = [0, 40] as const;
-const adminUrl =
-  args["database-url"] ??
-  process.env.TEST_DATABASE_URL ??
-  "postgres://postgres@127.0.0.1:5432/postgres";
-if (!/^postgres(ql)?:\/\/[^@]*@?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\//.test(adminUrl)) {
-  console.error("the database must be on loopback (127.0.0.0/8, localhost or [::1])");
-  process.exit(2);
-}
+const adminUrl = loopbackDatabaseUrl(args["database-url"]);
 
 type Client = Socket<ServerToClientEvents, ClientToServerEvents>;
 type Ready = { type: "ready"; port: number; token: string; userId: string; serviceKey: string };

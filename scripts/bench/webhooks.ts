@@ -39,6 +39,7 @@ import { mintSessionToken } from "../../server/src/auth/dev-keys.js";
 import { runMigrations } from "../../server/src/db/migrate.js";
 import { PgProxy } from "../../tests/outbox/support.js";
 import { median, nowMs, percentile, round } from "../loadtest/stats.js";
+import { loopbackDatabaseUrl } from "./loopback.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -67,14 +68,7 @@ const CHATS_PER_USER = 2;
 const IN_FLIGHT = 4;
 const DRAIN_LIMIT_MS = 120_000;
 const AUTHORIZED_PARTY = "http://localhost:3000";
-const adminUrl =
-  args["database-url"] ??
-  process.env.TEST_DATABASE_URL ??
-  "postgres://postgres@127.0.0.1:5432/postgres";
-if (!/^postgres(ql)?:\/\/[^@]*@?(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\//.test(adminUrl)) {
-  console.error("the database must be on loopback (127.0.0.0/8, localhost or [::1])");
-  process.exit(2);
-}
+const adminUrl = loopbackDatabaseUrl(args["database-url"]);
 
 const log = (...a: unknown[]) => console.log(...a);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
