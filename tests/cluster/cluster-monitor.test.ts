@@ -38,6 +38,30 @@ async function node(channel: string) {
   return { monitor, pub, sub, resyncs };
 }
 
+/**
+ * Counts the heartbeats on the channel, by node, as a third subscriber sees them: what the
+ * monitors receive too, so a test waits for beats instead of sleeping.
+ */
+async function watch(channel: string) {
+  const sub = connectRedis({ url: testRedisUrl }, "subscriber");
+  open.push(sub);
+  const beats = new Map<string, number>();
+  sub.on("message", (_from: string, raw: string) => {
+    const { node } = JSON.parse(raw) as { node: string };
+    beats.set(node, (beats.get(node) ?? 0) + 1);
+  });
+  await sub.subscribe(channel);
+  /** Resolves once every one of `monitors` has beaten `n` more times from now. */
+  return async (monitors: ClusterMonitor[], n: number) => {
+    const from = new Map(monitors.map((m) => [m.nodeId, beats.get(m.nodeId) ?? 0]));
+    await eventually(() => {
+      for (const m of monitors) {
+        expect((beats.get(m.nodeId) ?? 0) - (from.get(m.nodeId) ?? 0)).toBeGreaterThanOrEqual(n);
+      }
+    }, 10_000);
+  };
+}
+
 function busyWait(ms: number): void {
   const end = Date.now() + ms;
   while (Date.now() < end) {
@@ -45,27 +69,28 @@ function busyWait(ms: number): void {
   }
 }
 
-const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 describe("the cluster monitor", () => {
   test("a process paused for ten beats resyncs nothing: the heartbeats waited for it", async () => {
     const channel = `cm-${randomBytes(4).toString("hex")}:cluster-heartbeat`;
+    const beats = await watch(channel);
     const x = await node(channel);
     const y = await node(channel);
     // Both know themselves and each other (a few beats each way).
-    await settle(HEARTBEAT_MS * 5);
+    await beats([x.monitor, y.monitor], 3);
     busyWait(HEARTBEAT_MS * 10);
-    // Longer than the 4 beats after which a silent peer or a silent own link counts as lost.
-    await settle(HEARTBEAT_MS * 8);
+    // More beats after the pause than the 4 after which a silent peer or a silent own link
+    // counts as lost: any resync would have been asked for by now.
+    await beats([x.monitor, y.monitor], 6);
     expect(x.resyncs).toEqual([]);
     expect(y.resyncs).toEqual([]);
   });
 
   test("a peer that goes silent is still given up, paused or not", async () => {
     const channel = `cm-${randomBytes(4).toString("hex")}:cluster-heartbeat`;
+    const beats = await watch(channel);
     const x = await node(channel);
     const y = await node(channel);
-    await settle(HEARTBEAT_MS * 5);
+    await beats([x.monitor, y.monitor], 3);
     // Y dies without a goodbye: its connections drop and its beats stop.
     y.pub.disconnect();
     y.sub.disconnect();
