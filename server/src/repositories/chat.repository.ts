@@ -44,6 +44,34 @@ type SidebarRow = {
   page_rows: string;
 };
 
+/** A chat_sessions row as raw SQL selects it (with `updated_us`), as a ChatRow. */
+export function toChatRow(r: ChatRowColumns): ChatRow {
+  return {
+    id: r.id,
+    userId: r.user_id,
+    title: r.title,
+    createdAt: new Date(r.created_at),
+    updatedAt: new Date(r.updated_at),
+    lastMessage: r.last_message,
+    lastSeq: Number(r.last_seq),
+    version: Number(r.version),
+    updatedUs: r.updated_us,
+  };
+}
+
+/** The columns toChatRow reads, with the driver's types for dates. */
+export type ChatRowColumns = {
+  id: string;
+  user_id: string;
+  title: string;
+  created_at: string | Date;
+  updated_at: string | Date;
+  last_message: MessageJson | null;
+  last_seq: string;
+  version: string;
+  updated_us: string;
+};
+
 /** Queries on chat_sessions. Every query is scoped to the owning user's row id. */
 export class ChatRepository {
   constructor(
@@ -102,17 +130,7 @@ export class ChatRepository {
        order by n.updated_at desc, n.id desc`;
     const rows = compact(await unlessAborted(query, options.signal));
     return {
-      rows: rows.map((r) => ({
-        id: r.id,
-        userId: r.user_id,
-        title: r.title,
-        createdAt: new Date(r.created_at),
-        updatedAt: new Date(r.updated_at),
-        lastMessage: r.last_message,
-        lastSeq: Number(r.last_seq),
-        version: Number(r.version),
-        updatedUs: r.updated_us,
-      })),
+      rows: rows.map(toChatRow),
       hasMore: rows.length > 0 && Number(rows[0]?.page_rows) > rows.length,
     };
   }

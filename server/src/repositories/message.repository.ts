@@ -4,7 +4,7 @@ import { compact, unlessAborted } from "../db/abortable.js";
 import { errorCode } from "../db/errors.js";
 import type { ChatMessageRow, MessageJson } from "../db/schema.js";
 import type { Metrics } from "../metrics.js";
-import type { ChatRow } from "./chat.repository.js";
+import { type ChatRow, toChatRow } from "./chat.repository.js";
 
 /** One message of a batch, as stored, plus whether it already existed (a retried send). */
 export interface StoredMessage {
@@ -50,17 +50,7 @@ function toStoredBatch(rows: BatchRow[] | undefined): StoredBatch | undefined {
   }
   return {
     messages,
-    chat: {
-      id: first.session_id,
-      userId: first.user_id,
-      title: first.title,
-      createdAt: new Date(first.chat_created_at),
-      updatedAt: new Date(first.updated_at),
-      lastMessage: first.last_message,
-      lastSeq: Number(first.last_seq),
-      version: Number(first.version),
-      updatedUs: first.updated_us,
-    },
+    chat: toChatRow({ ...first, id: first.session_id, created_at: first.chat_created_at }),
   };
 }
 
