@@ -64,32 +64,28 @@ export function createDatabase(url: string, options: DatabaseOptions = {}): Data
  * are keyed by their text, so every query here has a fixed shape (lists go as one jsonb value).
  */
 function preparing(sql: postgres.Sql): postgres.Sql {
-  const prepared = (target: postgres.Sql) =>
-    new Proxy(target, {
-      get(t, key, receiver) {
-        if (key === "unsafe") {
-          return (query: string, args?: unknown, options?: postgres.UnsafeQueryOptions) =>
-            Array.isArray(args) && args.length > 0
-              ? t.unsafe(query, args as postgres.ParameterOrJSON<never>[], {
-                  ...options,
-                  prepare: true,
-                })
-              : t.unsafe(query, args as never, options);
-        }
-        if (key === "begin") {
-          // A transaction's own scoped pool, prepared the same way.
-          return (...begin: unknown[]) => {
-            const fn = begin.pop() as (tx: postgres.TransactionSql) => unknown;
-            return (t.begin as (...a: unknown[]) => unknown)(
-              ...begin,
-              (tx: postgres.TransactionSql) =>
-                fn(prepared(tx as unknown as postgres.Sql) as unknown as postgres.TransactionSql),
-            );
-          };
-        }
-        return Reflect.get(t, key, receiver);
-      },
+  const prepared = (target: postgres.Sql): postgres.Sql => {
+    const unsafe = (query: string, args?: unknown, options?: postgres.UnsafeQueryOptions) =>
+      Array.isArray(args) && args.length > 0
+        ? target.unsafe(query, args as postgres.ParameterOrJSON<never>[], {
+            ...options,
+            prepare: true,
+          })
+        : target.unsafe(query, args as never, options);
+    // A transaction's own scoped pool, prepared the same way.
+    const begin = (...args: unknown[]) => {
+      const fn = args.pop() as (tx: postgres.TransactionSql) => unknown;
+      return (target.begin as (...a: unknown[]) => unknown)(
+        ...args,
+        (tx: postgres.TransactionSql) =>
+          fn(prepared(tx as unknown as postgres.Sql) as unknown as postgres.TransactionSql),
+      );
+    };
+    return new Proxy(target, {
+      get: (t, key, receiver) =>
+        key === "unsafe" ? unsafe : key === "begin" ? begin : Reflect.get(t, key, receiver),
     });
+  };
   return prepared(sql);
 }
 
